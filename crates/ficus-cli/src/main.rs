@@ -1,0 +1,182 @@
+//! `ficus`: tail a monolith's Postgres into domain events.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ficus_runtime::{Config, RunError, RunOptions};
+use tokio::sync::watch;
+
+/// Tails a Postgres database's logical replication stream and turns row changes
+/// into versioned domain events (CloudEvents), as declared by mapping files.
+///
+/// Start with `ficus check`, then `ficus run`. See the README and docs/ for the
+/// config file, the mapping format and the delivery guarantees.
+#[derive(Parser)]
+#[command(name = "ficus", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream row changes of the mapped tables as events into the configured sinks.
+    ///
+    /// Creates the publication and the slot when they are absent, then streams
+    /// from the slot's confirmed position. The slot moves only after the events
+    /// of a commit are durable in every sink. SIGINT or SIGTERM: finish what is in
+    /// flight, acknowledge, exit 0.
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// Stop once everything committed before the start is delivered and acknowledged.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Check the config and the mappings; against the live schema when the source is reachable.
+    ///
+    /// Reports every error at once, each with file, line, column and a hint.
+    Check {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+    },
+    /// Drop the slot and the publication.
+    ///
+    /// An abandoned slot makes the source keep all WAL from its position on, which
+    /// fills the source's disk: tear down what you no longer stream from.
+    Teardown {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FICUS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(e: &anyhow::Error) {
+    match e.downcast_ref::<RunError>() {
+        Some(RunError::Mappings(diags)) => {
+            for d in diags {
+                eprintln!("error: {d}\n");
+            }
+            eprintln!("{} error(s) in the mappings", diags.len());
+        }
+        Some(run) => {
+            eprintln!("error: {e:#}");
+            if let Some(hint) = run.hint() {
+                eprintln!("hint: {hint}");
+            }
+        }
+        None => eprintln!("error: {e:#}"),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            until_caught_up,
+        } => {
+            let config = Config::load(&config)?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stopping: finishing what is in flight");
+                let _ = tx.send(true);
+            });
+            let report = ficus_runtime::run(&config, RunOptions { until_caught_up }, rx).await?;
+            eprintln!(
+                "delivered {} events from {} transactions; acknowledged {}",
+                report.events, report.transactions, report.acknowledged
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(&config).await,
+        Command::Teardown { config } => {
+            let config = Config::load(&config)?;
+            for line in ficus_runtime::teardown(&config).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let files = ficus_runtime::load_mappings(&config)?;
+    let offline = ficus_mapping::compile(&files, None).map_err(RunError::Mappings)?;
+    let live = async {
+        let url = ficus_postgres::SourceUrl::parse(&config.url()?)?;
+        let pool = ficus_postgres::catalog::connect(&url).await?;
+        let compiled = ficus_runtime::check_live(&files, &pool).await?;
+        let preflight = ficus_postgres::catalog::preflight(&pool).await;
+        Ok::<_, RunError>((url, compiled, preflight))
+    };
+    match live.await {
+        Ok((url, compiled, preflight)) => {
+            println!(
+                "{} mapping(s) of {} table(s) check out against {}",
+                compiled.mappings().len(),
+                compiled.tables().len(),
+                url.redacted()
+            );
+            if let Err(e) = preflight {
+                eprintln!("error: {e}");
+                if let Some(hint) = e.hint() {
+                    eprintln!("hint: {hint}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(RunError::Source(e))
+            if e.is_transient()
+                || matches!(&e, ficus_postgres::SourceError::Definite { message, .. } if message.starts_with("connecting")) =>
+        {
+            println!("{} mapping(s) check out offline", offline.mappings().len());
+            eprintln!("note: could not reach the source ({e}); tables and columns were not checked");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e).context("checking against the source"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,484 @@
+//! Checking and compiling mapping files: every error of every file at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use ficus_model::{Op, Relation, ReplicaIdentity, TableRef};
+use toml::Spanned;
+
+use crate::cel_value;
+use crate::diagnostic::{Diagnostic, SourceText};
+use crate::expr::{self, Cols, ColumnRef, Expr, Reads, Var};
+use crate::file::{MappingFile, RawData, RawEvent};
+
+/// The live schema of the mapped tables, for checking mappings against it.
+pub type Schema = BTreeMap<TableRef, Relation>;
+
+/// The default schema version of an event.
+pub const DEFAULT_VERSION: u32 = 1;
+
+/// One compiled `[[event]]` rule.
+#[derive(Debug)]
+pub struct Mapping {
+    /// The event's name (CloudEvents `type`).
+    pub name: String,
+    /// The event's schema version.
+    pub version: u32,
+    /// The table whose row changes it maps.
+    pub table: TableRef,
+    /// The operations it maps.
+    pub ops: Vec<Op>,
+    /// Where it is written, `file:line`.
+    pub origin: String,
+    pub(crate) when: Option<Expr>,
+    pub(crate) key: Expr,
+    pub(crate) data: Data,
+    pub(crate) reads: Reads,
+}
+
+impl Mapping {
+    /// Whether the mapping reads `old` values beyond what every replica identity sends.
+    pub fn reads_old(&self) -> bool {
+        !self.reads.old.is_none() || self.reads.changed
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Data {
+    Fields(Vec<(String, Expr)>),
+    Row { var: Var, exclude: Vec<String> },
+}
+
+/// Every mapping, compiled: ready to bind to the source's relations.
+pub struct Compiled {
+    pub(crate) mappings: Vec<Arc<Mapping>>,
+    pub(crate) env: Arc<cel::Env>,
+}
+
+impl Compiled {
+    /// The mappings, in file order.
+    pub fn mappings(&self) -> &[Arc<Mapping>] {
+        &self.mappings
+    }
+
+    /// The tables some mapping reads: the publication's tables.
+    pub fn tables(&self) -> BTreeSet<TableRef> {
+        self.mappings.iter().map(|m| m.table.clone()).collect()
+    }
+}
+
+const OPS: &[(&str, Op)] = &[
+    ("insert", Op::Insert),
+    ("update", Op::Update),
+    ("delete", Op::Delete),
+    ("truncate", Op::Truncate),
+];
+
+/// Checks and compiles mapping files. With a schema, also checks them against
+/// it: tables and columns exist, keys are scalars, `old` values are sent, and
+/// expressions evaluate with values of the columns' types.
+pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compiled, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut mappings = Vec::new();
+    let env = Arc::new(cel::Env::stdlib());
+    for file in files {
+        for raw in &file.events {
+            let mut checker = Checker {
+                src: &file.source,
+                errors: Vec::new(),
+            };
+            if let Some(mapping) = checker.event(raw, schema, &env) {
+                mappings.push(Arc::new(mapping));
+            }
+            errors.extend(checker.errors);
+        }
+    }
+    if errors.is_empty() {
+        Ok(Compiled { mappings, env })
+    } else {
+        Err(errors)
+    }
+}
+
+struct Checker<'a> {
+    src: &'a SourceText,
+    errors: Vec<Diagnostic>,
+}
+
+/// An expression with where it was written.
+struct Located {
+    parsed: expr::Parsed,
+    span: Range<usize>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        self.errors.push(self.src.error_at(span, message, hint.into()));
+    }
+
+    /// The byte offset in the file of a byte offset inside a string value.
+    fn inside(&self, span: &Range<usize>, offset: usize) -> Range<usize> {
+        let raw = &self.src.text[span.clone()];
+        let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+            3
+        } else {
+            1
+        };
+        let at = (span.start + quote + offset).min(span.end);
+        at..at
+    }
+
+    fn expr(&mut self, s: &Spanned<String>) -> Option<Located> {
+        match expr::parse(s.get_ref()) {
+            Ok(parsed) => Some(Located { parsed, span: s.span() }),
+            Err(errs) => {
+                for e in errs {
+                    let at = self.inside(&s.span(), e.offset);
+                    self.error(&at, e.message, e.hint);
+                }
+                None
+            }
+        }
+    }
+
+    fn event(&mut self, raw: &RawEvent, schema: Option<&Schema>, env: &Arc<cel::Env>) -> Option<Mapping> {
+        let name = raw.name.get_ref().trim().to_owned();
+        let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !name_ok {
+            self.error(
+                &raw.name.span(),
+                format!("invalid event name {name:?}"),
+                "event names are like OrderPaid (letters, digits, _ . -)".to_owned(),
+            );
+        }
+        let version = match &raw.version {
+            None => DEFAULT_VERSION,
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    self.error(
+                        &v.span(),
+                        format!("invalid version {}", v.get_ref()),
+                        "versions are whole numbers from 1".to_owned(),
+                    );
+                    DEFAULT_VERSION
+                }
+            },
+        };
+        let table = TableRef::parse(raw.table.get_ref().trim());
+        let mut ops = Vec::new();
+        for op in raw.on.get_ref() {
+            match OPS.iter().find(|(n, _)| n == op.get_ref()) {
+                Some((_, o)) if !ops.contains(o) => ops.push(*o),
+                Some(_) => {}
+                None => self.error(
+                    &op.span(),
+                    format!("unknown operation {:?}", op.get_ref()),
+                    "`on` takes insert, update, delete and truncate".to_owned(),
+                ),
+            }
+        }
+        if raw.on.get_ref().is_empty() {
+            self.error(
+                &raw.on.span(),
+                "`on` is empty",
+                "say which operations the mapping maps, e.g. on = [\"insert\"]".to_owned(),
+            );
+        }
+
+        let when = raw.when.as_ref().and_then(|w| self.expr(w));
+        let key = self.expr(&raw.key);
+        if let Some(k) = &key
+            && !key_is_scalar(&k.parsed)
+        {
+            self.error(
+                &k.span,
+                format!("key {:?} is not a scalar", raw.key.get_ref()),
+                "the key is the aggregate id: one value such as new.id, or a CEL expression giving a string or number"
+                    .to_owned(),
+            );
+        }
+        let mut fields = Vec::new();
+        let mut row = None;
+        match raw.data.as_ref().map(|d| (d.get_ref(), d.span())) {
+            None => row = Some(if ops == [Op::Delete] { Var::Old } else { Var::New }),
+            Some((RawData::Row(r), span)) => match r.trim() {
+                "new" => row = Some(Var::New),
+                "old" => row = Some(Var::Old),
+                other => self.error(
+                    &span,
+                    format!("data = {other:?} is neither \"new\" nor \"old\""),
+                    "write data = \"new\" for the whole row, or data = { field = \"expression\", ... }".to_owned(),
+                ),
+            },
+            Some((RawData::Fields(fs), _)) => {
+                for (field, value) in fs {
+                    if let Some(e) = self.expr(value) {
+                        fields.push((field.clone(), e));
+                    }
+                }
+            }
+        }
+        let exclude: Vec<Spanned<String>> = raw.exclude.as_ref().map(|e| e.get_ref().clone()).unwrap_or_default();
+        if let Some(ex) = &raw.exclude
+            && row.is_none()
+        {
+            self.error(
+                &ex.span(),
+                "`exclude` goes with data = \"new\" or \"old\"",
+                "leave the field out of the data table instead".to_owned(),
+            );
+        }
+        if ops.contains(&Op::Truncate)
+            && let Some(k) = &key
+            && (!k.parsed.reads.new.is_none() || !k.parsed.reads.old.is_none())
+        {
+            self.error(
+                &k.span,
+                "a truncate has no row to take a key from",
+                "map truncate in a mapping of its own, with key = \"table\"".to_owned(),
+            );
+        }
+
+        let mut reads = Reads::default();
+        for e in when.iter().chain(key.iter()).chain(fields.iter().map(|(_, e)| e)) {
+            reads.merge(&e.parsed.reads);
+        }
+        if let Some(var) = row {
+            let mut cols = Cols::All;
+            std::mem::swap(
+                &mut cols,
+                if var == Var::New {
+                    &mut reads.new
+                } else {
+                    &mut reads.old
+                },
+            );
+        }
+
+        if let Some(schema) = schema {
+            self.against_schema(
+                schema,
+                raw,
+                &table,
+                &ops,
+                when.iter().chain(key.iter()).chain(fields.iter().map(|(_, e)| e)),
+                &exclude,
+                key.as_ref(),
+                when.as_ref(),
+                env,
+            );
+        }
+
+        let origin = format!(
+            "{}:{}",
+            self.src.path,
+            self.src.error_at(&raw.name.span(), "", None).line
+        );
+        let (when, key) = (when.map(|w| w.parsed.expr), key?.parsed.expr);
+        let data = match row {
+            Some(var) => Data::Row {
+                var,
+                exclude: exclude.into_iter().map(|e| e.into_inner()).collect(),
+            },
+            None => Data::Fields(fields.into_iter().map(|(f, e)| (f, e.parsed.expr)).collect()),
+        };
+        Some(Mapping {
+            name,
+            version,
+            table,
+            ops,
+            origin,
+            when,
+            key,
+            data,
+            reads,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn against_schema<'e>(
+        &mut self,
+        schema: &Schema,
+        raw: &RawEvent,
+        table: &TableRef,
+        ops: &[Op],
+        exprs: impl Iterator<Item = &'e Located> + Clone,
+        exclude: &[Spanned<String>],
+        key: Option<&Located>,
+        when: Option<&Located>,
+        env: &Arc<cel::Env>,
+    ) {
+        let Some(relation) = schema.get(table) else {
+            let known: Vec<String> = schema.keys().map(|t| t.to_string()).collect();
+            let hint = if known.is_empty() {
+                "no table is visible to this user".to_owned()
+            } else {
+                format!("tables are {}", known.join(", "))
+            };
+            self.error(&raw.table.span(), format!("unknown table {table}"), hint);
+            return;
+        };
+        let columns_hint = || {
+            format!(
+                "columns of {table} are {}",
+                relation
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let old_sent = ops.iter().any(|o| matches!(o, Op::Update | Op::Delete));
+        let mut all_known = true;
+        for e in exprs.clone() {
+            for ColumnRef { var, name, offset } in &e.parsed.columns {
+                let at = self.inside(&e.span, *offset);
+                match relation.columns.iter().find(|c| &c.name == name) {
+                    None => {
+                        all_known = false;
+                        self.error(&at, format!("unknown column {name:?} in {table}"), columns_hint());
+                    }
+                    Some(col)
+                        if *var == Var::Old
+                            && old_sent
+                            && !col.identity
+                            && relation.replica_identity != ReplicaIdentity::Full =>
+                    {
+                        self.error(
+                            &at,
+                            format!("old.{name} is not sent: {table} has REPLICA IDENTITY {:?}, which sends only its key columns in old", relation.replica_identity),
+                            format!("run ALTER TABLE {} REPLICA IDENTITY FULL; to map updates and deletes that read old values", table.quoted()),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+            if e.parsed.reads.changed && ops.contains(&Op::Update) && relation.replica_identity != ReplicaIdentity::Full
+            {
+                self.error(
+                    &e.span,
+                    format!("`changed` needs the old row, and {table} does not send it"),
+                    format!("run ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted()),
+                );
+            }
+        }
+        for ex in exclude {
+            if relation.column_index(ex.get_ref()).is_none() {
+                self.error(
+                    &ex.span(),
+                    format!("unknown column {:?} in {table}", ex.get_ref()),
+                    columns_hint(),
+                );
+            }
+        }
+        if let Some(k) = key
+            && let Expr::Column { name, .. } = &k.parsed.expr
+            && let Some(col) = relation.columns.iter().find(|c| &c.name == name)
+            && !col.ty.is_scalar()
+        {
+            self.error(
+                &k.span,
+                format!("key {name} is a {}, not a scalar", col.type_name),
+                "use a column of a scalar type (id, uuid, text) as the key".to_owned(),
+            );
+        }
+        if !all_known {
+            return;
+        }
+        // Evaluate every CEL expression with values of the columns' types: what
+        // fails here for a type reason fails on every row change.
+        let sample_row = cel_value::map(
+            relation
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), cel_value::sample(&c.ty))),
+        );
+        let mut ctx = cel::Context::with_env(env.clone());
+        ctx.add_variable_from_value("new", sample_row.clone());
+        ctx.add_variable_from_value("old", sample_row);
+        ctx.add_variable_from_value("op", "update");
+        ctx.add_variable_from_value("table", table.to_string());
+        ctx.add_variable_from_value("changed", vec!["a".to_owned()]);
+        ctx.add_variable_from_value(
+            "tx",
+            cel_value::map([
+                ("xid".to_owned(), cel::Value::Int(1)),
+                ("lsn".to_owned(), cel::Value::from("0/1")),
+                (
+                    "commit_time".to_owned(),
+                    cel::Value::Timestamp(chrono::DateTime::UNIX_EPOCH.fixed_offset()),
+                ),
+            ]),
+        );
+        for e in exprs {
+            let Expr::Cel(program) = &e.parsed.expr else { continue };
+            match program.execute(&ctx) {
+                Err(err) if is_type_error(&err) => {
+                    self.error(
+                        &e.span,
+                        format!("expression does not fit the columns' types: {err}"),
+                        columns_types_hint(relation),
+                    );
+                }
+                Ok(v) if when.is_some_and(|w| std::ptr::eq(w, e)) && !matches!(v, cel::Value::Bool(_)) => {
+                    self.error(
+                        &e.span,
+                        "`when` must give a bool",
+                        "compare something, e.g. new.status == 'paid'".to_owned(),
+                    );
+                }
+                Ok(v) if key.is_some_and(|k| std::ptr::eq(k, e)) && cel_value::cel_to_subject(&v).is_none() => {
+                    self.error(
+                        &e.span,
+                        "key is not a scalar",
+                        "the key must give a string or a number".to_owned(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn columns_types_hint(relation: &Relation) -> String {
+    let cols: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.type_name))
+        .collect();
+    format!(
+        "{} has {}; numeric is a double in CEL, timestamptz a timestamp, other dates and times strings",
+        relation.table,
+        cols.join(", ")
+    )
+}
+
+fn is_type_error(err: &cel::ExecutionError) -> bool {
+    use cel::ExecutionError as E;
+    matches!(
+        err,
+        E::NoSuchOverload(_)
+            | E::UnsupportedBinaryOperator(..)
+            | E::ValuesNotComparable(..)
+            | E::UnexpectedType { .. }
+            | E::UnsupportedTargetType { .. }
+            | E::NotSupportedAsMethod { .. }
+            | E::UndeclaredReference(_)
+            | E::InvalidArgumentCount { .. }
+    )
+}
+
+fn key_is_scalar(p: &expr::Parsed) -> bool {
+    match &p.expr {
+        Expr::Cel(program) => {
+            !matches!(
+                &program.expression().expr,
+                cel::common::ast::Expr::List(_) | cel::common::ast::Expr::Map(_)
+            ) && !matches!(&program.expression().expr, cel::common::ast::Expr::Ident(n) if n == "new" || n == "old" || n == "changed" || n == "tx")
+        }
+        _ => true,
+    }
+}

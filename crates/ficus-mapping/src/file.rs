@@ -1,0 +1,165 @@
+//! The mapping file format: TOML with `[[event]]` tables.
+//!
+//! ```toml
+//! [[event]]
+//! name    = "OrderPaid"
+//! version = 1
+//! table   = "public.orders"
+//! on      = ["update"]
+//! when    = "old.status != 'paid' && new.status == 'paid'"
+//! key     = "new.id"
+//! data    = { order_id = "new.id", total = "new.total" }
+//! ```
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::{Diagnostic, SourceText};
+
+/// A parsed mapping file, before checking.
+#[derive(Debug)]
+pub struct MappingFile {
+    pub(crate) source: SourceText,
+    pub(crate) events: Vec<RawEvent>,
+}
+
+/// One `[[event]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEvent {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub version: Option<Spanned<i64>>,
+    pub table: Spanned<String>,
+    pub on: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub data: Option<Spanned<RawData>>,
+    #[serde(default)]
+    pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `data = "new"` or `data = { field = "expr", ... }`.
+#[derive(Debug)]
+pub(crate) enum RawData {
+    Row(String),
+    Fields(Vec<(String, Spanned<String>)>),
+}
+
+impl<'de> Deserialize<'de> for RawData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = RawData;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""new", "old" or a table of field = "expression""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawData, E> {
+                Ok(RawData::Row(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawData, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    fields.push((key, map.next_value::<Spanned<String>>()?));
+                }
+                Ok(RawData::Fields(fields))
+            }
+        }
+        deserializer.deserialize_any(DataVisitor)
+    }
+}
+
+/// Parses one mapping file. `path` is only used in messages. Every `[[event]]`
+/// is read on its own, so one broken event does not hide the errors of the others.
+pub fn parse_file(path: &str, text: &str) -> Result<MappingFile, Vec<Diagnostic>> {
+    let source = SourceText {
+        path: path.to_owned(),
+        text: text.to_owned(),
+    };
+    let diag = |e: &toml::de::Error| {
+        let (message, hint) = toml_message(e.message());
+        source.error_at(&e.span().unwrap_or(0..0), message, hint)
+    };
+    let root = DeTable::parse(text).map_err(|e| vec![diag(&e)])?;
+    let mut errors = Vec::new();
+    let mut events = Vec::new();
+    for (key, value) in root.get_ref().iter() {
+        if key.get_ref() != "event" {
+            errors.push(source.error_at(
+                &key.span(),
+                format!("unknown key `{}`", key.get_ref()),
+                Some("a mapping file holds [[event]] tables only".into()),
+            ));
+            continue;
+        }
+        let DeValue::Array(items) = value.get_ref() else {
+            errors.push(source.error_at(
+                &value.span(),
+                "`event` is not an array of tables",
+                Some("write each mapping as an [[event]] table".into()),
+            ));
+            continue;
+        };
+        for item in items.iter() {
+            let DeValue::Table(table) = item.get_ref() else {
+                errors.push(source.error_at(
+                    &item.span(),
+                    "an event is not a table",
+                    Some("write each mapping as an [[event]] table".into()),
+                ));
+                continue;
+            };
+            let mut table = table.clone();
+            // Report an unknown key and read on without it, so that the event's other errors show too.
+            for _ in 0..16 {
+                match RawEvent::deserialize(toml::de::Deserializer::from(Spanned::new(item.span(), table.clone()))) {
+                    Ok(event) => {
+                        events.push(event);
+                        break;
+                    }
+                    Err(e) => {
+                        errors.push(diag(&e));
+                        let unknown = e.message().starts_with("unknown field");
+                        let span = e.span();
+                        let before = table.len();
+                        if let (true, Some(span)) = (unknown, span) {
+                            let hit = table
+                                .iter()
+                                .find(|(k, v)| k.span() == span || v.span() == span)
+                                .map(|(k, _)| k.get_ref().to_string());
+                            if let Some(hit) = hit {
+                                table.remove(hit.as_str());
+                            }
+                        }
+                        if table.len() == before {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(MappingFile { source, events })
+    } else {
+        Err(errors)
+    }
+}
+
+fn toml_message(message: &str) -> (String, Option<String>) {
+    let message = message.trim().to_owned();
+    let hint = if message.starts_with("unknown field") {
+        Some("an [[event]] takes name, version, table, on, when, key, data and exclude".to_owned())
+    } else if message.starts_with("missing field") {
+        Some("every [[event]] needs name, table, on and key".to_owned())
+    } else {
+        Some("see docs/mappings.md for the file format".to_owned())
+    };
+    (message, hint)
+}

@@ -1,0 +1,35 @@
+//! Domain events, written as CloudEvents 1.0 (structured JSON mode).
+
+use serde::Serialize;
+
+/// A domain event: a business fact with a name, a version, a key and data.
+///
+/// Serializes to one CloudEvent in structured JSON mode; the extensions
+/// `eventversion`, `lsn` and `txid` say which schema version it follows and
+/// which commit of the source it comes from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Always `"1.0"`.
+    pub specversion: &'static str,
+    /// The event id: deterministic, so a repeated event has the same id.
+    pub id: String,
+    /// The database and table the event comes from.
+    pub source: String,
+    /// The event's name, e.g. `OrderPaid`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The key: the aggregate id, as a string.
+    pub subject: String,
+    /// The commit time, RFC 3339 in UTC.
+    pub time: String,
+    /// Always `"application/json"`.
+    pub datacontenttype: &'static str,
+    /// The event's schema version.
+    pub eventversion: u32,
+    /// The commit LSN, `X/Y`.
+    pub lsn: String,
+    /// The source transaction id, as a string (CloudEvents integers are 32-bit signed).
+    pub txid: String,
+    /// The payload.
+    pub data: serde_json::Value,
+}

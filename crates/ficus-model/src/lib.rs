@@ -1,0 +1,21 @@
+//! Plain data that flows through ficus, from the source to the sinks:
+//!
+//! ```text
+//! Postgres ──pgoutput──▶ RowChange ──mapping──▶ Event ──▶ sinks
+//! ```
+//!
+//! Nothing here does IO. Column values stay in Postgres' text form inside a
+//! [`RowChange`] until a mapping reads them ([`value`] converts them), so a row
+//! change costs only what its mapped columns cost.
+#![deny(missing_docs)]
+
+pub mod change;
+pub mod event;
+pub mod lsn;
+pub mod relation;
+pub mod value;
+
+pub use change::{Cell, Op, Row, RowChange, TxMeta, text_of};
+pub use event::Event;
+pub use lsn::Lsn;
+pub use relation::{Column, PgType, Relation, ReplicaIdentity, TableRef};

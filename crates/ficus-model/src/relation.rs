@@ -1,0 +1,166 @@
+//! Tables and their columns, as the source describes them.
+
+use std::fmt;
+
+/// A table, by schema and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableRef {
+    /// The schema, `public` unless said otherwise.
+    pub schema: String,
+    /// The table's name.
+    pub name: String,
+}
+
+impl TableRef {
+    /// `"orders"` is `public.orders`; `"sales.orders"` is `sales.orders`.
+    pub fn parse(s: &str) -> TableRef {
+        match s.split_once('.') {
+            Some((schema, name)) => TableRef::new(schema, name),
+            None => TableRef::new("public", s),
+        }
+    }
+
+    /// A table from its schema and name.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableRef {
+        TableRef {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The name quoted for SQL: `"public"."orders"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A column's type, resolved to what decides how its value is converted:
+/// domains are their base type, enums are text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgType {
+    /// `bool`
+    Bool,
+    /// `int2`, `int4`, `oid`: fit a JSON number exactly
+    Int,
+    /// `int8`
+    Int8,
+    /// `float4`, `float8`
+    Float,
+    /// `numeric`
+    Numeric,
+    /// `text`, `varchar`, `char`, `name`, enums, `uuid` and every type without a JSON form
+    Text,
+    /// `bytea`
+    Bytea,
+    /// `json`, `jsonb`
+    Json,
+    /// `timestamptz`
+    Timestamptz,
+    /// `timestamp`
+    Timestamp,
+    /// `date`
+    Date,
+    /// `time`, `timetz`
+    Time,
+    /// `interval`
+    Interval,
+    /// An array of the element type.
+    Array(Box<PgType>),
+}
+
+impl PgType {
+    /// The type of a built-in scalar type OID, `None` for the rest (which the
+    /// source resolves from the catalog).
+    pub fn builtin(oid: u32) -> Option<PgType> {
+        Some(match oid {
+            16 => PgType::Bool,
+            17 => PgType::Bytea,
+            20 => PgType::Int8,
+            21 | 23 | 26 | 28 => PgType::Int,
+            18 | 19 | 25 | 1042 | 1043 | 2950 => PgType::Text,
+            114 | 3802 => PgType::Json,
+            700 | 701 => PgType::Float,
+            1700 => PgType::Numeric,
+            1082 => PgType::Date,
+            1083 | 1266 => PgType::Time,
+            1114 => PgType::Timestamp,
+            1184 => PgType::Timestamptz,
+            1186 => PgType::Interval,
+            _ => return None,
+        })
+    }
+
+    /// Whether a value of this type can be an event's key.
+    pub fn is_scalar(&self) -> bool {
+        !matches!(self, PgType::Array(_) | PgType::Json | PgType::Bytea)
+    }
+}
+
+/// Which old values the source sends for updates and deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key's columns (`REPLICA IDENTITY DEFAULT`).
+    Default,
+    /// Every column (`REPLICA IDENTITY FULL`).
+    Full,
+    /// The columns of one unique index (`REPLICA IDENTITY USING INDEX`).
+    Index,
+    /// No old values (`REPLICA IDENTITY NOTHING`).
+    Nothing,
+}
+
+impl ReplicaIdentity {
+    /// From pgoutput's and `pg_class.relreplident`'s letter.
+    pub fn from_letter(c: u8) -> ReplicaIdentity {
+        match c {
+            b'f' => ReplicaIdentity::Full,
+            b'i' => ReplicaIdentity::Index,
+            b'n' => ReplicaIdentity::Nothing,
+            _ => ReplicaIdentity::Default,
+        }
+    }
+}
+
+/// One column of a relation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// The column's name.
+    pub name: String,
+    /// The column's type, as ficus converts it.
+    pub ty: PgType,
+    /// The name of the type in Postgres, for messages.
+    pub type_name: String,
+    /// Whether the column belongs to the replica identity (sent in `old` for every update and delete).
+    pub identity: bool,
+}
+
+/// A table as the stream describes it at one moment: columns in their order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    /// The table's OID on the source.
+    pub oid: u32,
+    /// The table.
+    pub table: TableRef,
+    /// The table's replica identity.
+    pub replica_identity: ReplicaIdentity,
+    /// The columns, in the order of the row changes' cells.
+    pub columns: Vec<Column>,
+}
+
+impl Relation {
+    /// The position of a column.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}

@@ -1,0 +1,145 @@
+//! What the source's catalog says: settings, privileges, tables, types.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ficus_model::{Column, PgType, Relation, ReplicaIdentity, TableRef};
+use sqlx::{PgPool, Row};
+
+use crate::SourceError;
+
+/// Opens a small pool of ordinary connections to the source.
+pub async fn connect(url: &crate::SourceUrl) -> Result<PgPool, SourceError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(url.query_options()?)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&format!("connecting to {}", url.redacted()), e))
+}
+
+/// Checks that the source can stream: `wal_level = logical` and a user with
+/// the REPLICATION attribute.
+pub async fn preflight(pool: &PgPool) -> Result<(), SourceError> {
+    let wal_level: String = sqlx::query_scalar("show wal_level")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx("reading wal_level", e))?;
+    if wal_level != "logical" {
+        return Err(SourceError::definite(
+            format!("the source has wal_level = {wal_level}, and logical replication needs wal_level = logical"),
+            "run ALTER SYSTEM SET wal_level = logical; then restart Postgres (on a managed service, turn on its logical replication setting)",
+        ));
+    }
+    let row =
+        sqlx::query("select rolsuper, rolreplication, current_user::text from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading the user's attributes", e))?;
+    let (superuser, replication, user): (bool, bool, String) = (row.get(0), row.get(1), row.get(2));
+    if !superuser && !replication {
+        return Err(SourceError::definite(
+            format!("user {user} may not stream changes: it lacks the REPLICATION attribute"),
+            format!(
+                "run ALTER ROLE {user} WITH REPLICATION; as a superuser (on a managed service, grant its replication role)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Every user table with its columns, for checking mappings.
+pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, Relation>, SourceError> {
+    let rows = sqlx::query(
+        "select n.nspname::text, c.relname::text, c.oid::int8, c.relreplident::text, a.attname::text, a.atttypid::int8,
+                format_type(a.atttypid, a.atttypmod),
+                coalesce(a.attnum = any(i.indkey), false)
+         from pg_class c
+         join pg_namespace n on n.oid = c.relnamespace
+         join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         left join pg_index i on i.indrelid = c.oid
+              and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident))
+         where c.relkind in ('r', 'p') and not c.relispartition
+           and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
+         order by 1, 2, a.attnum",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading the tables", e))?;
+    let mut types = TypeCache::default();
+    let mut out: BTreeMap<TableRef, Relation> = BTreeMap::new();
+    for row in rows {
+        let table = TableRef::new(row.get::<String, _>(0), row.get::<String, _>(1));
+        let oid = row.get::<i64, _>(5) as u32;
+        let ty = types.resolve(pool, oid).await?;
+        let rel = out.entry(table.clone()).or_insert_with(|| Relation {
+            oid: row.get::<i64, _>(2) as u32,
+            table,
+            replica_identity: ReplicaIdentity::from_letter(row.get::<String, _>(3).as_bytes()[0]),
+            columns: vec![],
+        });
+        rel.columns.push(Column {
+            name: row.get(4),
+            ty,
+            type_name: row.get(6),
+            identity: row.get(7),
+        });
+    }
+    Ok(out)
+}
+
+/// Type OIDs resolved to how ficus converts them, cached.
+#[derive(Default)]
+pub struct TypeCache {
+    types: HashMap<u32, PgType>,
+}
+
+impl TypeCache {
+    /// Resolves a type OID: built-in types at once, others from `pg_type`
+    /// (domains to their base type, enums to text, arrays to their element).
+    pub async fn resolve(&mut self, pool: &PgPool, oid: u32) -> Result<PgType, SourceError> {
+        if let Some(t) = PgType::builtin(oid) {
+            return Ok(t);
+        }
+        if let Some(t) = self.types.get(&oid) {
+            return Ok(t.clone());
+        }
+        let mut current = oid;
+        let mut depth = 0;
+        let resolved = loop {
+            if let Some(t) = PgType::builtin(current).or_else(|| self.types.get(&current).cloned()) {
+                break t;
+            }
+            let row = sqlx::query(
+                "select typtype::text, typbasetype::int8, typelem::int8, typcategory::text from pg_type where oid = $1",
+            )
+            .bind(i64::from(current))
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading a column type", e))?;
+            let Some(row) = row else { break PgType::Text };
+            let (typtype, base, elem, category): (String, i64, i64, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            depth += 1;
+            if typtype == "d" && depth < 16 {
+                current = base as u32;
+            } else if category == "A" && elem != 0 && depth < 16 {
+                let inner = Box::pin(self.resolve(pool, elem as u32)).await?;
+                break PgType::Array(Box::new(inner));
+            } else {
+                break PgType::Text;
+            }
+        };
+        self.types.insert(oid, resolved.clone());
+        Ok(resolved)
+    }
+}
+
+/// The current end of the WAL.
+pub async fn current_wal_lsn(pool: &PgPool) -> Result<ficus_model::Lsn, SourceError> {
+    let s: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx("reading the WAL position", e))?;
+    s.parse()
+        .map_err(|e: ficus_model::lsn::ParseLsnError| SourceError::definite(e.to_string(), "report this as a bug"))
+}

@@ -1,0 +1,188 @@
+//! The slot and the publication ficus owns on the source.
+//!
+//! An abandoned slot keeps every WAL segment from its confirmed position on:
+//! the source's disk fills up. `ficus teardown` drops both.
+
+use std::collections::BTreeSet;
+
+use ficus_model::{Lsn, TableRef};
+use sqlx::{PgPool, Row};
+use tracing::info;
+
+use crate::SourceError;
+
+fn quote(s: &str) -> String {
+    ficus_model::relation::quote_ident(s)
+}
+
+/// Makes the publication cover exactly `tables`, publishing partitions through their root.
+pub async fn ensure_publication(pool: &PgPool, name: &str, tables: &BTreeSet<TableRef>) -> Result<(), SourceError> {
+    let ctx = |what: &str| format!("{what} publication {name}");
+    let existing = sqlx::query("select puballtables, pubviaroot from pg_publication where pubname = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&ctx("reading"), e))?;
+    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let hint = |sql: &str| format!("run as the owner of the tables, or have an owner run: {sql}");
+    match existing {
+        None => {
+            let sql = format!(
+                "create publication {} for table {list} with (publish_via_partition_root = true)",
+                quote(name)
+            );
+            sqlx::query(&sql)
+                .execute(pool)
+                .await
+                .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("creating"), e), hint(&sql)))?;
+            info!(publication = name, tables = %list, "created publication");
+        }
+        Some(row) => {
+            let (all, via_root): (bool, bool) = (row.get(0), row.get(1));
+            if all {
+                return Err(SourceError::definite(
+                    format!(
+                        "publication {name} is FOR ALL TABLES; ficus keeps its publication equal to the mapped tables"
+                    ),
+                    "give ficus a publication of its own ([source] publication = \"...\"), or drop this one",
+                ));
+            }
+            let current: BTreeSet<TableRef> =
+                sqlx::query("select schemaname::text, tablename::text from pg_publication_tables where pubname = $1")
+                    .bind(name)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| SourceError::from_sqlx(&ctx("reading"), e))?
+                    .iter()
+                    .map(|r| TableRef::new(r.get::<String, _>(0), r.get::<String, _>(1)))
+                    .collect();
+            if &current != tables {
+                let sql = format!("alter publication {} set table {list}", quote(name));
+                sqlx::query(&sql)
+                    .execute(pool)
+                    .await
+                    .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("updating"), e), hint(&sql)))?;
+                info!(publication = name, tables = %list, "updated publication");
+            }
+            if !via_root {
+                let sql = format!(
+                    "alter publication {} set (publish_via_partition_root = true)",
+                    quote(name)
+                );
+                sqlx::query(&sql)
+                    .execute(pool)
+                    .await
+                    .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("updating"), e), hint(&sql)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn with_hint(e: SourceError, hint: String) -> SourceError {
+    match e {
+        SourceError::Definite { message, .. } => SourceError::Definite { message, hint },
+        t => t,
+    }
+}
+
+/// The slot's state.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// Whether ficus created it just now.
+    pub created: bool,
+    /// Its confirmed position: everything before it was acknowledged.
+    pub confirmed_flush: Lsn,
+}
+
+/// Creates the slot (`pgoutput`) when absent; checks it when present.
+pub async fn ensure_slot(pool: &PgPool, name: &str, database: &str) -> Result<SlotState, SourceError> {
+    let row = sqlx::query(
+        "select plugin::text, database::text, confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
+    if let Some(row) = row {
+        let (plugin, db, confirmed): (Option<String>, Option<String>, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
+            return Err(SourceError::definite(
+                format!(
+                    "slot {name} exists but is not a pgoutput slot of database {database} (plugin {plugin:?}, database {db:?})"
+                ),
+                "give ficus a slot of its own ([source] slot = \"...\")",
+            ));
+        }
+        let confirmed_flush = confirmed.and_then(|c| c.parse().ok()).unwrap_or_default();
+        return Ok(SlotState {
+            created: false,
+            confirmed_flush,
+        });
+    }
+    let lsn: String = sqlx::query_scalar("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&format!("creating slot {name}"), e))?;
+    info!(slot = name, lsn = %lsn, "created slot");
+    Ok(SlotState {
+        created: true,
+        confirmed_flush: lsn.parse().unwrap_or_default(),
+    })
+}
+
+/// The slot's confirmed position, `None` when there is no such slot.
+pub async fn confirmed_flush(pool: &PgPool, name: &str) -> Result<Option<Lsn>, SourceError> {
+    let lsn: Option<Option<String>> =
+        sqlx::query_scalar("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
+    Ok(lsn.flatten().and_then(|l| l.parse().ok()))
+}
+
+/// Drops the slot and the publication; what is absent is skipped.
+pub async fn teardown(pool: &PgPool, slot: &str, publication: &str) -> Result<Vec<String>, SourceError> {
+    let mut done = Vec::new();
+    let active: Option<Option<i32>> =
+        sqlx::query_scalar("select active_pid from pg_replication_slots where slot_name = $1")
+            .bind(slot)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
+    match active {
+        Some(Some(pid)) => {
+            return Err(SourceError::definite(
+                format!("slot {slot} is in use by process {pid}"),
+                "stop the ficus that streams from it first",
+            ));
+        }
+        Some(None) => {
+            sqlx::query("select pg_drop_replication_slot($1)")
+                .bind(slot)
+                .execute(pool)
+                .await
+                .map_err(|e| SourceError::from_sqlx("dropping the slot", e))?;
+            done.push(format!("dropped slot {slot}"));
+        }
+        None => done.push(format!("no slot {slot}")),
+    }
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_publication where pubname = $1)")
+        .bind(publication)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx("reading the publication", e))?;
+    if exists {
+        sqlx::query(&format!("drop publication {}", quote(publication)))
+            .execute(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("dropping the publication", e))?;
+        done.push(format!("dropped publication {publication}"));
+    } else {
+        done.push(format!("no publication {publication}"));
+    }
+    Ok(done)
+}

@@ -1,0 +1,44 @@
+//! Errors of a run.
+
+use ficus_mapping::{Diagnostic, MapError};
+use ficus_postgres::SourceError;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// Mapping files are wrong; every error is listed.
+    #[error("{} error(s) in the mappings", .0.len())]
+    Mappings(Vec<Diagnostic>),
+    /// The source said no.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A row change could not be mapped.
+    #[error(transparent)]
+    Map(Box<MapError>),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] ficus_sinks::SinkError),
+}
+
+impl RunError {
+    /// How to fix it, when known.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Source(e) => e.hint().map(str::to_owned),
+            RunError::Map(e) => Some(e.hint()),
+            RunError::Sink(_) => Some(
+                "make room or fix permissions, then start ficus again: nothing undelivered was acknowledged".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl From<MapError> for RunError {
+    fn from(e: MapError) -> RunError {
+        RunError::Map(Box::new(e))
+    }
+}

@@ -1,0 +1,18 @@
+//! The runtime: wires the source, the mappings and the sinks.
+//!
+//! ```text
+//! ReplicationStream ──SourceEvent──▶ Bound::apply ──Event──▶ sinks.write
+//!        ▲                                                      │
+//!        └──────── acknowledge(commit end) ◀── sinks.flush ◀────┘
+//! ```
+//!
+//! The slot's confirmed position moves only after every event up to that
+//! commit is durable in every sink.
+
+pub mod config;
+mod error;
+mod pipeline;
+
+pub use config::{Config, load_mappings};
+pub use error::RunError;
+pub use pipeline::{RunOptions, RunReport, check_live, run, teardown};

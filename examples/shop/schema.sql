@@ -1,0 +1,32 @@
+-- The "monolith": a shop whose tables nobody dares to touch.
+create type order_status as enum ('placed', 'paid', 'shipped', 'cancelled');
+create domain money_amount as numeric(12, 2) check (value >= 0);
+
+create table customers (
+  id            bigserial primary key,
+  email         text not null unique,
+  name          text not null,
+  password_hash text not null,
+  created_at    timestamptz not null default now()
+);
+-- CustomerEmailChanged reads `changed`: updates must carry the old row.
+alter table customers replica identity full;
+
+create table orders (
+  id          bigserial primary key,
+  customer_id bigint not null references customers,
+  status      order_status not null default 'placed',
+  total       money_amount not null,
+  tags        text[] not null default '{}',
+  placed_at   timestamptz not null default now(),
+  paid_at     timestamptz
+);
+-- OrderPaid reads old.status: updates must carry the old row.
+alter table orders replica identity full;
+
+-- Not mapped: ficus never sees it, however busy it is.
+create table page_views (
+  id   bigserial primary key,
+  path text not null,
+  at   timestamptz not null default now()
+);

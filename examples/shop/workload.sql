@@ -1,0 +1,15 @@
+-- What the monolith does all day: sign-ups, orders, payments, shipping.
+insert into customers (email, name, password_hash) values
+  ('ada@example.com', 'Ada Lovelace', 'x'),
+  ('grace@example.com', 'Grace Hopper', 'y');
+
+begin;
+insert into orders (customer_id, total, tags) values (1, 120.50, '{gift}'), (2, 9.99, '{}');
+insert into page_views (path) select '/checkout' from generate_series(1, 100);
+commit;
+
+update orders set status = 'paid', paid_at = '2026-11-22 10:00:00+00' where id = 1;
+update orders set total = 10.49 where id = 2;          -- not an event: no mapping says so
+update orders set status = 'shipped' where id = 1;
+update customers set email = 'ada@lovelace.example' where id = 1;
+update orders set status = 'cancelled' where id = 2;
