@@ -131,7 +131,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let files = ficus_runtime::load_mappings(&config)?;
-    let offline = ficus_mapping::compile(&files, None).map_err(RunError::Mappings)?;
+    let offline = files.compile(None)?;
     let live = async {
         let url = ficus_postgres::SourceUrl::parse(&config.url()?)?;
         let pool = ficus_postgres::catalog::connect(&url).await?;

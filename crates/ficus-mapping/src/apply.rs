@@ -214,11 +214,11 @@ fn cell(change: &RowChange, var: Var, index: usize) -> Option<&Cell> {
         Var::Old => change.old.as_ref(),
     };
     match row?.get(index)? {
-        Cell::Unchanged if var == Var::New => match change.old.as_ref()?.get(index)? {
+        Cell::Unsent if var == Var::New => match change.old.as_ref()?.get(index)? {
             c @ Cell::Text(_) | c @ Cell::Null => Some(c),
-            Cell::Unchanged => None,
+            Cell::Unsent => None,
         },
-        Cell::Unchanged => None,
+        Cell::Unsent => None,
         c => Some(c),
     }
 }
@@ -397,7 +397,7 @@ impl Bound {
         };
         (0..self.relation.columns.len())
             .filter(|&i| match (old.get(i), new.get(i)) {
-                (Some(o), Some(n)) => *n != Cell::Unchanged && *o != Cell::Unchanged && o != n,
+                (Some(o), Some(n)) => *n != Cell::Unsent && *o != Cell::Unsent && o != n,
                 _ => false,
             })
             .map(|i| self.relation.columns[i].name.clone())

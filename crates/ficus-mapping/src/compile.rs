@@ -189,8 +189,9 @@ impl Checker<'_> {
 
         let when = raw.when.as_ref().and_then(|w| self.expr(w));
         let key = self.expr(&raw.key);
+        let key_scalar = key.as_ref().is_some_and(|k| key_is_scalar(&k.parsed));
         if let Some(k) = &key
-            && !key_is_scalar(&k.parsed)
+            && !key_scalar
         {
             self.error(
                 &k.span,
@@ -265,7 +266,7 @@ impl Checker<'_> {
                 &ops,
                 when.iter().chain(key.iter()).chain(fields.iter().map(|(_, e)| e)),
                 &exclude,
-                key.as_ref(),
+                key.as_ref().filter(|_| key_scalar),
                 when.as_ref(),
                 env,
             );
@@ -349,7 +350,7 @@ impl Checker<'_> {
                     {
                         self.error(
                             &at,
-                            format!("old.{name} is not sent: {table} has REPLICA IDENTITY {:?}, which sends only its key columns in old", relation.replica_identity),
+                            format!("old.{name} is not sent: {table} has REPLICA IDENTITY {}, which sends only its key columns in old", relation.replica_identity),
                             format!("run ALTER TABLE {} REPLICA IDENTITY FULL; to map updates and deletes that read old values", table.quoted()),
                         );
                     }

@@ -171,6 +171,7 @@ pub(crate) fn parse(text: &str) -> Result<Parsed, Vec<ExprError>> {
         errors
             .errors
             .iter()
+            .take(1) // the parser's later errors follow from the first
             .map(|e| ExprError {
                 offset: line_col_offset(text, e.pos.0, e.pos.1),
                 message: format!("CEL does not parse: {}", e.msg),

@@ -76,8 +76,10 @@ impl<'de> Deserialize<'de> for RawData {
 }
 
 /// Parses one mapping file. `path` is only used in messages. Every `[[event]]`
-/// is read on its own, so one broken event does not hide the errors of the others.
-pub fn parse_file(path: &str, text: &str) -> Result<MappingFile, Vec<Diagnostic>> {
+/// is read on its own, so one broken event does not hide the errors of the
+/// others: the events that parse are returned with the errors of the rest (an
+/// unknown key is reported, and the event is read on without it).
+pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
     let source = SourceText {
         path: path.to_owned(),
         text: text.to_owned(),
@@ -86,7 +88,13 @@ pub fn parse_file(path: &str, text: &str) -> Result<MappingFile, Vec<Diagnostic>
         let (message, hint) = toml_message(e.message());
         source.error_at(&e.span().unwrap_or(0..0), message, hint)
     };
-    let root = DeTable::parse(text).map_err(|e| vec![diag(&e)])?;
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let errors = vec![diag(&e)];
+            return (MappingFile { source, events: vec![] }, errors);
+        }
+    };
     let mut errors = Vec::new();
     let mut events = Vec::new();
     for (key, value) in root.get_ref().iter() {
@@ -145,11 +153,7 @@ pub fn parse_file(path: &str, text: &str) -> Result<MappingFile, Vec<Diagnostic>
             }
         }
     }
-    if errors.is_empty() {
-        Ok(MappingFile { source, events })
-    } else {
-        Err(errors)
-    }
+    (MappingFile { source, events }, errors)
 }
 
 fn toml_message(message: &str) -> (String, Option<String>) {

@@ -44,8 +44,9 @@ impl fmt::Display for Op {
 pub enum Cell {
     /// SQL NULL.
     Null,
-    /// A TOASTed value that the update did not change, so the source did not send it.
-    Unchanged,
+    /// A value the source did not send: a TOASTed value an update did not
+    /// change, or, in `old`, a column outside the replica identity.
+    Unsent,
     /// The value's text form, a slice of the received message.
     Text(Bytes),
 }

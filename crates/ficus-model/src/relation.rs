@@ -132,6 +132,17 @@ impl ReplicaIdentity {
     }
 }
 
+impl fmt::Display for ReplicaIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplicaIdentity::Default => "DEFAULT",
+            ReplicaIdentity::Full => "FULL",
+            ReplicaIdentity::Index => "USING INDEX",
+            ReplicaIdentity::Nothing => "NOTHING",
+        })
+    }
+}
+
 /// One column of a relation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Column {

@@ -227,7 +227,8 @@ mod tests {
     #[test]
     fn types_bytea_json_arrays() {
         assert_eq!(to_json(&PgType::Bytea, "\\x00ff10"), json!("AP8Q"));
-        assert_eq!(to_json(&PgType::Json, r#"{"a": [1, 2.50]}"#), json!({"a": [1, 2.50]}));
+        let doc = to_json(&PgType::Json, r#"{"a": [1, 2.50]}"#);
+        assert_eq!(serde_json::to_string(&doc).unwrap(), r#"{"a":[1,2.50]}"#);
         let ints = PgType::Array(Box::new(PgType::Int));
         assert_eq!(to_json(&ints, "{{1,2},{3,NULL}}"), json!([[1, 2], [3, null]]));
         let texts = PgType::Array(Box::new(PgType::Text));

@@ -40,6 +40,8 @@ pub enum Message {
         relation: u32,
         /// The old row (all columns, or only the identity's with the rest NULL).
         old: Option<Row>,
+        /// Whether `old` holds only the replica identity's columns.
+        key_only: bool,
         /// The new row.
         new: Row,
     },
@@ -49,6 +51,8 @@ pub enum Message {
         relation: u32,
         /// The old row (all columns, or only the identity's with the rest NULL).
         old: Row,
+        /// Whether `old` holds only the replica identity's columns.
+        key_only: bool,
     },
     /// A truncate of one or more tables.
     Truncate {
@@ -113,7 +117,7 @@ impl Reader {
         for _ in 0..n {
             cells.push(match self.u8()? {
                 b'n' => Cell::Null,
-                b'u' => Cell::Unchanged,
+                b'u' => Cell::Unsent,
                 b't' => {
                     let len = self.u32()? as usize;
                     if self.buf.remaining() < len {
@@ -172,6 +176,7 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
             let relation = r.u32()?;
             let mut old = None;
             let mut kind = r.u8()?;
+            let key_only = kind == b'K';
             if kind == b'K' || kind == b'O' {
                 old = Some(r.tuple()?);
                 kind = r.u8()?;
@@ -182,18 +187,21 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
             Message::Update {
                 relation,
                 old,
+                key_only,
                 new: r.tuple()?,
             }
         }
         b'D' => {
             let relation = r.u32()?;
-            match r.u8()? {
-                b'K' | b'O' => {}
+            let key_only = match r.u8()? {
+                b'K' => true,
+                b'O' => false,
                 _ => return Err(r.err("delete without old tuple")),
-            }
+            };
             Message::Delete {
                 relation,
                 old: r.tuple()?,
+                key_only,
             }
         }
         b'T' => {

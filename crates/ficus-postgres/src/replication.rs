@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ficus_model::{Column, Lsn, Op, Relation, RowChange, TableRef, TxMeta};
+use ficus_model::{Cell, Column, Lsn, Op, Relation, Row, RowChange, TableRef, TxMeta};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use sqlx::PgPool;
 
@@ -188,8 +188,27 @@ impl ReplicationStream {
                 return Ok(());
             }
             Message::Insert { relation, new } => (Op::Insert, relation, Some(new), None),
-            Message::Update { relation, old, new } => (Op::Update, relation, Some(new), old),
-            Message::Delete { relation, old } => (Op::Delete, relation, None, Some(old)),
+            Message::Update {
+                relation,
+                old,
+                key_only,
+                new,
+            } => (
+                Op::Update,
+                relation,
+                Some(new),
+                old.map(|o| self.identity_only(relation, o, key_only)),
+            ),
+            Message::Delete {
+                relation,
+                old,
+                key_only,
+            } => (
+                Op::Delete,
+                relation,
+                None,
+                Some(self.identity_only(relation, old, key_only)),
+            ),
             Message::Truncate { relations } => {
                 for oid in relations {
                     let change = self.change(Op::Truncate, oid, None, None, lsn)?;
@@ -202,6 +221,19 @@ impl ReplicationStream {
         let change = self.change(op, relation, new, old, lsn)?;
         self.queued.push_back(SourceEvent::Change(change));
         Ok(())
+    }
+
+    /// A key-only old row carries NULL for the columns outside the replica
+    /// identity; they are not NULL but unknown, so they become [`Cell::Unsent`].
+    fn identity_only(&self, oid: u32, mut old: Row, key_only: bool) -> Row {
+        if let (true, Some(rel)) = (key_only, self.relations.get(&oid)) {
+            for (cell, col) in old.0.iter_mut().zip(&rel.columns) {
+                if !col.identity {
+                    *cell = Cell::Unsent;
+                }
+            }
+        }
+        old
     }
 
     fn change(

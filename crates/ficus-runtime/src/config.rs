@@ -139,8 +139,31 @@ impl Config {
     }
 }
 
-/// Reads and parses every mapping file the config names, collecting every error.
-pub fn load_mappings(config: &Config) -> Result<Vec<MappingFile>, RunError> {
+/// Mapping files as read, with the errors of reading them.
+pub struct Loaded {
+    /// The files (with the events that parsed).
+    pub files: Vec<MappingFile>,
+    /// What did not parse.
+    pub errors: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// Compiles the files (against a schema when given); fails with every
+    /// error of reading and of compiling at once.
+    pub fn compile(&self, schema: Option<&ficus_mapping::Schema>) -> Result<ficus_mapping::Compiled, RunError> {
+        let mut errors = self.errors.clone();
+        match ficus_mapping::compile(&self.files, schema) {
+            Ok(c) if errors.is_empty() => return Ok(c),
+            Ok(_) => {}
+            Err(e) => errors.extend(e),
+        }
+        errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        Err(RunError::Mappings(errors))
+    }
+}
+
+/// Reads and parses every mapping file the config names.
+pub fn load_mappings(config: &Config) -> Result<Loaded, RunError> {
     let mut files = Vec::new();
     let mut errors: Vec<Diagnostic> = Vec::new();
     let mut paths = Vec::new();
@@ -165,14 +188,9 @@ pub fn load_mappings(config: &Config) -> Result<Vec<MappingFile>, RunError> {
             .unwrap_or(&path)
             .to_string_lossy()
             .into_owned();
-        match parse_file(&shown, &text) {
-            Ok(f) => files.push(f),
-            Err(e) => errors.extend(e),
-        }
+        let (file, errs) = parse_file(&shown, &text);
+        files.push(file);
+        errors.extend(errs);
     }
-    if errors.is_empty() {
-        Ok(files)
-    } else {
-        Err(RunError::Mappings(errors))
-    }
+    Ok(Loaded { files, errors })
 }

@@ -13,6 +13,6 @@ pub mod config;
 mod error;
 mod pipeline;
 
-pub use config::{Config, load_mappings};
+pub use config::{Config, Loaded, load_mappings};
 pub use error::RunError;
 pub use pipeline::{RunOptions, RunReport, check_live, run, teardown};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ficus_mapping::{Bound, Compiled, EventContext, MappingFile, compile};
+use ficus_mapping::{Bound, Compiled, EventContext};
 use ficus_model::Lsn;
 use ficus_postgres::{ReplicationStream, SourceError, SourceEvent, SourceUrl, catalog, slot};
 use ficus_sinks::Sink;
@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, Loaded, SinkConfig};
 use crate::{RunError, load_mappings};
 
 /// Flush sinks and acknowledge at least this often while events flow.
@@ -46,9 +46,9 @@ pub struct RunReport {
 }
 
 /// Compiles the mappings against the live schema of the source.
-pub async fn check_live(files: &[MappingFile], pool: &PgPool) -> Result<Compiled, RunError> {
+pub async fn check_live(loaded: &Loaded, pool: &PgPool) -> Result<Compiled, RunError> {
     let schema = catalog::tables(pool).await?;
-    compile(files, Some(&schema)).map_err(RunError::Mappings)
+    loaded.compile(Some(&schema))
 }
 
 fn open_sinks(config: &Config) -> Result<Vec<Sink>, RunError> {
