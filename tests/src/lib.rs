@@ -1,1 +1,1 @@
-//! black-box tests live in tests/
+//! Black-box tests of the `ficus` binary: see `tests/main.rs`.

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ficus_runtime::{Config, RunError, RunOptions};
 use tokio::sync::watch;
@@ -131,41 +130,33 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let files = ficus_runtime::load_mappings(&config)?;
-    let offline = files.compile(None)?;
-    let live = async {
-        let url = ficus_postgres::SourceUrl::parse(&config.url()?)?;
-        let pool = ficus_postgres::catalog::connect(&url).await?;
-        let compiled = ficus_runtime::check_live(&files, &pool).await?;
-        let preflight = ficus_postgres::catalog::preflight(&pool).await;
-        Ok::<_, RunError>((url, compiled, preflight))
+    let offline = |why: String| -> anyhow::Result<ExitCode> {
+        let compiled = files.compile(None)?;
+        println!("{} mapping(s) check out offline", compiled.mappings().len());
+        eprintln!("note: {why}; tables and columns were not checked");
+        Ok(ExitCode::SUCCESS)
     };
-    match live.await {
-        Ok((url, compiled, preflight)) => {
-            println!(
-                "{} mapping(s) of {} table(s) check out against {}",
-                compiled.mappings().len(),
-                compiled.tables().len(),
-                url.redacted()
-            );
-            if let Err(e) = preflight {
-                eprintln!("error: {e}");
-                if let Some(hint) = e.hint() {
-                    eprintln!("hint: {hint}");
-                }
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(RunError::Source(e))
-            if e.is_transient()
-                || matches!(&e, ficus_postgres::SourceError::Definite { message, .. } if message.starts_with("connecting")) =>
-        {
-            println!("{} mapping(s) check out offline", offline.mappings().len());
-            eprintln!("note: could not reach the source ({e}); tables and columns were not checked");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Err(e).context("checking against the source"),
+    let Ok(url) = config.url() else {
+        return offline("no source url".into());
+    };
+    let url = ficus_postgres::SourceUrl::parse(&url)?;
+    let pool = match ficus_postgres::catalog::connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) if e.is_transient() => return offline(format!("could not reach the source ({e})")),
+        Err(e) => return Err(RunError::from(e).into()),
+    };
+    let compiled = ficus_runtime::check_live(&files, &pool).await?;
+    println!(
+        "{} mapping(s) of {} table(s) check out against {}",
+        compiled.mappings().len(),
+        compiled.tables().len(),
+        url.redacted()
+    );
+    if let Err(e) = ficus_postgres::catalog::preflight(&pool).await {
+        report(&RunError::from(e).into());
+        return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {

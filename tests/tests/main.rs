@@ -1,0 +1,8 @@
+//! Black-box tests: the real `ficus` binary against a real, throwaway Postgres
+//! (one cluster for this test binary, one database per test).
+
+mod support;
+
+mod bad_input;
+mod crash;
+mod pipeline;

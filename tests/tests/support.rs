@@ -1,0 +1,171 @@
+//! A ficus project in a temporary directory, against a database of the shared cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use ficus_testkit::{Cluster, TestDb, wait_for, workspace_bin};
+use serde_json::Value;
+
+pub struct Project {
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A new database with `schema` applied, and a project directory whose
+    /// ficus.toml streams into events.jsonl through a slot named after the database.
+    pub async fn new(schema: &str) -> Project {
+        Project::on(Cluster::shared(), schema).await
+    }
+
+    pub async fn on(cluster: &'static Cluster, schema: &str) -> Project {
+        let db = cluster.database().await;
+        if !schema.is_empty() {
+            db.exec(schema).await;
+        }
+        let dir = tempfile::Builder::new().prefix("ficus-project-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+        let p = Project { db, dir };
+        p.config("");
+        p
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes ficus.toml; `extra` is appended (more sinks, say).
+    pub fn config(&self, extra: &str) {
+        self.write(
+            "ficus.toml",
+            &format!(
+                "[source]\nname = \"shop\"\nslot = \"{0}\"\npublication = \"ficus\"\n\n[[sink]]\ntype = \"jsonl\"\npath = \"events.jsonl\"\n{extra}",
+                self.db.name
+            ),
+        );
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).unwrap();
+    }
+
+    pub fn mapping(&self, name: &str, text: &str) {
+        self.write(&format!("mappings/{name}"), text);
+    }
+
+    /// The ficus command, run in the project directory against the test database.
+    pub fn ficus(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(workspace_bin("ficus"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("FICUS_SOURCE_URL", self.db.url())
+            .env("FICUS_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ficus ARGS`, which must succeed.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.ficus(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ficus {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `ficus run --until-caught-up`, which must succeed.
+    pub fn catch_up(&self) -> Output {
+        self.ok(&["run", "--until-caught-up"])
+    }
+
+    /// `ficus run` in the background; its stderr goes to run.log.
+    pub fn spawn_run(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("run.log"))
+            .unwrap();
+        self.ficus(&["run"]).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    /// The events in events.jsonl (or another file).
+    pub fn events(&self) -> Vec<Value> {
+        self.events_in("events.jsonl")
+    }
+
+    pub fn events_in(&self, file: &str) -> Vec<Value> {
+        read_events(&self.path(file))
+    }
+
+    /// Waits until events.jsonl holds `n` events with distinct ids.
+    pub async fn wait_events(&self, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} distinct events"), Duration::from_secs(60), || async {
+            let events = self.events();
+            let ids: std::collections::HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+            (ids.len() >= n).then_some(events.clone())
+        })
+        .await
+    }
+
+    /// The slot's confirmed position, as text.
+    pub async fn confirmed_flush(&self) -> Option<String> {
+        let mut conn = self.db.connect().await;
+        sqlx::query_scalar::<_, Option<String>>(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+        )
+        .bind(&self.db.name)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+        .flatten()
+    }
+
+    pub async fn scalar(&self, sql: &str) -> String {
+        let mut conn = self.db.connect().await;
+        sqlx::query_scalar::<_, String>(sql).fetch_one(&mut conn).await.unwrap()
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A line cut off by kill -9 is not an event; everything before it is.
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Events with what differs between runs (ids, times, positions) replaced, as pretty JSON.
+pub fn redacted(events: &[Value]) -> String {
+    let mut events = events.to_vec();
+    for e in &mut events {
+        for (field, mark) in [("id", "[id]"), ("time", "[time]"), ("lsn", "[lsn]"), ("txid", "[txid]")] {
+            assert!(e.get(field).is_some(), "event without {field}: {e}");
+            e[field] = Value::String(mark.into());
+        }
+        if let Some(data) = e["data"].as_object_mut() {
+            for (k, v) in data.iter_mut() {
+                if k.ends_with("_at") && v.is_string() {
+                    *v = Value::String("[timestamp]".into());
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&events).unwrap()
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Waits for a child with a timeout; returns its exit status.
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    wait_for("ficus to exit", timeout, || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+}
