@@ -180,10 +180,11 @@ async fn a_million_row_transaction_in_bounded_memory() {
     p.catch_up();
     p.db.exec("insert into big select g, repeat('p', 100) from generate_series(1, 1000000) g")
         .await;
+    // Reaped below by wait4, which also reports the child's peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = p
         .ficus(&["run", "--until-caught-up"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
