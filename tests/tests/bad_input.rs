@@ -135,3 +135,81 @@ async fn bad_config_points_at_the_line() {
     let out = p.ficus(&["run", "-c", "missing.toml"]).output().unwrap();
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
 }
+
+/// A role of its own for one test, in `group` (see the testkit's pg_hba rules).
+async fn login_role(p: &Project, group: &str, password: &str) -> String {
+    let role = format!("{}_{group}", p.db.name);
+    p.db.exec(&format!(
+        "do $$ begin if not exists (select from pg_roles where rolname = '{group}') then create role {group}; end if; end $$;
+         create role {role} login replication password '{password}' in role {group};
+         alter table orders owner to {role};
+         grant create on database {} to {role};",
+        p.db.name
+    ))
+    .await;
+    role
+}
+
+#[tokio::test]
+async fn scram_password_over_tls_verify_full() {
+    let p = Project::new(ORDERS).await;
+    let Some(ca) = p.db.cluster.ca_path() else {
+        panic!("the throwaway cluster has no TLS: is the openssl command installed?");
+    };
+    let role = login_role(&p, "ficus_tls", "s3cret pass").await;
+    p.mapping(
+        "orders.toml",
+        "[[event]]\nname = \"OrderPlaced\"\ntable = \"orders\"\non = [\"insert\"]\nkey = \"new.id\"\n",
+    );
+    let url = |password: &str, mode: &str| {
+        format!(
+            "postgres://{role}:{password}@localhost:{}/{}?sslmode={mode}&sslrootcert={}",
+            p.db.cluster.port,
+            p.db.name,
+            ca.display()
+        )
+    };
+    let good = url("s3cret%20pass", "verify-full");
+    let out = p
+        .ficus(&["run", "--until-caught-up"])
+        .env("FICUS_SOURCE_URL", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.db.exec("insert into orders values (1, 'placed', 9.99)").await;
+    let out = p
+        .ficus(&["run", "--until-caught-up"])
+        .env("FICUS_SOURCE_URL", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(p.events().len(), 1);
+
+    let wrong = p
+        .ficus(&["run", "--until-caught-up"])
+        .env("FICUS_SOURCE_URL", url("nope", "verify-full"))
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("password authentication failed"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(
+        stderr(&wrong).contains("hint: check the user and password"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    // pg_hba refuses this role without TLS: sslmode is honoured, not upgraded silently.
+    let plain = p
+        .ficus(&["check"])
+        .env("FICUS_SOURCE_URL", url("s3cret%20pass", "disable"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    assert!(stderr(&plain).contains("no encryption"), "{}", stderr(&plain));
+    p.ok(&["teardown"]);
+    p.db.exec(&format!("drop owned by {role}; drop role {role};")).await;
+}

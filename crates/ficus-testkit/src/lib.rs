@@ -113,6 +113,17 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&status.stderr)
         );
+        let tls = make_tls(dir.path(), &data_dir);
+        // Members of ficus_scram log in with SCRAM; members of ficus_tls with SCRAM over TLS only.
+        let hba = data_dir.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl all +ficus_tls 127.0.0.1/32 scram-sha-256\nhostnossl all +ficus_tls 127.0.0.1/32 reject\nhost all +ficus_scram 127.0.0.1/32 scram-sha-256\n{rules}"
+            ),
+        )
+        .expect("write pg_hba.conf");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
         if let Some((uid, gid)) = postgres_ids() {
@@ -146,6 +157,7 @@ impl Cluster {
             ])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .args(&tls)
             .args(settings)
             .stdout(Stdio::null())
             .stderr(log);
@@ -187,6 +199,12 @@ impl Cluster {
         }
     }
 
+    /// The CA that signed the server's certificate (for `sslmode=verify-full`), when TLS is on.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        let ca = self._dir.path().join("ca.crt");
+        ca.exists().then_some(ca)
+    }
+
     /// The server log.
     pub fn log_path(&self) -> PathBuf {
         self._dir.path().join("postgres.log")
@@ -213,6 +231,90 @@ impl Cluster {
             .expect("create database");
         TestDb { cluster: self, name }
     }
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1, made with the
+/// `openssl` command; the server settings that turn TLS on. Without openssl, no TLS.
+fn make_tls(dir: &Path, data_dir: &Path) -> Vec<String> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let ext = dir.join("san.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write san.ext");
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ficus test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    if !ok {
+        return vec![];
+    }
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(dir.join(f), data_dir.join(f)).expect("copy TLS files");
+        std::fs::set_permissions(data_dir.join(f), std::fs::Permissions::from_mode(0o600)).expect("chmod TLS files");
+        if let Some((uid, gid)) = postgres_ids() {
+            std::os::unix::fs::chown(data_dir.join(f), Some(uid), Some(gid)).expect("chown TLS files");
+        }
+    }
+    [
+        "-c",
+        "ssl=on",
+        "-c",
+        "ssl_cert_file=server.crt",
+        "-c",
+        "ssl_key_file=server.key",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);

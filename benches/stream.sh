@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Stream benchmark: how fast ficus turns N committed row changes into events,
+# as a ratio to Postgres' own pg_recvlogical draining the same changes from a
+# pgoutput slot, measured in the same run on a throwaway cluster.
+#
+# Usage: benches/stream.sh [ROWS] [ROWS_PER_TXN]      (defaults 1000000, 1000)
+# ficus writes every event (stdout sink, to /dev/null): four mappings read
+# the table, two with CEL predicates, as a real deployment would.
+set -euo pipefail
+ROWS=${1:-1000000}; BATCH=${2:-1000}
+root=$(cd "$(dirname "$0")/.." && pwd)
+(cd "$root" && cargo build --release --quiet --bin ficus)
+FICUS="$root/target/release/ficus"
+source "$root/scripts/pg-throwaway.sh"
+
+bench=$(mktemp -d /tmp/ficus-bench-XXXXXX)
+trap 'rm -rf "$bench"; as_pg "$PG_BIN/pg_ctl" -D "$PG_WORK/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_WORK"' EXIT
+sql -d postgres -c 'create database bench'
+sql -d bench <<SQL
+create table orders (id bigserial primary key, customer_id int not null, status text not null,
+  total numeric(12,2) not null, created_at timestamptz not null default now(), note text);
+alter table orders replica identity full;
+create publication recv_pub for table orders;
+select from pg_create_logical_replication_slot('recv', 'pgoutput');
+SQL
+mkdir -p "$bench/mappings"
+cat > "$bench/ficus.toml" <<TOML
+[source]
+url = "postgres://postgres@127.0.0.1:$PGPORT/bench?sslmode=disable"
+slot = "ficus_bench"
+[[sink]]
+type = "stdout"
+TOML
+cat > "$bench/mappings/orders.toml" <<'TOML'
+[[event]]
+name = "OrderPlaced"
+table = "orders"
+on = ["insert"]
+key = "new.id"
+data = { order_id = "new.id", customer_id = "new.customer_id", total = "new.total", created_at = "new.created_at" }
+
+[[event]]
+name = "BigOrderPlaced"
+table = "orders"
+on = ["insert"]
+when = "new.total >= 990.0"
+key = "new.id"
+data = { order_id = "new.id", total = "new.total" }
+
+[[event]]
+name = "OrderPaid"
+table = "orders"
+on = ["update"]
+when = "old.status != 'paid' && new.status == 'paid'"
+key = "new.id"
+data = { order_id = "new.id" }
+
+[[event]]
+name = "OrderNoted"
+table = "orders"
+on = ["insert"]
+when = "new.note.startsWith('note 1')"
+key = "new.id"
+data = "new"
+TOML
+cd "$bench"
+FICUS_LOG=warn "$FICUS" run --until-caught-up >/dev/null   # creates ficus's slot before the writes
+
+now() { date +%s.%N; }
+sql -d bench -c "do \$\$ begin for i in 1..($ROWS/$BATCH) loop
+  insert into orders(customer_id, status, total, note)
+  select (random()*10000)::int, 'placed', (random()*1000)::numeric(12,2), 'note '||g from generate_series(1,$BATCH) g;
+  commit; end loop; end \$\$;"
+END=$(sql -d bench -Atc "select pg_current_wal_lsn()")
+
+t0=$(now)
+"$PG_BIN/pg_recvlogical" -d bench --slot recv --start -o proto_version=1 -o publication_names=recv_pub \
+  --endpos "$END" --no-loop -f - >/dev/null
+t1=$(now)
+events=$(FICUS_LOG=warn "$FICUS" run --until-caught-up | wc -l)
+t2=$(now)
+python3 - "$ROWS" "$events" "$t0" "$t1" "$t2" <<'PY'
+import sys
+rows, events, t0, t1, t2 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+recv, ficus = rows / (t1 - t0), rows / (t2 - t1)
+print(f"rows={rows} events={events} pg_recvlogical={recv:,.0f} rows/s ficus={ficus:,.0f} rows/s "
+      f"ratio={ficus / recv:.2f}")
+PY
