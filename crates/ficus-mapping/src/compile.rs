@@ -118,6 +118,8 @@ impl Checker<'_> {
     }
 
     /// The byte offset in the file of a byte offset inside a string value.
+    /// The file offset of byte `offset` of a string value's decoded text,
+    /// stepping over the escapes of basic strings (`\"`, `\n`, `\u00e9`).
     fn inside(&self, span: &Range<usize>, offset: usize) -> Range<usize> {
         let raw = &self.src.text[span.clone()];
         let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
@@ -125,7 +127,33 @@ impl Checker<'_> {
         } else {
             1
         };
-        let at = (span.start + quote + offset).min(span.end);
+        let escapes = raw.starts_with('"');
+        let body = &raw[quote..];
+        let (mut decoded, mut at) = (0, 0);
+        let mut chars = body.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if decoded >= offset {
+                at = i;
+                break;
+            }
+            at = i + c.len_utf8();
+            if c == '\\' && escapes {
+                let skip = match chars.peek() {
+                    Some((_, 'u')) => 5,
+                    Some((_, 'U')) => 9,
+                    _ => 1,
+                };
+                for _ in 0..skip {
+                    if let Some((j, e)) = chars.next() {
+                        at = j + e.len_utf8();
+                    }
+                }
+                decoded += 1;
+            } else {
+                decoded += c.len_utf8();
+            }
+        }
+        let at = (span.start + quote + at).min(span.end);
         at..at
     }
 

@@ -29,7 +29,11 @@ pub(crate) struct SourceText {
 
 impl SourceText {
     pub fn error(&self, offset: usize, message: impl Into<String>, hint: Option<String>) -> Diagnostic {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        // An offset computed inside an escaped string may fall inside a character.
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
         let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
         Diagnostic {
