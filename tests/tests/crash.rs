@@ -210,3 +210,30 @@ async fn a_million_row_transaction_in_bounded_memory() {
         max_rss_kib / 1024
     );
 }
+
+#[tokio::test]
+async fn a_renamed_table_stops_ficus_instead_of_losing_events() {
+    let p = Project::new(TICKS).await;
+    p.mapping("ticks.toml", TICK);
+    p.catch_up();
+    let mut child = p.spawn_run();
+    p.db.exec("insert into ticks values (1, 1)").await;
+    p.wait_events(1).await;
+    p.db.exec("alter table ticks rename to tocks; insert into tocks values (2, 2);")
+        .await;
+    let status = wait_exit(&mut child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(
+        log.contains("public.tocks is in the publication, but no mapping reads it"),
+        "{log}"
+    );
+    // Started again on the old mappings: the live check says what changed.
+    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown table public.ticks"));
+    assert_eq!(p.events().len(), 1);
+    // Pointing the mapping at the new name delivers the change that waited.
+    p.mapping("ticks.toml", &TICK.replace("\"ticks\"", "\"tocks\""));
+    p.catch_up();
+    assert_exactly(&p.events(), 2);
+}

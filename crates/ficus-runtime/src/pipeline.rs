@@ -258,8 +258,16 @@ impl Session<'_> {
             match ev {
                 SourceEvent::Relation(relation) => {
                     debug!(table = %relation.table, "relation");
-                    let bound = self.compiled.bind(relation.clone(), &self.ctx)?;
-                    self.bound.insert(relation.oid, bound);
+                    let Some(bound) = self.compiled.bind(relation.clone(), &self.ctx)? else {
+                        // The publication holds only mapped tables: a table no mapping names
+                        // was renamed (or added by hand). Skipping it would lose its events.
+                        return Err(SourceError::definite(
+                            format!("{} is in the publication, but no mapping reads it: was a mapped table renamed?", relation.table),
+                            "point the mappings at the table's new name (ficus check), then start ficus again: the slot stays where it is",
+                        )
+                        .into());
+                    };
+                    self.bound.insert(relation.oid, Some(bound));
                 }
                 SourceEvent::Begin(_) => self.in_tx = true,
                 SourceEvent::Change(change) => {
