@@ -134,6 +134,21 @@ async fn bad_config_points_at_the_line() {
     assert!(err.contains("ficus.toml:3:1: unknown field `slott`"), "{err}");
     let out = p.ficus(&["run", "-c", "missing.toml"]).output().unwrap();
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    p.config("");
+    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    assert!(
+        stderr(&out).contains("no mapping file matches \"mappings/*.toml\""),
+        "{}",
+        stderr(&out)
+    );
+    p.mapping("empty.toml", "# nothing yet\n");
+    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the mapping files declare no [[event]]"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A role of its own for one test, in `group` (see the testkit's pg_hba rules).

@@ -113,6 +113,12 @@ pub async fn run(
             let pool = catalog::connect(&url).await?;
             catalog::preflight(&pool).await?;
             let compiled = check_live(&files, &pool).await?;
+            if compiled.mappings().is_empty() {
+                return Err(RunError::Config(
+                    "the mapping files declare no [[event]]: there is nothing to stream\nhint: see docs/mappings.md"
+                        .into(),
+                ));
+            }
             slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
             let slot_state = slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
             let target = if options.until_caught_up {
