@@ -411,15 +411,26 @@ where
     }
 }
 
-/// The path of a binary of the workspace, next to the test executable (`target/debug/NAME`).
+/// The path of a binary of the workspace (`target/debug/NAME` next to the test
+/// executable), built first: `cargo test` builds the test targets, not the
+/// workspace's binaries, and a binary left from an earlier build may be stale.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--workspace", "--bin", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_owned());
+    }
     let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is not built: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} was not built", bin.display());
     bin
 }
