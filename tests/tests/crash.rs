@@ -93,7 +93,10 @@ async fn dropped_connection_resumes_and_sigterm_acknowledges() {
     p.wait_events(100).await;
     // The walsender goes away under ficus: it must come back by itself.
     let killed = p
-        .scalar("select count(pg_terminate_backend(pid))::text from pg_stat_replication")
+        .scalar(&format!(
+            "select count(pg_terminate_backend(active_pid))::text from pg_replication_slots where slot_name = '{}'",
+            p.db.name
+        ))
         .await;
     assert_eq!(killed, "1");
     p.db.exec("insert into ticks select g, 2 from generate_series(101, 200) g")

@@ -263,22 +263,27 @@ impl Session<'_> {
             };
             match ev {
                 SourceEvent::Relation(relation) => {
+                    // Partitions are described too (before their root), though their
+                    // changes come under the root's OID: an unmapped relation is only
+                    // a problem when a change of it arrives.
                     debug!(table = %relation.table, "relation");
-                    let Some(bound) = self.compiled.bind(relation.clone(), &self.ctx)? else {
-                        // The publication holds only mapped tables: a table no mapping names
-                        // was renamed (or added by hand). Skipping it would lose its events.
-                        return Err(SourceError::definite(
-                            format!("{} is in the publication, but no mapping reads it: was a mapped table renamed?", relation.table),
-                            "point the mappings at the table's new name (ficus check), then start ficus again: the slot stays where it is",
-                        )
-                        .into());
-                    };
-                    self.bound.insert(relation.oid, Some(bound));
+                    let bound = self.compiled.bind(relation.clone(), &self.ctx)?;
+                    self.bound.insert(relation.oid, bound);
                 }
                 SourceEvent::Begin(_) => self.in_tx = true,
                 SourceEvent::Change(change) => {
                     let Some(Some(bound)) = self.bound.get(&change.relation.oid) else {
-                        continue;
+                        // The publication holds only mapped tables: a change of a table no
+                        // mapping names means one was renamed (or added by hand). Skipping it
+                        // would lose its events.
+                        return Err(SourceError::definite(
+                            format!(
+                                "{} is in the publication, but no mapping reads it: was a mapped table renamed?",
+                                change.relation.table
+                            ),
+                            "point the mappings at the table's new name (ficus check), then start ficus again: the slot stays where it is",
+                        )
+                        .into());
                     };
                     self.report.changes += 1;
                     for event in bound.apply(&change, &self.ctx)? {
