@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use cel::Value as Cel;
+use cel::objects::Key;
 use ficus_model::value::{rfc3339, to_json};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use ficus_model::{Cell, Event, Op, Relation, RowChange, text_of};
 use serde_json::{Map, Value as Json};
@@ -118,12 +121,22 @@ struct Rule {
 pub struct Bound {
     relation: Arc<Relation>,
     rules: Vec<Rule>,
-    /// Columns put into CEL's `new` and `old`.
-    cel_new: Vec<usize>,
-    cel_old: Vec<usize>,
+    /// Columns put into CEL's `new` and `old`, with their names as CEL map keys.
+    cel_new: Vec<(usize, Key)>,
+    cel_old: Vec<(usize, Key)>,
     changed: bool,
-    source: String,
+    source: Arc<str>,
     env: Arc<cel::Env>,
+    /// The shared attributes of the transaction last seen: the same for all its events.
+    tx: RefCell<Option<TxAttributes>>,
+}
+
+/// `time`, `lsn` and `txid` of one transaction, formatted once.
+struct TxAttributes {
+    commit_lsn: ficus_model::Lsn,
+    time: Arc<str>,
+    lsn: Arc<str>,
+    txid: Arc<str>,
 }
 
 impl Compiled {
@@ -179,18 +192,23 @@ impl Compiled {
                 mapping: m.clone(),
             });
         }
-        let positions = |cols: &Cols| -> Vec<usize> {
-            match cols {
+        let positions = |cols: &Cols| -> Vec<(usize, Key)> {
+            let indexes: Vec<usize> = match cols {
                 Cols::None => vec![],
                 Cols::All => (0..relation.columns.len()).collect(),
                 Cols::Some(names) => names.iter().filter_map(|n| relation.column_index(n)).collect(),
-            }
+            };
+            indexes
+                .into_iter()
+                .map(|i| (i, Key::String(Arc::new(relation.columns[i].name.clone()))))
+                .collect()
         };
         Ok(Some(Bound {
             cel_new: positions(&cel_new),
             cel_old: positions(&cel_old),
             changed,
-            source: format!("/ficus/{}/{}", ctx.source_name, relation.table),
+            source: format!("/ficus/{}/{}", ctx.source_name, relation.table).into(),
+            tx: RefCell::new(None),
             rules,
             env: self.env.clone(),
             relation,
@@ -201,7 +219,7 @@ impl Compiled {
 fn column(relation: &Relation, m: &Mapping, name: &str) -> Result<usize, MapError> {
     relation.column_index(name).ok_or_else(|| MapError::ColumnMissing {
         origin: m.origin.clone(),
-        event: m.name.clone(),
+        event: m.name.to_string(),
         table: relation.table.to_string(),
         column: name.to_owned(),
     })
@@ -249,7 +267,7 @@ impl Bound {
             let fail = |what: &str, message: String| {
                 MapError::Eval(Box::new(EvalError {
                     origin: m.origin.clone(),
-                    event: m.name.clone(),
+                    event: m.name.to_string(),
                     table: self.relation.table.to_string(),
                     op: change.op,
                     lsn: change.tx.commit_lsn.to_string(),
@@ -310,6 +328,7 @@ impl Bound {
                 .iter()
                 .filter(|e| e.ty == m.name && e.eventversion == m.version)
                 .count();
+            let tx = self.tx_attributes(change);
             let id_name = format!(
                 "{}/{}/{}/{}/{}/{}",
                 change.tx.commit_lsn, change.lsn, change.seq, m.name, m.version, nth
@@ -320,17 +339,39 @@ impl Bound {
                 source: self.source.clone(),
                 ty: m.name.clone(),
                 subject,
-                time: chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros)
-                    .map(rfc3339)
-                    .unwrap_or_default(),
+                time: tx.time,
                 datacontenttype: "application/json",
                 eventversion: m.version,
-                lsn: change.tx.commit_lsn.to_string(),
-                txid: change.tx.xid.to_string(),
+                lsn: tx.lsn,
+                txid: tx.txid,
                 data,
             });
         }
         Ok(events)
+    }
+
+    /// The transaction's shared attributes, formatted once per transaction.
+    fn tx_attributes(&self, change: &RowChange) -> TxAttributes {
+        let mut cache = self.tx.borrow_mut();
+        let fresh = cache.as_ref().is_none_or(|c| c.commit_lsn != change.tx.commit_lsn);
+        if fresh {
+            *cache = Some(TxAttributes {
+                commit_lsn: change.tx.commit_lsn,
+                time: chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros)
+                    .map(rfc3339)
+                    .unwrap_or_default()
+                    .into(),
+                lsn: change.tx.commit_lsn.to_string().into(),
+                txid: change.tx.xid.to_string().into(),
+            });
+        }
+        let c = cache.as_ref().expect("filled above");
+        TxAttributes {
+            commit_lsn: c.commit_lsn,
+            time: c.time.clone(),
+            lsn: c.lsn.clone(),
+            txid: c.txid.clone(),
+        }
     }
 
     fn eval<'c>(
@@ -360,15 +401,18 @@ impl Bound {
     /// The CEL context of one row change, built once for all its mappings, with
     /// only the columns some CEL expression reads.
     fn context(&self, change: &RowChange) -> cel::Context<'static, 'static> {
-        let row = |var: Var, columns: &[usize]| {
-            map(columns.iter().filter_map(|&i| {
-                let col = &self.relation.columns[i];
-                let v = match cell(change, var, i)? {
-                    Cell::Text(t) => to_cel(&col.ty, &text_of(t)),
-                    _ => Cel::Null,
-                };
-                Some((col.name.clone(), v))
-            }))
+        let row = |var: Var, columns: &[(usize, Key)]| {
+            let entries: HashMap<Key, Cel> = columns
+                .iter()
+                .filter_map(|(i, key)| {
+                    let v = match cell(change, var, *i)? {
+                        Cell::Text(t) => to_cel(&self.relation.columns[*i].ty, &text_of(t)),
+                        _ => Cel::Null,
+                    };
+                    Some((key.clone(), v))
+                })
+                .collect();
+            Cel::Map(cel::objects::Map { map: Arc::new(entries) })
         };
         let mut ctx = cel::Context::with_env(self.env.clone());
         ctx.add_variable_from_value("new", row(Var::New, &self.cel_new));

@@ -22,7 +22,7 @@ pub const DEFAULT_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Mapping {
     /// The event's name (CloudEvents `type`).
-    pub name: String,
+    pub name: Arc<str>,
     /// The event's schema version.
     pub version: u32,
     /// The table whose row changes it maps.
@@ -314,7 +314,7 @@ impl Checker<'_> {
             None => Data::Fields(fields.into_iter().map(|(f, e)| (f, e.parsed.expr)).collect()),
         };
         Some(Mapping {
-            name,
+            name: name.into(),
             version,
             table,
             ops,
