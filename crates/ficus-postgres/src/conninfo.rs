@@ -8,6 +8,15 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::SourceError;
 
+/// The settings of every session ficus opens: the ISO text forms `ficus_model::value` reads.
+pub const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "iso_8601"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
 /// A parsed `postgres://user:password@host:port/db?sslmode=...` URL.
 #[derive(Clone)]
 pub struct SourceUrl {
@@ -112,7 +121,9 @@ impl SourceUrl {
                 "write it as postgres://user:password@host:5432/database",
             )
         })?;
-        Ok(opts.application_name("ficus"))
+        // The same text forms as the replication session's (see `replication_config`),
+        // so rows read by queries (the backfill) convert like streamed ones.
+        Ok(opts.application_name("ficus").options(SESSION_SETTINGS))
     }
 
     /// Configuration of the replication connection. Pins the session's output
@@ -142,7 +153,11 @@ impl SourceUrl {
         .with_port(self.port)
         .with_tls(tls)
         .with_options(
-            "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex",
+            SESSION_SETTINGS
+                .iter()
+                .map(|(k, v)| format!("-c {k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         )
         .with_application_name("ficus")
     }

@@ -8,6 +8,7 @@
 //! `sqlx` runs the ordinary queries (catalog, slot and publication management);
 //! `pgwire-replication` carries the replication protocol; [`decode`] reads pgoutput.
 
+pub mod backfill;
 pub mod catalog;
 pub mod conninfo;
 pub mod decode;

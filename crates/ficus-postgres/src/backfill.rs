@@ -1,0 +1,263 @@
+//! Reading existing rows in chunks, for the backfill (issue 3; the watermark
+//! coordination lives in the runtime, see `docs/design/backfill.md`).
+//!
+//! A table is read by keyset pagination on its primary key (or a unique index
+//! of not-null columns): `where (k1, k2) > (last1, last2) order by k1, k2 limit n`,
+//! through `COPY (...) TO STDOUT`, whose text form is the same as pgoutput's, so
+//! snapshot rows and streamed rows convert alike.
+
+use bytes::Bytes;
+use ficus_model::relation::quote_ident;
+use ficus_model::{Cell, Relation, Row, TableRef};
+use futures_util::TryStreamExt;
+use sqlx::{PgConnection, PgPool, Row as _};
+
+use crate::SourceError;
+
+/// The columns a table is paged by, in key order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keyset {
+    /// The table.
+    pub table: TableRef,
+    /// The key's columns and their types, as `format_type` writes them.
+    pub columns: Vec<(String, String)>,
+    /// The index the key comes from.
+    pub index: String,
+}
+
+/// Finds the key to page a table by: its primary key, else its smallest unique
+/// index whose columns are all `NOT NULL` (no expressions, no predicate).
+pub async fn keyset(pool: &PgPool, table: &TableRef) -> Result<Keyset, SourceError> {
+    let rows = sqlx::query(
+        "select i.indexrelid::regclass::text, a.attname::text, format_type(a.atttypid, a.atttypmod), k.ord
+         from pg_index i
+         join pg_class c on c.oid = i.indrelid
+         join pg_namespace n on n.oid = c.relnamespace
+         cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+         join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+         where n.nspname = $1 and c.relname = $2 and i.indisunique and i.indisvalid and i.indpred is null
+           and i.indexprs is null
+           and not exists (select 1 from unnest(i.indkey) x(attnum)
+                           join pg_attribute b on b.attrelid = c.oid and b.attnum = x.attnum
+                           where not b.attnotnull)
+         order by i.indisprimary desc, i.indnatts, i.indexrelid, k.ord",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx(&format!("reading the keys of {table}"), e))?;
+    let Some(first) = rows.first() else {
+        return Err(SourceError::definite(
+            format!("{table} has no primary key and no unique index of NOT NULL columns to read it in chunks by"),
+            format!(
+                "add one (ALTER TABLE {} ADD PRIMARY KEY (...)), or read it in one go with --allow-full-scan",
+                table.quoted()
+            ),
+        ));
+    };
+    let index: String = first.get(0);
+    let columns = rows
+        .iter()
+        .filter(|r| r.get::<String, _>(0) == index)
+        .map(|r| (r.get::<String, _>(1), r.get::<String, _>(2)))
+        .collect();
+    Ok(Keyset {
+        table: table.clone(),
+        columns,
+        index,
+    })
+}
+
+/// Quotes a string as an SQL literal (`standard_conforming_strings` is on since Postgres 9.1).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// One chunk of rows, in key order.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The rows, with a cell per column of the relation.
+    pub rows: Vec<Row>,
+    /// The key of the last row, as text: where the next chunk starts.
+    pub last_key: Option<Vec<String>>,
+}
+
+/// The statement that reads the chunk after `after` (from the start when `None`).
+pub fn chunk_sql(
+    relation: &Relation,
+    keyset: &Keyset,
+    after: Option<&[String]>,
+    limit: usize,
+    filter: Option<&str>,
+) -> String {
+    let columns: Vec<String> = relation.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let keys: Vec<String> = keyset.columns.iter().map(|(c, _)| quote_ident(c)).collect();
+    let mut conditions = Vec::new();
+    if let Some(after) = after {
+        let values: Vec<String> = after
+            .iter()
+            .zip(&keyset.columns)
+            .map(|(v, (_, ty))| format!("{}::{ty}", literal(v)))
+            .collect();
+        conditions.push(format!("({}) > ({})", keys.join(", "), values.join(", ")));
+    }
+    if let Some(filter) = filter {
+        conditions.push(format!("({filter})"));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" where {}", conditions.join(" and "))
+    };
+    format!(
+        "copy (select {} from {}{filter} order by {} limit {limit}) to stdout",
+        columns.join(", "),
+        relation.table.quoted(),
+        keys.join(", ")
+    )
+}
+
+/// Reads one chunk with `COPY`. Run it in a short transaction of its own.
+pub async fn read_chunk(
+    conn: &mut PgConnection,
+    relation: &Relation,
+    keyset: &Keyset,
+    after: Option<&[String]>,
+    limit: usize,
+    filter: Option<&str>,
+) -> Result<Chunk, SourceError> {
+    let sql = chunk_sql(relation, keyset, after, limit, filter);
+    let key_positions: Vec<usize> = keyset
+        .columns
+        .iter()
+        .map(|(k, _)| {
+            relation.column_index(k).ok_or_else(|| {
+                SourceError::definite(
+                    format!("key column {k} is not a column of {}", relation.table),
+                    "report this as a bug",
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let ctx = format!("reading a chunk of {}", relation.table);
+    let mut stream = conn
+        .copy_out_raw(&sql)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&ctx, e))?;
+    let mut chunk = Chunk::default();
+    let mut pending = Vec::new();
+    while let Some(data) = stream.try_next().await.map_err(|e| SourceError::from_sqlx(&ctx, e))? {
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let row = parse_copy_line(&line[..line.len() - 1]).ok_or_else(|| {
+                SourceError::definite(format!("{ctx}: a COPY line does not parse"), "report this as a bug")
+            })?;
+            if row.0.len() != relation.columns.len() {
+                return Err(SourceError::definite(
+                    format!(
+                        "{ctx}: a row has {} columns, not {}",
+                        row.0.len(),
+                        relation.columns.len()
+                    ),
+                    "the table changed while it was read; start the backfill again",
+                ));
+            }
+            chunk.rows.push(row);
+        }
+    }
+    chunk.last_key = chunk.rows.last().map(|row| {
+        key_positions
+            .iter()
+            .map(|&i| match &row.0[i] {
+                Cell::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                _ => String::new(),
+            })
+            .collect()
+    });
+    Ok(chunk)
+}
+
+/// Parses one line of `COPY ... TO STDOUT` text format: tab-separated, `\N` for
+/// NULL, backslash escapes.
+pub fn parse_copy_line(line: &[u8]) -> Option<Row> {
+    let mut cells = Vec::new();
+    for field in line.split(|&b| b == b'\t') {
+        if field == b"\\N" {
+            cells.push(Cell::Null);
+            continue;
+        }
+        if !field.contains(&b'\\') {
+            cells.push(Cell::Text(Bytes::copy_from_slice(field)));
+            continue;
+        }
+        let mut out = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let b = field[i];
+            if b != b'\\' {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+            let next = *field.get(i + 1)?;
+            i += 2;
+            match next {
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'v' => out.push(11),
+                b'0'..=b'7' => {
+                    let mut v = u32::from(next - b'0');
+                    for _ in 0..2 {
+                        match field.get(i) {
+                            Some(d @ b'0'..=b'7') => {
+                                v = v * 8 + u32::from(d - b'0');
+                                i += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    out.push(v as u8);
+                }
+                b'x' => {
+                    let mut v = 0u32;
+                    let mut digits = 0;
+                    while digits < 2 {
+                        match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                            Some(d) => {
+                                v = v * 16 + d;
+                                i += 1;
+                                digits += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    out.push(v as u8);
+                }
+                other => out.push(other),
+            }
+        }
+        cells.push(Cell::Text(Bytes::from(out)));
+    }
+    Some(Row(cells))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_unescape() {
+        let row = parse_copy_line(b"1\t\\N\ta\\tb\\nc\\\\d\t\\x41\\101").unwrap();
+        assert_eq!(
+            row.0,
+            vec![Cell::text("1"), Cell::Null, Cell::text("a\tb\nc\\d"), Cell::text("AA")]
+        );
+        assert_eq!(parse_copy_line(b"").unwrap().0, vec![Cell::text("")]);
+        assert!(parse_copy_line(b"bad\\").is_none());
+    }
+}
