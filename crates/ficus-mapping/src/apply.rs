@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use ficus_model::{Cell, Event, Op, Relation, RowChange, text_of};
+use ficus_model::{Cell, Event, Op, Origin, Relation, RowChange, text_of};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
@@ -329,10 +329,19 @@ impl Bound {
                 .filter(|e| e.ty == m.name && e.eventversion == m.version)
                 .count();
             let tx = self.tx_attributes(change);
-            let id_name = format!(
-                "{}/{}/{}/{}/{}/{}",
-                change.tx.commit_lsn, change.lsn, change.seq, m.name, m.version, nth
-            );
+            let (id_name, backfill) = match &change.origin {
+                Origin::Wal { lsn, seq } => (
+                    format!("{}/{lsn}/{seq}/{}/{}/{nth}", change.tx.commit_lsn, m.name, m.version),
+                    None,
+                ),
+                Origin::Backfill { id, key } => (
+                    format!(
+                        "backfill/{id}/{}/{key}/{}/{}/{nth}",
+                        self.relation.table, m.name, m.version
+                    ),
+                    Some(id.clone()),
+                ),
+            };
             events.push(Event {
                 specversion: "1.0",
                 id: Uuid::new_v5(&ctx.id_namespace, id_name.as_bytes()).to_string(),
@@ -344,6 +353,7 @@ impl Bound {
                 eventversion: m.version,
                 lsn: tx.lsn,
                 txid: tx.txid,
+                backfill,
                 data,
             });
         }

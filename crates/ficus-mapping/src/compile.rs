@@ -73,6 +73,7 @@ const OPS: &[(&str, Op)] = &[
     ("update", Op::Update),
     ("delete", Op::Delete),
     ("truncate", Op::Truncate),
+    ("snapshot", Op::Snapshot),
 ];
 
 /// Checks and compiles mapping files. With a schema, also checks them against
@@ -203,7 +204,7 @@ impl Checker<'_> {
                 None => self.error(
                     &op.span(),
                     format!("unknown operation {:?}", op.get_ref()),
-                    "`on` takes insert, update, delete and truncate".to_owned(),
+                    "`on` takes insert, update, delete, truncate and snapshot".to_owned(),
                 ),
             }
         }
@@ -273,6 +274,27 @@ impl Checker<'_> {
         let mut reads = Reads::default();
         for e in when.iter().chain(key.iter()).chain(fields.iter().map(|(_, e)| e)) {
             reads.merge(&e.parsed.reads);
+        }
+        // `old` is empty for inserts, snapshot rows and truncates: reading it where no
+        // mapped operation has an old row fails on every row change.
+        if !ops.is_empty() && !ops.iter().any(|o| matches!(o, Op::Update | Op::Delete)) {
+            let all = when.iter().chain(key.iter()).chain(fields.iter().map(|(_, e)| e));
+            if let Some((e, c)) = all
+                .flat_map(|e| e.parsed.columns.iter().map(move |c| (e, c)))
+                .find(|(_, c)| c.var == Var::Old)
+            {
+                let at = self.inside(&e.span, c.offset);
+                let on: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
+                self.error(
+                    &at,
+                    format!(
+                        "old.{} is never set: `on` is {}, which have no old row",
+                        c.name,
+                        on.join(", ")
+                    ),
+                    "read new, or map updates and deletes".to_owned(),
+                );
+            }
         }
         if let Some(var) = row {
             let mut cols = Cols::All;

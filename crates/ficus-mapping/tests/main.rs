@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ficus_mapping::{Compiled, Diagnostic, EventContext, MapError, Schema, compile, parse_file};
-use ficus_model::{Cell, Column, Event, Lsn, Op, PgType, Relation, ReplicaIdentity, Row, RowChange, TableRef, TxMeta};
+use ficus_model::{
+    Cell, Column, Event, Lsn, Op, Origin, PgType, Relation, ReplicaIdentity, Row, RowChange, TableRef, TxMeta,
+};
 
 // ---- builders -------------------------------------------------------------
 
@@ -48,8 +50,7 @@ fn change(
             commit_lsn: Lsn(0x1000 * u64::from(xid)),
             commit_time_micros: 1_795_341_600_000_000 + i64::from(xid) * 1_000_000,
         },
-        lsn: Lsn(lsn),
-        seq: 0,
+        origin: Origin::Wal { lsn: Lsn(lsn), seq: 0 },
     }
 }
 
@@ -360,7 +361,10 @@ fn event_ids_are_deterministic() {
     let again = apply(&compiled, std::slice::from_ref(&c));
     assert_eq!(first, again, "the same change maps to the same events, ids included");
     let mut second_row = c.clone();
-    second_row.seq = 1;
+    second_row.origin = Origin::Wal {
+        lsn: Lsn(0x0f00),
+        seq: 1,
+    };
     assert_ne!(
         apply(&compiled, &[second_row])[0].id,
         first[0].id,
@@ -525,4 +529,52 @@ fn bad_mappings() {
             .expect("a bad mapping does not compile");
         insta::assert_snapshot!(errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n"));
     });
+}
+
+#[test]
+fn snapshot_rows_map_like_inserts_with_ids_of_their_own() {
+    let (customers, _) = shop_relations();
+    let compiled = compile_files(
+        &[(
+            "customers.toml",
+            "[[event]]\nname = \"CustomerRegistered\"\ntable = \"customers\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\ndata = { email = \"new.email\", op = \"op\" }\n",
+        )],
+        Some(&shop_schema()),
+    )
+    .unwrap();
+    let row = [
+        Some("7"),
+        Some("ada@example.com"),
+        Some("Ada"),
+        Some("x"),
+        Some("2026-11-22 09:00:00+00"),
+    ];
+    let live = change(Op::Insert, &customers, 1, 0x0f00, Some(&row), None);
+    let mut snapshot = change(Op::Snapshot, &customers, 2, 0x1f00, Some(&row), None);
+    snapshot.origin = Origin::Backfill {
+        id: "bf-1".into(),
+        key: "7".into(),
+    };
+    let events = apply(&compiled, &[live, snapshot.clone()]);
+    assert_eq!(
+        events[1].data,
+        serde_json::json!({"email": "ada@example.com", "op": "snapshot"})
+    );
+    assert_eq!(events[1].backfill.as_deref(), Some("bf-1"));
+    assert!(events[0].backfill.is_none());
+    assert!(
+        !serde_json::to_string(&events[0]).unwrap().contains("backfill"),
+        "live events carry no backfill attribute"
+    );
+    assert_ne!(events[0].id, events[1].id);
+    // same row, same backfill: same id, wherever it is emitted in the stream
+    let mut again = snapshot.clone();
+    again.tx.commit_lsn = Lsn(0x9f00);
+    assert_eq!(apply(&compiled, &[again])[0].id, events[1].id);
+    let mut other = snapshot;
+    other.origin = Origin::Backfill {
+        id: "bf-2".into(),
+        key: "7".into(),
+    };
+    assert_ne!(apply(&compiled, &[other])[0].id, events[1].id);
 }

@@ -19,6 +19,8 @@ pub enum Op {
     Delete,
     /// The table was truncated.
     Truncate,
+    /// A row that already existed, read by a backfill.
+    Snapshot,
 }
 
 impl Op {
@@ -29,6 +31,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Snapshot => "snapshot",
         }
     }
 }
@@ -96,11 +99,28 @@ pub struct RowChange {
     pub new: Option<Row>,
     /// The row before the change, as far as the replica identity provides it (updates and deletes).
     pub old: Option<Row>,
-    /// The transaction.
+    /// The transaction (for a snapshot row: the position in the stream where it is emitted).
     pub tx: TxMeta,
-    /// The LSN of the change's own WAL record.
-    pub lsn: Lsn,
-    /// The change's position among the changes of the same WAL record (a multi-row `COPY`
-    /// writes one record for many rows; a `TRUNCATE` one record for many tables).
-    pub seq: u32,
+    /// Where the change comes from: what makes its events' ids.
+    pub origin: Origin,
+}
+
+/// Where a row change comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A change decoded from the WAL.
+    Wal {
+        /// The LSN of the change's own WAL record.
+        lsn: Lsn,
+        /// The change's position among the changes of the same WAL record (a multi-row
+        /// `COPY` writes one record for many rows; a `TRUNCATE` one record for many tables).
+        seq: u32,
+    },
+    /// A row read by a backfill.
+    Backfill {
+        /// The backfill's id.
+        id: Arc<str>,
+        /// The row's key, as text (its key columns' values joined).
+        key: Arc<str>,
+    },
 }

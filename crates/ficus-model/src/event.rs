@@ -35,6 +35,9 @@ pub struct Event {
     pub lsn: Arc<str>,
     /// The source transaction id, as a string (CloudEvents integers are 32-bit signed).
     pub txid: Arc<str>,
+    /// For events of rows read by a backfill, the backfill's id (absent for live changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<Arc<str>>,
     /// The payload.
     pub data: serde_json::Value,
 }

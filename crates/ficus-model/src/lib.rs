@@ -15,7 +15,7 @@ pub mod lsn;
 pub mod relation;
 pub mod value;
 
-pub use change::{Cell, Op, Row, RowChange, TxMeta, text_of};
+pub use change::{Cell, Op, Origin, Row, RowChange, TxMeta, text_of};
 pub use event::Event;
 pub use lsn::Lsn;
 pub use relation::{Column, PgType, Relation, ReplicaIdentity, TableRef};

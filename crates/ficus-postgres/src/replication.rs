@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ficus_model::{Cell, Column, Lsn, Op, Relation, Row, RowChange, TableRef, TxMeta};
+use ficus_model::{Cell, Column, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use sqlx::PgPool;
 
@@ -268,8 +268,7 @@ impl ReplicationStream {
             new,
             old,
             tx,
-            lsn,
-            seq,
+            origin: Origin::Wal { lsn, seq },
         })
     }
 
