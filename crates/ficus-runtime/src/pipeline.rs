@@ -178,6 +178,7 @@ pub async fn run(
             last_flush: Instant::now(),
             target,
         };
+        let began = Instant::now();
         let outcome = session.stream(&mut stream, &mut shutdown).await;
         let acked = session.report.acknowledged;
         match outcome {
@@ -188,6 +189,9 @@ pub async fn run(
                 return Ok(report);
             }
             Err(RunError::Source(e)) if e.is_transient() => {
+                if began.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100); // a session that ran a while starts the backoff over
+                }
                 warn!(error = %e, retry_in = ?backoff, "lost the source; resuming from the slot");
                 drop(stream);
                 report.reconnects += 1;
@@ -198,6 +202,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
+                confirm(&pool, &config.source.slot, acked).await;
                 stream.stop();
                 return Err(e);
             }
@@ -239,7 +244,25 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Streams until shutdown, caught up, or an error. On a definite error, the
+    /// commits completed before the failing change are still flushed and
+    /// acknowledged: a restart repeats as little as possible, and nothing after.
     async fn stream(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RunError> {
+        let result = self.stream_events(stream, shutdown).await;
+        if let Err(e) = &result
+            && !matches!(e, RunError::Source(s) if s.is_transient())
+            && let Err(flush) = self.flush_and_ack(stream)
+        {
+            warn!(error = %flush, "could not flush the sinks after the error");
+        }
+        result
+    }
+
+    async fn stream_events(
         &mut self,
         stream: &mut ReplicationStream,
         shutdown: &mut watch::Receiver<bool>,
