@@ -12,6 +12,7 @@
 pub mod config;
 mod error;
 mod pipeline;
+pub mod watermark;
 
 pub use config::{Config, Loaded, load_mappings};
 pub use error::RunError;
