@@ -43,6 +43,34 @@ enum Command {
         #[arg(short, long, default_value = "ficus.toml")]
         config: PathBuf,
     },
+    /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
+    ///
+    /// Reads the tables in chunks by their primary key, without locks, and emits each chunk
+    /// at a watermark in the stream so that no row is missed and no stale row follows a newer
+    /// change (docs/backfill.md). Streams like `ficus run --until-caught-up` meanwhile, and
+    /// returns once the backfill and everything committed before the start are delivered.
+    /// Checkpoints every chunk (.ficus/backfill.json): run it again after a crash and it goes on
+    /// from the last chunk. Needs the slot free: stop `ficus run` first.
+    Backfill {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// Backfill only these tables (default: every table with a `snapshot` mapping).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Only rows meeting this SQL condition, e.g. "created_at > '2024-01-01'".
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Rows per chunk.
+        #[arg(long, default_value_t = ficus_runtime::backfill::DEFAULT_CHUNK_SIZE)]
+        chunk_size: usize,
+        /// Pause between chunks, in milliseconds, to spare a busy source.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+        /// Show what the last backfill did and what is left, and exit.
+        #[arg(long)]
+        status: bool,
+    },
     /// Drop the slot and the publication.
     ///
     /// An abandoned slot makes the source keep all WAL from its position on, which
@@ -109,7 +137,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::info!("stopping: finishing what is in flight");
                 let _ = tx.send(true);
             });
-            let report = ficus_runtime::run(&config, RunOptions { until_caught_up }, rx).await?;
+            let report = ficus_runtime::run(
+                &config,
+                RunOptions {
+                    until_caught_up,
+                    backfill: None,
+                },
+                rx,
+            )
+            .await?;
             eprintln!(
                 "delivered {} events from {} transactions; acknowledged {}",
                 report.events, report.transactions, report.acknowledged
@@ -117,6 +153,45 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config).await,
+        Command::Backfill {
+            config,
+            tables,
+            filter,
+            chunk_size,
+            pause_ms,
+            status,
+        } => {
+            let config = Config::load(&config)?;
+            if status {
+                return backfill_status(&config);
+            }
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stopping: the backfill goes on from its last chunk next time");
+                let _ = tx.send(true);
+            });
+            let options = ficus_runtime::backfill::BackfillOptions {
+                tables,
+                filter,
+                chunk_size,
+                pause: std::time::Duration::from_millis(pause_ms),
+            };
+            let report = ficus_runtime::run(
+                &config,
+                RunOptions {
+                    until_caught_up: true,
+                    backfill: Some(options),
+                },
+                rx,
+            )
+            .await?;
+            eprintln!(
+                "delivered {} events; acknowledged {}",
+                report.events, report.acknowledged
+            );
+            backfill_status(&config)
+        }
         Command::Teardown { config } => {
             let config = Config::load(&config)?;
             for line in ficus_runtime::teardown(&config).await? {
@@ -125,6 +200,36 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
+    let path = ficus_runtime::backfill::BackfillState::path(&config.dir);
+    let Some(state) = ficus_runtime::backfill::BackfillState::load(&path)? else {
+        println!("no backfill yet");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "backfill {} ({} rows per chunk{})",
+        state.id,
+        state.chunk_size,
+        state
+            .filter
+            .as_ref()
+            .map(|f| format!(", where {f}"))
+            .unwrap_or_default()
+    );
+    for t in &state.tables {
+        let progress = if t.done {
+            "done".to_owned()
+        } else {
+            format!("in progress, next after {:?}", t.last_key)
+        };
+        println!(
+            "  {}: {} rows read, {} emitted, {} chunks, {progress}",
+            t.table, t.rows_read, t.rows_emitted, t.chunks
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {

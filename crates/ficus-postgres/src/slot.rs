@@ -144,6 +144,17 @@ pub async fn confirmed_flush(pool: &PgPool, name: &str) -> Result<Option<Lsn>, S
     Ok(lsn.flatten().and_then(|l| l.parse().ok()))
 }
 
+/// The process streaming from the slot, if any.
+pub async fn active_pid(pool: &PgPool, name: &str) -> Result<Option<i32>, SourceError> {
+    let pid: Option<Option<i32>> =
+        sqlx::query_scalar("select active_pid from pg_replication_slots where slot_name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
+    Ok(pid.flatten())
+}
+
 /// Drops the slot and the publication; what is absent is skipped.
 pub async fn teardown(pool: &PgPool, slot: &str, publication: &str) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();

@@ -9,6 +9,7 @@
 //! The slot's confirmed position moves only after every event up to that
 //! commit is durable in every sink.
 
+pub mod backfill;
 pub mod config;
 mod error;
 mod pipeline;

@@ -11,6 +11,9 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backfill::{
+    self, BackfillOptions, BackfillSession, BackfillState, ChunkRead, TableState, Verdict, key_text, snapshot_change,
+};
 use crate::config::{Config, Loaded, SinkConfig};
 use crate::{RunError, load_mappings};
 
@@ -28,6 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub struct RunOptions {
     /// Stop once everything committed before the start is delivered and acknowledged.
     pub until_caught_up: bool,
+    /// Backfill these tables while streaming, and stop once the backfill is
+    /// delivered and everything committed before the start too.
+    pub backfill: Option<BackfillOptions>,
 }
 
 /// What a run did.
@@ -121,7 +127,19 @@ pub async fn run(
             }
             slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
             let slot_state = slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
-            let target = if options.until_caught_up {
+            if options.backfill.is_some()
+                && let Some(pid) = slot::active_pid(&pool, &config.source.slot).await?
+            {
+                return Err(SourceError::definite(
+                    format!(
+                        "slot {} is in use by process {pid}: a ficus run streams from it",
+                        config.source.slot
+                    ),
+                    "stop it and run the backfill (handing a backfill to a running ficus run is not built yet)",
+                )
+                .into());
+            }
+            let target = if options.until_caught_up || options.backfill.is_some() {
                 let lsn: String = sqlx::query_scalar(
                     "select pg_logical_emit_message(false, $1, 'ficus run --until-caught-up')::text",
                 )
@@ -145,6 +163,12 @@ pub async fn run(
     info!(slot = %config.source.slot, publication = %config.source.publication, from = %slot_state.confirmed_flush, mappings = compiled.mappings().len(), "streaming");
 
     let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
+    let mut backfill_state = match &options.backfill {
+        Some(b) => Some(backfill_state(config, &compiled, b)?),
+        None => None,
+    };
+    let mut backfill: Option<BackfillSession> = None;
+    let mut reached_target = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         let acknowledged = report.acknowledged;
@@ -166,6 +190,9 @@ pub async fn run(
         .await?;
         let Some(mut stream) = started else { return Ok(report) };
         let ctx = EventContext::new(&source_name, &format!("{}/{}", stream.system_id, url.database));
+        if let (Some(state), Some(opts)) = (backfill_state.take(), &options.backfill) {
+            backfill = Some(start_backfill(&pool, &compiled, &ctx, config, state, opts).await?);
+        }
         let mut session = Session {
             compiled: &compiled,
             ctx,
@@ -177,6 +204,9 @@ pub async fn run(
             in_tx: false,
             last_flush: Instant::now(),
             target,
+            reached_target: &mut reached_target,
+            current_xid: 0,
+            backfill: backfill.as_mut(),
         };
         let began = Instant::now();
         let outcome = session.stream(&mut stream, &mut shutdown).await;
@@ -241,6 +271,18 @@ struct Session<'a> {
     in_tx: bool,
     last_flush: Instant,
     target: Option<Lsn>,
+    /// Whether the stream passed the target (kept across reconnects).
+    reached_target: &'a mut bool,
+    current_xid: u32,
+    backfill: Option<&'a mut BackfillSession>,
+}
+
+/// What woke the session up.
+enum Step {
+    Event(Option<SourceEvent>),
+    Flush,
+    Shutdown,
+    Chunk(Option<ChunkRead>),
 }
 
 impl Session<'_> {
@@ -273,13 +315,38 @@ impl Session<'_> {
                 self.flush_and_ack(stream)?;
                 return Ok(());
             }
-            let ev = tokio::select! {
-                ev = stream.next() => ev?,
-                _ = tokio::time::sleep(FLUSH_INTERVAL), if self.pending.is_some() => {
+            let flush_due = self.pending.is_some();
+            let step = {
+                let chunks = self
+                    .backfill
+                    .as_deref_mut()
+                    .filter(|b| b.pending.is_none() && !b.finished);
+                tokio::select! {
+                    ev = stream.next() => Step::Event(ev?),
+                    _ = tokio::time::sleep(FLUSH_INTERVAL), if flush_due => Step::Flush,
+                    _ = shutdown.changed() => Step::Shutdown,
+                    read = async {
+                        match chunks {
+                            Some(b) => b.chunks.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Step::Chunk(read),
+                }
+            };
+            let ev = match step {
+                Step::Event(ev) => ev,
+                Step::Flush => {
                     self.flush_and_ack(stream)?;
                     continue;
                 }
-                _ = shutdown.changed() => continue,
+                Step::Shutdown => continue,
+                Step::Chunk(Some(read)) => {
+                    if let Some(b) = self.backfill.as_deref_mut() {
+                        b.pending = Some(read);
+                    }
+                    continue;
+                }
+                Step::Chunk(None) => return Err(self.coordinator_failed().await),
             };
             let Some(ev) = ev else {
                 return Err(SourceError::Transient("the server ended the replication stream".into()).into());
@@ -293,7 +360,10 @@ impl Session<'_> {
                     let bound = self.compiled.bind(relation.clone(), &self.ctx)?;
                     self.bound.insert(relation.oid, bound);
                 }
-                SourceEvent::Begin(_) => self.in_tx = true,
+                SourceEvent::Begin(tx) => {
+                    self.in_tx = true;
+                    self.current_xid = tx.xid;
+                }
                 SourceEvent::Change(change) => {
                     let Some(Some(bound)) = self.bound.get(&change.relation.oid) else {
                         // The publication holds only mapped tables: a change of a table no
@@ -309,6 +379,9 @@ impl Session<'_> {
                         .into());
                     };
                     self.report.changes += 1;
+                    if let Some(b) = self.backfill.as_deref_mut() {
+                        b.track(&change);
+                    }
                     for event in bound.apply(&change, &self.ctx)? {
                         line.clear();
                         serde_json::to_writer(&mut line, &event).expect("an event always serializes");
@@ -321,6 +394,9 @@ impl Session<'_> {
                 }
                 SourceEvent::Commit { end_lsn, .. } => {
                     self.in_tx = false;
+                    if let Some(b) = self.backfill.as_deref_mut() {
+                        b.committed(self.current_xid);
+                    }
                     self.report.transactions += 1;
                     self.pending = Some(end_lsn);
                     if self.unflushed == 0
@@ -329,7 +405,7 @@ impl Session<'_> {
                     {
                         self.flush_and_ack(stream)?;
                     }
-                    if self.caught_up(end_lsn) {
+                    if self.finished_at(end_lsn) {
                         self.flush_and_ack(stream)?;
                         return Ok(());
                     }
@@ -338,13 +414,20 @@ impl Session<'_> {
                     if !self.in_tx {
                         self.flush_and_ack(stream)?;
                         self.ack(stream, wal_end);
-                        if self.caught_up(wal_end) {
+                        if self.finished_at(wal_end) {
                             return Ok(());
                         }
                     }
                 }
-                SourceEvent::Message { prefix, lsn, .. } => {
-                    if prefix == CAUGHT_UP_PREFIX && !self.in_tx && self.caught_up(lsn) {
+                SourceEvent::Message { prefix, content, lsn } => {
+                    if prefix == backfill::MESSAGE_PREFIX {
+                        self.high_watermark(stream, &String::from_utf8_lossy(&content), lsn, &mut line)
+                            .await?;
+                    }
+                    if (prefix == CAUGHT_UP_PREFIX || prefix == backfill::MESSAGE_PREFIX)
+                        && !self.in_tx
+                        && self.finished_at(lsn)
+                    {
                         self.flush_and_ack(stream)?;
                         self.ack(stream, lsn);
                         return Ok(());
@@ -354,8 +437,121 @@ impl Session<'_> {
         }
     }
 
-    fn caught_up(&self, lsn: Lsn) -> bool {
-        self.target.is_some_and(|t| lsn >= t)
+    /// Whether to stop at `lsn`: the target is reached (now or before) and no
+    /// backfill is left.
+    fn finished_at(&mut self, lsn: Lsn) -> bool {
+        if self.target.is_some_and(|t| lsn >= t) {
+            *self.reached_target = true;
+        }
+        *self.reached_target && self.backfill.as_ref().is_none_or(|b| b.finished)
+    }
+
+    /// At a backfill's high watermark: emit the chunk read before it, except
+    /// the rows the stream changed since, then flush, acknowledge, checkpoint.
+    async fn high_watermark(
+        &mut self,
+        stream: &ReplicationStream,
+        marker: &str,
+        at: Lsn,
+        line: &mut Vec<u8>,
+    ) -> Result<(), RunError> {
+        let Some(b) = self.backfill.as_deref_mut() else {
+            return Ok(());
+        };
+        if b.finished || !marker.starts_with(&b.marker_prefix) || b.delivered.contains(marker) {
+            // A marker of an earlier run, or one the stream repeats after a reconnect.
+            return Ok(());
+        }
+        b.delivered.insert(marker.to_owned());
+        let read = match b.pending.take() {
+            Some(read) => read,
+            None => match b.chunks.recv().await {
+                Some(read) => read,
+                None => return Err(self.coordinator_failed().await),
+            },
+        };
+        if read.marker != marker {
+            return Err(SourceError::definite(
+                format!("backfill marker {marker} arrived, {} was expected", read.marker),
+                "report this as a bug",
+            )
+            .into());
+        }
+        let plan = &b.plans[read.table];
+        let tracker = &mut b.trackers[read.table];
+        let unseen = tracker.unseen(&read.snapshot, &read.committed_xip);
+        if !unseen.is_empty() {
+            debug!(
+                ?unseen,
+                "backfill: transactions committed before tracking started; reading the chunk again"
+            );
+            let _ = b.verdicts.send(Verdict::Again).await;
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let (read_rows, mut emitted) = (read.rows.len() as u64, 0u64);
+        for row in read.rows {
+            let Some(key) = key_text(&row, &plan.key_positions) else {
+                continue;
+            };
+            if !tracker.keeps(&read.snapshot, &key) || !tracker.keeps(&read.snapshot, backfill::TRUNCATED) {
+                continue;
+            }
+            emitted += 1;
+            let change = snapshot_change(plan, &b.id, row, key, at, now);
+            for event in plan.bound.apply(&change, &self.ctx)? {
+                line.clear();
+                serde_json::to_writer(&mut *line, &event).expect("an event always serializes");
+                for sink in self.sinks.iter_mut() {
+                    sink.write(line)?;
+                }
+                self.unflushed += 1;
+                self.report.events += 1;
+            }
+        }
+        tracker.prune(&read.snapshot);
+        // Durable before the checkpoint: a crash in between reads the chunk again.
+        if self.unflushed > 0 {
+            for sink in self.sinks.iter_mut() {
+                sink.flush()?;
+            }
+            self.unflushed = 0;
+        }
+        let table = &mut b.state.tables[read.table];
+        table.rows_read += read_rows;
+        table.rows_emitted += emitted;
+        table.chunks += 1;
+        if read_rows == 0 {
+            table.done = true;
+        } else {
+            table.last_key = read.last_key;
+        }
+        info!(table = %table.table, rows = table.rows_read, emitted = table.rows_emitted, chunks = table.chunks, done = table.done, "backfill: chunk delivered");
+        b.state.save(&b.state_path)?;
+        b.finished = b.state.finished();
+        let _ = b.verdicts.send(Verdict::Next).await;
+        self.flush_and_ack(stream)?;
+        self.ack(stream, at);
+        Ok(())
+    }
+
+    /// The coordinator's error, once its channel closed early.
+    async fn coordinator_failed(&mut self) -> RunError {
+        let Some(b) = self.backfill.as_deref_mut() else {
+            return SourceError::definite("the backfill stopped", "report this as a bug").into();
+        };
+        match b.task.take() {
+            Some(task) => match task.await {
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(())) => {
+                    SourceError::definite("the backfill ended before its last chunk", "report this as a bug").into()
+                }
+                Err(e) => SourceError::definite(format!("the backfill failed: {e}"), "report this as a bug").into(),
+            },
+            None => SourceError::definite("the backfill stopped", "report this as a bug").into(),
+        }
     }
 
     /// Makes every written event durable, then acknowledges the last commit.
@@ -387,4 +583,110 @@ pub async fn teardown(config: &Config) -> Result<Vec<String>, RunError> {
     let url = SourceUrl::parse(&config.url()?)?;
     let pool = catalog::connect(&url).await?;
     Ok(slot::teardown(&pool, &config.source.slot, &config.source.publication).await?)
+}
+
+/// The backfill to run: the unfinished one of the state file when it asks for
+/// the same, else a new one.
+fn backfill_state(config: &Config, compiled: &Compiled, opts: &BackfillOptions) -> Result<BackfillState, RunError> {
+    let mut tables: Vec<String> = if opts.tables.is_empty() {
+        compiled
+            .mappings()
+            .iter()
+            .filter(|m| m.ops.contains(&ficus_model::Op::Snapshot))
+            .map(|m| m.table.to_string())
+            .collect()
+    } else {
+        opts.tables
+            .iter()
+            .map(|t| ficus_model::TableRef::parse(t).to_string())
+            .collect()
+    };
+    tables.dedup();
+    if tables.is_empty() {
+        return Err(RunError::Config(
+            "no mapping maps snapshot rows, so a backfill has nothing to emit\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows".into(),
+        ));
+    }
+    let path = BackfillState::path(&config.dir);
+    if let Some(state) = BackfillState::load(&path)?
+        && !state.finished()
+        && state.filter == opts.filter
+        && state.tables.iter().map(|t| &t.table).eq(tables.iter())
+    {
+        info!(id = %state.id, "backfill: resuming");
+        return Ok(state);
+    }
+    let id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    );
+    Ok(BackfillState {
+        id,
+        filter: opts.filter.clone(),
+        chunk_size: opts.chunk_size.max(1),
+        tables: tables
+            .into_iter()
+            .map(|table| TableState {
+                table,
+                last_key: None,
+                rows_read: 0,
+                rows_emitted: 0,
+                chunks: 0,
+                done: false,
+            })
+            .collect(),
+    })
+}
+
+/// Plans the backfill and starts its coordinator.
+async fn start_backfill(
+    pool: &PgPool,
+    compiled: &Compiled,
+    ctx: &EventContext,
+    config: &Config,
+    state: BackfillState,
+    opts: &BackfillOptions,
+) -> Result<BackfillSession, RunError> {
+    let plans = backfill::plan(pool, compiled, ctx, &state).await?;
+    let path = BackfillState::path(&config.dir);
+    state.save(&path)?;
+    let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel(1);
+    let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(1);
+    let tables = plans.iter().map(|p| (p.relation.clone(), p.keyset.clone())).collect();
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let task = tokio::spawn(backfill::coordinate(
+        pool.clone(),
+        tables,
+        state.clone(),
+        nonce.clone(),
+        opts.pause,
+        chunk_tx,
+        verdict_rx,
+    ));
+    Ok(BackfillSession {
+        id: state.id.clone().into(),
+        marker_prefix: format!("H/{}/{nonce}/", state.id),
+        by_table: plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.relation.table.clone(), i))
+            .collect(),
+        trackers: plans.iter().map(|_| Default::default()).collect(),
+        plans,
+        state,
+        state_path: path,
+        chunks: chunk_rx,
+        verdicts: verdict_tx,
+        pending: None,
+        delivered: Default::default(),
+        task: Some(task),
+        finished: false,
+    })
 }

@@ -1,0 +1,404 @@
+//! `ficus backfill`: existing rows as `snapshot` events, consistent with the stream.
+//!
+//! ```text
+//! coordinator (own connection)              stream session
+//! ───────────────────────────               ──────────────
+//! begin repeatable read                     tracks keys changed per xid (watermark::Tracker)
+//!   snapshot S, COPY chunk, committed xip
+//! commit
+//! emit H  ─────────── WAL ──────────────▶   at H: keep rows the tracker allows,
+//! send chunk ──── channel ──────────────▶        emit them, flush, acknowledge,
+//! wait     ◀───── channel ──── done ─────        checkpoint, prune
+//! ```
+//!
+//! See `docs/design/backfill.md` for why this is consistent. Tracking runs for
+//! the whole backfill, so no low watermark is needed: every commit before `H`
+//! has been tracked, or (for commits before tracking started) is caught by the
+//! committed-xip check, which makes the chunk be read again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ficus_mapping::{Bound, Compiled, EventContext};
+use ficus_model::{Cell, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
+use ficus_postgres::backfill::{Keyset, keyset, read_chunk};
+use ficus_postgres::{SourceError, catalog};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgPool};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::RunError;
+use crate::watermark::{Snapshot, Tracker};
+
+/// The prefix of the backfill's logical decoding messages.
+pub const MESSAGE_PREFIX: &str = "ficus.backfill";
+/// Rows per chunk, by default.
+pub const DEFAULT_CHUNK_SIZE: usize = 10_000;
+
+/// What `ficus backfill` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct BackfillOptions {
+    /// Tables to backfill; every table with a `snapshot` mapping when empty.
+    pub tables: Vec<String>,
+    /// An SQL condition the rows must meet.
+    pub filter: Option<String>,
+    /// Rows per chunk.
+    pub chunk_size: usize,
+    /// Pause between chunks, to spare a busy source.
+    pub pause: Duration,
+}
+
+/// The checkpoint of a backfill, kept in a file next to the config
+/// (`.ficus/backfill.json`), written after each chunk's events are durable.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackfillState {
+    /// The backfill's id, in its events' ids and `backfill` attribute.
+    pub id: String,
+    /// The filter, if any.
+    pub filter: Option<String>,
+    /// Rows per chunk.
+    pub chunk_size: usize,
+    /// Per table, in order.
+    pub tables: Vec<TableState>,
+}
+
+/// One table's progress.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TableState {
+    /// `schema.table`
+    pub table: String,
+    /// The key of the last row delivered.
+    pub last_key: Option<Vec<String>>,
+    /// Rows read, delivered or dropped.
+    pub rows_read: u64,
+    /// Rows emitted as snapshot row changes.
+    pub rows_emitted: u64,
+    /// Chunks delivered.
+    pub chunks: u64,
+    /// Whether the table is done.
+    pub done: bool,
+}
+
+impl BackfillState {
+    /// The state file of a config.
+    pub fn path(config_dir: &Path) -> PathBuf {
+        config_dir.join(".ficus").join("backfill.json")
+    }
+
+    /// Reads the state file, `None` when there is none.
+    pub fn load(path: &Path) -> Result<Option<BackfillState>, RunError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                RunError::Config(format!(
+                    "{}: {e}\nhint: remove it to start the backfill over",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RunError::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the state file durably (write, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), RunError> {
+        let io = |e: std::io::Error| RunError::Config(format!("writing {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).expect("state serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, &text).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Whether every table is done.
+    pub fn finished(&self) -> bool {
+        self.tables.iter().all(|t| t.done)
+    }
+}
+
+/// One table ready to read.
+pub(crate) struct TablePlan {
+    pub relation: Arc<Relation>,
+    pub keyset: Keyset,
+    pub key_positions: Vec<usize>,
+    pub bound: Bound,
+}
+
+/// A chunk read by the coordinator, for the session to emit at its high watermark.
+pub(crate) struct ChunkRead {
+    pub table: usize,
+    pub marker: String,
+    pub snapshot: Snapshot,
+    pub committed_xip: Vec<u64>,
+    pub rows: Vec<Row>,
+    pub last_key: Option<Vec<String>>,
+}
+
+/// What the session tells the coordinator after a chunk.
+pub(crate) enum Verdict {
+    /// Delivered and checkpointed: read the next chunk.
+    Next,
+    /// Read this chunk again (a transaction committed before tracking started).
+    Again,
+}
+
+/// The key of a row as text: its key columns' values, as a JSON array.
+pub(crate) fn key_text(row: &Row, positions: &[usize]) -> Option<String> {
+    let values: Option<Vec<String>> = positions
+        .iter()
+        .map(|&i| match row.get(i)? {
+            Cell::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+        .collect();
+    values.map(|v| serde_json::to_string(&v).expect("strings serialize"))
+}
+
+/// Plans the backfill: which tables, their keys, their bound mappings.
+pub(crate) async fn plan(
+    pool: &PgPool,
+    compiled: &Compiled,
+    ctx: &EventContext,
+    state: &BackfillState,
+) -> Result<Vec<TablePlan>, RunError> {
+    let tables = catalog::tables(pool).await?;
+    let mut plans = Vec::new();
+    for t in &state.tables {
+        let table = TableRef::parse(&t.table);
+        let Some(relation) = tables.get(&table) else {
+            return Err(
+                SourceError::definite(format!("unknown table {table}"), "name a mapped table (ficus check)").into(),
+            );
+        };
+        let relation = Arc::new(relation.clone());
+        let keyset = keyset(pool, &table).await?;
+        let key_positions: Vec<usize> = keyset
+            .columns
+            .iter()
+            .filter_map(|(c, _)| relation.column_index(c))
+            .collect();
+        let identity_ok = relation.replica_identity == ficus_model::ReplicaIdentity::Full
+            || key_positions.iter().all(|&i| relation.columns[i].identity);
+        if !identity_ok {
+            return Err(SourceError::definite(
+                format!(
+                    "{table} is read by {}, whose columns deletes do not carry (its replica identity is {})",
+                    keyset.index, relation.replica_identity
+                ),
+                format!(
+                    "run ALTER TABLE {} REPLICA IDENTITY FULL; or give it a primary key",
+                    table.quoted()
+                ),
+            )
+            .into());
+        }
+        let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
+            return Err(
+                SourceError::definite(format!("no mapping reads {table}"), "backfill mapped tables only").into(),
+            );
+        };
+        if !compiled
+            .mappings()
+            .iter()
+            .any(|m| m.table == table && m.ops.contains(&Op::Snapshot))
+        {
+            return Err(RunError::Config(format!(
+                "no mapping of {table} maps snapshot rows\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows"
+            )));
+        }
+        plans.push(TablePlan {
+            relation,
+            keyset,
+            key_positions,
+            bound,
+        });
+    }
+    Ok(plans)
+}
+
+/// Reads the chunks, one at a time: snapshot, chunk and committed xids in one
+/// short repeatable-read transaction, then the high watermark, then the chunk
+/// to the session, then waits for its verdict.
+pub(crate) async fn coordinate(
+    pool: PgPool,
+    tables: Vec<(Arc<Relation>, Keyset)>,
+    mut state: BackfillState,
+    nonce: String,
+    pause: Duration,
+    to_session: mpsc::Sender<ChunkRead>,
+    mut verdicts: mpsc::Receiver<Verdict>,
+) -> Result<(), SourceError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| SourceError::from_sqlx("backfill connection", e))?;
+    let mut n = 0u64;
+    for (i, (relation, keys)) in tables.iter().enumerate() {
+        let table_state = &mut state.tables[i];
+        if table_state.done {
+            continue;
+        }
+        info!(table = %relation.table, from = ?table_state.last_key, "backfill: reading");
+        loop {
+            let ctx = |what: &str| format!("backfill of {}: {what}", relation.table);
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(|e| SourceError::from_sqlx(&ctx("begin"), e))?;
+            sqlx::query("set transaction isolation level repeatable read, read only")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| SourceError::from_sqlx(&ctx("set isolation"), e))?;
+            let snapshot: String = sqlx::query_scalar("select pg_current_snapshot()::text")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| SourceError::from_sqlx(&ctx("snapshot"), e))?;
+            let chunk = read_chunk(
+                &mut tx,
+                relation,
+                keys,
+                table_state.last_key.as_deref(),
+                state.chunk_size,
+                state.filter.as_deref(),
+            )
+            .await?;
+            let committed: Vec<String> = sqlx::query_scalar(
+                "select x::text from pg_snapshot_xip($1::pg_snapshot) x where pg_xact_status(x) = 'committed'",
+            )
+            .bind(&snapshot)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| SourceError::from_sqlx(&ctx("transaction status"), e))?;
+            tx.commit()
+                .await
+                .map_err(|e| SourceError::from_sqlx(&ctx("commit"), e))?;
+            n += 1;
+            let marker = format!("H/{}/{nonce}/{n}", state.id);
+            sqlx::query("select pg_logical_emit_message(false, $1, $2)")
+                .bind(MESSAGE_PREFIX)
+                .bind(&marker)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| SourceError::from_sqlx(&ctx("high watermark"), e))?;
+            let snapshot = snapshot.parse().map_err(|e: crate::watermark::ParseSnapshotError| {
+                SourceError::definite(e.to_string(), "report this as a bug")
+            })?;
+            let empty = chunk.rows.is_empty();
+            let last_key = chunk.last_key.clone();
+            let read = ChunkRead {
+                table: i,
+                marker,
+                snapshot,
+                committed_xip: committed.iter().filter_map(|x| x.parse().ok()).collect(),
+                rows: chunk.rows,
+                last_key: chunk.last_key,
+            };
+            if to_session.send(read).await.is_err() {
+                return Ok(()); // the session ended
+            }
+            match verdicts.recv().await {
+                None => return Ok(()),
+                Some(Verdict::Again) => continue,
+                Some(Verdict::Next) if empty => {
+                    table_state.done = true;
+                    break;
+                }
+                Some(Verdict::Next) => table_state.last_key = last_key,
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the snapshot row changes of a chunk's rows, emitted at `at`.
+pub(crate) fn snapshot_change(
+    plan: &TablePlan,
+    id: &Arc<str>,
+    row: Row,
+    key: String,
+    at: Lsn,
+    now_micros: i64,
+) -> RowChange {
+    RowChange {
+        op: Op::Snapshot,
+        relation: plan.relation.clone(),
+        new: Some(row),
+        old: None,
+        tx: TxMeta {
+            xid: 0,
+            commit_lsn: at,
+            commit_time_micros: now_micros,
+        },
+        origin: Origin::Backfill {
+            id: id.clone(),
+            key: key.into(),
+        },
+    }
+}
+
+/// The backfill's side of the stream session.
+pub(crate) struct BackfillSession {
+    pub id: Arc<str>,
+    pub plans: Vec<TablePlan>,
+    /// Which plan a stream relation's changes are tracked for, by table.
+    pub by_table: HashMap<TableRef, usize>,
+    pub trackers: Vec<Tracker>,
+    pub state: BackfillState,
+    pub state_path: PathBuf,
+    pub chunks: mpsc::Receiver<ChunkRead>,
+    pub verdicts: mpsc::Sender<Verdict>,
+    /// A chunk received before its high watermark arrived.
+    pub pending: Option<ChunkRead>,
+    /// The markers handled (a reconnect may replay them).
+    pub delivered: std::collections::HashSet<String>,
+    /// This run's markers start with it: markers of earlier runs are ignored.
+    pub marker_prefix: String,
+    /// The coordinator, for its error.
+    pub task: Option<tokio::task::JoinHandle<Result<(), SourceError>>>,
+    pub finished: bool,
+}
+
+impl BackfillSession {
+    /// Tracks a streamed change of a table being backfilled.
+    pub fn track(&mut self, change: &RowChange) {
+        let Some(&i) = self.by_table.get(&change.relation.table) else {
+            return;
+        };
+        let plan = &self.plans[i];
+        let positions: Vec<usize> = plan
+            .keyset
+            .columns
+            .iter()
+            .filter_map(|(c, _)| change.relation.column_index(c))
+            .collect();
+        let tracker = &mut self.trackers[i];
+        if change.op == Op::Truncate {
+            tracker.record(change.tx.xid, TRUNCATED);
+            return;
+        }
+        for row in [&change.old, &change.new].into_iter().flatten() {
+            if let Some(key) = key_text(row, &positions) {
+                tracker.record(change.tx.xid, &key);
+            }
+        }
+    }
+
+    /// Records a commit, whatever it changed.
+    pub fn committed(&mut self, xid: u32) {
+        for t in &mut self.trackers {
+            t.committed(xid);
+        }
+    }
+}
+
+/// The tracker key of a truncate: every row of the table changed.
+pub(crate) const TRUNCATED: &str = "*";

@@ -1,0 +1,185 @@
+//! Backfill: existing rows as snapshot events, consistent with the stream.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Project, signal, wait_exit};
+
+const ACCOUNTS: &str = "create table accounts (id int primary key, balance int not null, note text);
+    insert into accounts select g, g % 1000, 'n' || g from generate_series(1, 20000) g;";
+const MAPPINGS: &str = r#"
+[[event]]
+name = "AccountSeen"
+table = "accounts"
+on = ["insert", "update", "snapshot"]
+key = "new.id"
+data = "new"
+
+[[event]]
+name = "AccountClosed"
+table = "accounts"
+on = ["delete"]
+key = "old.id"
+"#;
+
+/// Folds events by key into a table: the parity check.
+fn fold(events: &[Value]) -> BTreeMap<i64, Value> {
+    let mut table = BTreeMap::new();
+    for e in events {
+        let id: i64 = e["subject"].as_str().unwrap().parse().unwrap();
+        match e["type"].as_str().unwrap() {
+            "AccountSeen" => {
+                table.insert(id, e["data"].clone());
+            }
+            "AccountClosed" => {
+                table.remove(&id);
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    table
+}
+
+async fn table_now(p: &Project) -> BTreeMap<i64, Value> {
+    let mut conn = p.db.connect().await;
+    let rows: Vec<(i32, i32, Option<String>)> = sqlx::query_as("select id, balance, note from accounts")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, balance, note)| {
+            (
+                i64::from(id),
+                serde_json::json!({"id": id, "balance": balance, "note": note}),
+            )
+        })
+        .collect()
+}
+
+/// Random inserts, updates and deletes of the same keys, in small transactions, until stopped.
+fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut n = 0u64;
+        let mut seed = 42u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as i64
+        };
+        while !*stop.borrow() {
+            let id = next() % 22000 + 1;
+            let sql = match next() % 4 {
+                0 => format!("delete from accounts where id = {id}"),
+                1 => format!(
+                    "insert into accounts values ({id}, 7, 'new') on conflict (id) do update set note = 'upserted'"
+                ),
+                _ => format!("update accounts set balance = balance + 1 where id = {id}"),
+            };
+            conn.execute(sql.as_str()).await.unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+#[tokio::test]
+async fn backfill_parity_under_concurrent_writes_with_a_crash() {
+    let p = Project::new(&format!("{ACCOUNTS} alter table accounts replica identity full;")).await;
+    p.mapping("accounts.toml", MAPPINGS);
+    p.catch_up();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writes = writer(p.db.url(), stop_rx);
+    // Crash it mid-way...
+    let mut child = p
+        .ficus(&["backfill", "--chunk-size", "500"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(p.path("backfill-1.log")).unwrap())
+        .spawn()
+        .unwrap();
+    ficus_testkit::wait_for("a few chunks", Duration::from_secs(60), || async {
+        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
+        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
+        (chunks >= 5).then_some(())
+    })
+    .await;
+    signal(&child, libc::SIGKILL);
+    wait_exit(&mut child, Duration::from_secs(10)).await;
+    let before: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap()).unwrap();
+    let chunks_before = before["tables"][0]["chunks"].as_u64().unwrap();
+    assert!(!before["tables"][0]["done"].as_bool().unwrap());
+    // ...and run it again: it goes on from its last chunk.
+    let out = p.ok(&["backfill", "--chunk-size", "500"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("backfill: resuming"), "{log}");
+    let after: Value = serde_json::from_str(&std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap()).unwrap();
+    assert!(after["tables"][0]["done"].as_bool().unwrap());
+    assert_eq!(after["id"], before["id"], "the same backfill, so the same event ids");
+    let total_chunks = after["tables"][0]["chunks"].as_u64().unwrap();
+    assert!(
+        total_chunks < chunks_before + 45,
+        "went on from chunk {chunks_before}, not from zero: {total_chunks} chunks"
+    );
+    stop_tx.send(true).unwrap();
+    let n = writes.await.unwrap();
+    p.catch_up();
+    let events = p.events();
+    let folded = fold(&events);
+    let real = table_now(&p).await;
+    let diff: Vec<_> = real
+        .keys()
+        .chain(folded.keys())
+        .filter(|k| real.get(k) != folded.get(k))
+        .take(5)
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "parity fails for ids {diff:?} (after {n} concurrent writes)"
+    );
+    let snapshot_events = events.iter().filter(|e| e.get("backfill").is_some()).count();
+    assert!(snapshot_events >= 15_000, "{snapshot_events} snapshot events");
+    eprintln!(
+        "parity over {} rows with {n} concurrent writes, {snapshot_events} snapshot events, {} lines",
+        real.len(),
+        events.len()
+    );
+    let status = p.ok(&["backfill", "--status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("public.accounts: "),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+#[tokio::test]
+async fn backfill_with_a_filter_and_composite_keys() {
+    let p = Project::new(
+        "create table lines (order_id int, line int, qty int not null, primary key (order_id, line));
+         insert into lines select o, l, o * l from generate_series(1, 50) o, generate_series(1, 4) l;",
+    )
+    .await;
+    p.mapping("lines.toml", "[[event]]\nname = \"LineSeen\"\ntable = \"lines\"\non = [\"snapshot\"]\nkey = \"string(new.order_id) + '/' + string(new.line)\"\ndata = \"new\"\n");
+    p.ok(&["backfill", "--chunk-size", "7", "--where", "order_id > 40"]);
+    let events = p.events();
+    assert_eq!(events.len(), 40);
+    assert_eq!(events[0]["subject"], "41/1");
+    assert_eq!(events[39]["subject"], "50/4");
+    assert!(events.iter().all(|e| e["backfill"].is_string()));
+}
+
+#[tokio::test]
+async fn backfill_refuses_a_table_without_a_key() {
+    let p = Project::new("create table loose (a int, b text); insert into loose values (1, 'x');").await;
+    p.mapping(
+        "loose.toml",
+        "[[event]]\nname = \"Loose\"\ntable = \"loose\"\non = [\"snapshot\"]\nkey = \"new.a\"\n",
+    );
+    let out = p.ficus(&["backfill"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("public.loose has no primary key"), "{err}");
+    assert!(err.contains("--allow-full-scan"), "{err}");
+}
