@@ -181,5 +181,40 @@ async fn backfill_refuses_a_table_without_a_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public.loose has no primary key"), "{err}");
-    assert!(err.contains("--allow-full-scan"), "{err}");
+    assert!(err.contains("ADD PRIMARY KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn run_until_caught_up_finishes_a_backfill_in_progress() {
+    let p = Project::new(
+        "create table items (id int primary key, name text not null);
+         insert into items select g, 'item ' || g from generate_series(1, 3000) g;",
+    )
+    .await;
+    p.mapping(
+        "items.toml",
+        "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
+    );
+    let mut child = p
+        .ficus(&["backfill", "--chunk-size", "100", "--pause-ms", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ficus_testkit::wait_for("a chunk", Duration::from_secs(60), || async {
+        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
+        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
+        (chunks >= 2).then_some(())
+    })
+    .await;
+    signal(&child, libc::SIGKILL);
+    wait_exit(&mut child, Duration::from_secs(10)).await;
+    let out = p.catch_up();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a backfill is in progress: finishing it first"));
+    let subjects: std::collections::HashSet<String> = p
+        .events()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(subjects.len(), 3000);
 }

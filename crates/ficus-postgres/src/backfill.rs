@@ -51,7 +51,8 @@ pub async fn keyset(pool: &PgPool, table: &TableRef) -> Result<Keyset, SourceErr
         return Err(SourceError::definite(
             format!("{table} has no primary key and no unique index of NOT NULL columns to read it in chunks by"),
             format!(
-                "add one (ALTER TABLE {} ADD PRIMARY KEY (...)), or read it in one go with --allow-full-scan",
+                "add one (ALTER TABLE {} ADD PRIMARY KEY (...), or a unique index on NOT NULL columns); \
+                 reading a table without a key in one go (--allow-full-scan) is not built yet",
                 table.quoted()
             ),
         ));

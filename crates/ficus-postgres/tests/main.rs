@@ -133,7 +133,7 @@ async fn tables_without_a_key() {
                 .contains("has no primary key and no unique index of NOT NULL columns"),
             "{err}"
         );
-        assert!(err.hint().unwrap().contains("--allow-full-scan"), "{:?}", err.hint());
+        assert!(err.hint().unwrap().contains("ADD PRIMARY KEY"), "{:?}", err.hint());
     }
     let keys = keyset(&pool, &TableRef::parse("unique_not_null")).await.unwrap();
     assert_eq!(

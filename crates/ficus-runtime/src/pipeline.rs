@@ -108,6 +108,21 @@ pub async fn run(
     options: RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, RunError> {
+    let mut options = options;
+    if options.until_caught_up && options.backfill.is_none() {
+        // `--until-caught-up` finishes a backfill in progress before it stops.
+        if let Some(state) = BackfillState::load(&BackfillState::path(&config.dir))?
+            && !state.finished()
+        {
+            info!(id = %state.id, "a backfill is in progress: finishing it first");
+            options.backfill = Some(BackfillOptions {
+                tables: state.tables.iter().map(|t| t.table.clone()).collect(),
+                filter: state.filter.clone(),
+                chunk_size: state.chunk_size,
+                pause: Duration::ZERO,
+            });
+        }
+    }
     let files = load_mappings(config)?;
     let url = SourceUrl::parse(&config.url()?)?;
     let mut report = RunReport::default();
@@ -128,7 +143,7 @@ pub async fn run(
             slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
             let slot_state = slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
             if options.backfill.is_some()
-                && let Some(pid) = slot::active_pid(&pool, &config.source.slot).await?
+                && let Some(pid) = slot_in_use(&pool, &config.source.slot).await?
             {
                 return Err(SourceError::definite(
                     format!(
@@ -236,6 +251,18 @@ pub async fn run(
                 stream.stop();
                 return Err(e);
             }
+        }
+    }
+}
+
+/// The process streaming from the slot, after giving a just-killed one's
+/// walsender a moment to notice and go.
+async fn slot_in_use(pool: &PgPool, slot_name: &str) -> Result<Option<i32>, SourceError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match slot::active_pid(pool, slot_name).await? {
+            Some(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            pid => return Ok(pid),
         }
     }
 }
