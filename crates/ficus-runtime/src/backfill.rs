@@ -280,7 +280,9 @@ pub(crate) async fn coordinate(
                 .map_err(|e| SourceError::from_sqlx(&ctx("commit"), e))?;
             n += 1;
             let marker = format!("H/{}/{nonce}/{n}", state.id);
-            sqlx::query("select pg_logical_emit_message(false, $1, $2)")
+            // Transactional, so that its commit flushes the WAL and the stream
+            // brings it at once (a non-transactional message waits for the WAL writer).
+            sqlx::query("select pg_logical_emit_message(true, $1, $2)")
                 .bind(MESSAGE_PREFIX)
                 .bind(&marker)
                 .execute(&mut *conn)

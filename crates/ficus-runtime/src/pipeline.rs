@@ -154,14 +154,15 @@ pub async fn run(
                 )
                 .into());
             }
+            // The marker is transactional: its commit flushes the WAL, so the
+            // stream brings it without waiting for the WAL writer.
             let target = if options.until_caught_up || options.backfill.is_some() {
-                let lsn: String = sqlx::query_scalar(
-                    "select pg_logical_emit_message(false, $1, 'ficus run --until-caught-up')::text",
-                )
-                .bind(CAUGHT_UP_PREFIX)
-                .fetch_one(&pool)
-                .await
-                .map_err(|e| SourceError::from_sqlx("writing the caught-up marker", e))?;
+                let lsn: String =
+                    sqlx::query_scalar("select pg_logical_emit_message(true, $1, 'ficus run --until-caught-up')::text")
+                        .bind(CAUGHT_UP_PREFIX)
+                        .fetch_one(&pool)
+                        .await
+                        .map_err(|e| SourceError::from_sqlx("writing the caught-up marker", e))?;
                 lsn.parse().ok()
             } else {
                 None
