@@ -1,5 +1,5 @@
-//! Reading existing rows in chunks, for the backfill (issue 3; the watermark
-//! coordination lives in the runtime, see `docs/design/backfill.md`).
+//! Reading existing rows in chunks, for the backfill (the watermark
+//! coordination lives in the runtime, see `docs/backfill.md`).
 //!
 //! A table is read by keyset pagination on its primary key (or a unique index
 //! of not-null columns): `where (k1, k2) > (last1, last2) order by k1, k2 limit n`,

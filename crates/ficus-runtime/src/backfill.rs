@@ -11,7 +11,7 @@
 //! wait     ◀───── channel ──── done ─────        checkpoint, prune
 //! ```
 //!
-//! See `docs/design/backfill.md` for why this is consistent. Tracking runs for
+//! See `docs/backfill.md` for why this is consistent. Tracking runs for
 //! the whole backfill, so no low watermark is needed: every commit before `H`
 //! has been tracked, or (for commits before tracking started) is caught by the
 //! committed-xip check, which makes the chunk be read again.

@@ -1,6 +1,5 @@
-//! The watermark rule of the backfill, as pure logic (issue 3; the runtime does
-//! not drive it yet). See `docs/design/backfill.md` for the algorithm and its
-//! proof sketch.
+//! The watermark rule of the backfill, as pure logic. See `docs/backfill.md`
+//! for the algorithm and its proof sketch.
 //!
 //! ```text
 //! stream:  ... L ... T1 ... T2 ... H ...
