@@ -8,14 +8,7 @@
 # the table, two with CEL predicates, as a real deployment would.
 set -euo pipefail
 ROWS=${1:-1000000}; BATCH=${2:-1000}
-root=$(cd "$(dirname "$0")/.." && pwd)
-(cd "$root" && cargo build --release --quiet --bin ficus)
-FICUS="$root/target/release/ficus"
-source "$root/scripts/pg-throwaway.sh"
-
-bench=$(mktemp -d /tmp/ficus-bench-XXXXXX)
-trap 'rm -rf "$bench"; as_pg "$PG_BIN/pg_ctl" -D "$PG_WORK/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_WORK"' EXIT
-sql -d postgres -c 'create database bench'
+source "$(dirname "$0")/../scripts/bench-common.sh"
 sql -d bench <<SQL
 create table orders (id bigserial primary key, customer_id int not null, status text not null,
   total numeric(12,2) not null, created_at timestamptz not null default now(), note text);
@@ -24,14 +17,6 @@ create publication recv_pub for table orders;
 select from pg_create_logical_replication_slot('recv_before', 'pgoutput');
 select from pg_create_logical_replication_slot('recv_after', 'pgoutput');
 SQL
-mkdir -p "$bench/mappings"
-cat > "$bench/ficus.toml" <<TOML
-[source]
-url = "postgres://postgres@127.0.0.1:$PGPORT/bench?sslmode=disable"
-slot = "ficus_bench"
-[[sink]]
-type = "stdout"
-TOML
 cat > "$bench/mappings/orders.toml" <<'TOML'
 [[event]]
 name = "OrderPlaced"
@@ -67,7 +52,6 @@ TOML
 cd "$bench"
 FICUS_LOG=warn "$FICUS" run --until-caught-up >/dev/null   # creates ficus's slot before the writes
 
-now() { date +%s.%N; }
 sql -d bench -c "do \$\$ begin for i in 1..($ROWS/$BATCH) loop
   insert into orders(customer_id, status, total, note)
   select (random()*10000)::int, 'placed', (random()*1000)::numeric(12,2), 'note '||g from generate_series(1,$BATCH) g;
@@ -83,11 +67,4 @@ t0=$(now); recv recv_before
 t1=$(now); events=$(FICUS_LOG=warn "$FICUS" run --until-caught-up | wc -l)
 t2=$(now); recv recv_after
 t3=$(now)
-python3 - "$ROWS" "$events" "$t0" "$t1" "$t2" "$t3" <<'PY'
-import sys
-rows, events, t0, t1, t2, t3 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
-before, ficus, after = rows / (t1 - t0), rows / (t2 - t1), rows / (t3 - t2)
-recv = (before + after) / 2
-print(f"rows={rows} events={events} pg_recvlogical={recv:,.0f} rows/s (before {before:,.0f}, after {after:,.0f}) "
-      f"ficus={ficus:,.0f} rows/s ratio={ficus / recv:.2f}")
-PY
+report pg_recvlogical ficus "$ROWS" "$events" "$t0" "$t1" "$t2" "$t3"

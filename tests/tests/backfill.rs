@@ -29,6 +29,16 @@ on = ["delete"]
 key = "old.id"
 "#;
 
+/// Waits until the backfill's checkpoint shows `n` chunks of its first table.
+async fn wait_chunks(p: &Project, n: u64) {
+    ficus_testkit::wait_for(&format!("{n} chunks"), Duration::from_secs(60), || async {
+        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
+        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
+        (chunks >= n).then_some(())
+    })
+    .await;
+}
+
 /// Folds events by key into a table: the parity check.
 fn fold(events: &[Value]) -> BTreeMap<i64, Value> {
     let mut table = BTreeMap::new();
@@ -110,12 +120,7 @@ async fn backfill_parity_under_concurrent_writes_with_a_crash() {
         .stderr(std::fs::File::create(p.path("backfill-1.log")).unwrap())
         .spawn()
         .unwrap();
-    ficus_testkit::wait_for("a few chunks", Duration::from_secs(60), || async {
-        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
-        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
-        (chunks >= 5).then_some(())
-    })
-    .await;
+    wait_chunks(&p, 5).await;
     signal(&child, libc::SIGKILL);
     wait_exit(&mut child, Duration::from_secs(10)).await;
     let before: Value =
@@ -220,12 +225,7 @@ async fn run_until_caught_up_finishes_a_backfill_in_progress() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    ficus_testkit::wait_for("a chunk", Duration::from_secs(60), || async {
-        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
-        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
-        (chunks >= 2).then_some(())
-    })
-    .await;
+    wait_chunks(&p, 2).await;
     signal(&child, libc::SIGKILL);
     wait_exit(&mut child, Duration::from_secs(10)).await;
     let out = p.catch_up();
