@@ -224,8 +224,9 @@ fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
         } else {
             format!("in progress, next after {:?}", t.last_key)
         };
+        let of = t.rows_estimated.map(|n| format!(" of ~{n}")).unwrap_or_default();
         println!(
-            "  {}: {} rows read, {} emitted, {} chunks, {progress}",
+            "  {}: {} rows read{of}, {} emitted, {} chunks, {progress}",
             t.table, t.rows_read, t.rows_emitted, t.chunks
         );
     }

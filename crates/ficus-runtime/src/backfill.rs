@@ -80,6 +80,9 @@ pub struct TableState {
     pub chunks: u64,
     /// Whether the table is done.
     pub done: bool,
+    /// Rows the table had when the backfill planned it (`pg_class.reltuples`, an estimate).
+    #[serde(default)]
+    pub rows_estimated: Option<u64>,
 }
 
 impl BackfillState {
@@ -124,6 +127,7 @@ impl BackfillState {
 
 /// One table ready to read.
 pub(crate) struct TablePlan {
+    pub rows_estimated: Option<u64>,
     pub relation: Arc<Relation>,
     pub keyset: Keyset,
     pub key_positions: Vec<usize>,
@@ -212,7 +216,13 @@ pub(crate) async fn plan(
                 "no mapping of {table} maps snapshot rows\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows"
             )));
         }
+        let estimate: f32 = sqlx::query_scalar("select reltuples from pg_class where oid = $1::int8::oid")
+            .bind(i64::from(relation.oid))
+            .fetch_one(pool)
+            .await
+            .map_err(|e| SourceError::from_sqlx("reading the table's size", e))?;
         plans.push(TablePlan {
+            rows_estimated: (estimate >= 0.0).then_some(estimate as u64),
             relation,
             keyset,
             key_positions,
@@ -360,6 +370,8 @@ pub(crate) struct BackfillSession {
     pub verdicts: mpsc::Sender<Verdict>,
     /// A chunk received before its high watermark arrived.
     pub pending: Option<ChunkRead>,
+    /// Progress bars on a terminal, log lines otherwise.
+    pub progress: Progress,
     /// The markers handled (a reconnect may replay them).
     pub delivered: std::collections::HashSet<String>,
     /// This run's markers start with it: markers of earlier runs are ignored.
@@ -404,3 +416,71 @@ impl BackfillSession {
 
 /// The tracker key of a truncate: every row of the table changed.
 pub(crate) const TRUNCATED: &str = "*";
+
+/// Shows the backfill's progress: a bar per table (rows done of the estimate,
+/// rows/s, ETA) when stderr is a terminal, a log line per chunk otherwise.
+pub(crate) struct Progress {
+    bars: Option<Vec<indicatif::ProgressBar>>,
+    _multi: Option<indicatif::MultiProgress>,
+}
+
+impl Progress {
+    pub fn new(state: &BackfillState) -> Progress {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Progress {
+                bars: None,
+                _multi: None,
+            };
+        }
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bars = state
+            .tables
+            .iter()
+            .map(|t| {
+                let bar = multi.add(indicatif::ProgressBar::new(
+                    t.rows_estimated.unwrap_or(0).max(t.rows_read),
+                ));
+                bar.set_style(style.clone());
+                bar.set_prefix(t.table.clone());
+                bar.set_position(t.rows_read);
+                if t.done {
+                    bar.finish();
+                }
+                bar
+            })
+            .collect();
+        Progress {
+            bars: Some(bars),
+            _multi: Some(multi),
+        }
+    }
+
+    pub fn update(&self, index: usize, table: &TableState) {
+        match &self.bars {
+            Some(bars) => {
+                let bar = &bars[index];
+                if table.rows_read > bar.length().unwrap_or(0) {
+                    bar.set_length(table.rows_read);
+                }
+                bar.set_position(table.rows_read);
+                if table.done {
+                    bar.finish();
+                }
+            }
+            None => info!(
+                table = %table.table,
+                rows = table.rows_read,
+                estimated = ?table.rows_estimated,
+                emitted = table.rows_emitted,
+                chunks = table.chunks,
+                done = table.done,
+                "backfill: chunk delivered"
+            ),
+        }
+    }
+}

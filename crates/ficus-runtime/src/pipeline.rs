@@ -556,7 +556,7 @@ impl Session<'_> {
         } else {
             table.last_key = read.last_key;
         }
-        info!(table = %table.table, rows = table.rows_read, emitted = table.rows_emitted, chunks = table.chunks, done = table.done, "backfill: chunk delivered");
+        b.progress.update(read.table, table);
         b.state.save(&b.state_path)?;
         b.finished = b.state.finished();
         let _ = b.verdicts.send(Verdict::Next).await;
@@ -663,6 +663,7 @@ fn backfill_state(config: &Config, compiled: &Compiled, opts: &BackfillOptions) 
                 rows_emitted: 0,
                 chunks: 0,
                 done: false,
+                rows_estimated: None,
             })
             .collect(),
     })
@@ -678,8 +679,13 @@ async fn start_backfill(
     opts: &BackfillOptions,
 ) -> Result<BackfillSession, RunError> {
     let plans = backfill::plan(pool, compiled, ctx, &state).await?;
+    let mut state = state;
+    for (t, p) in state.tables.iter_mut().zip(&plans) {
+        t.rows_estimated = t.rows_estimated.or(p.rows_estimated);
+    }
     let path = BackfillState::path(&config.dir);
     state.save(&path)?;
+    let progress = backfill::Progress::new(&state);
     let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel(1);
     let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(1);
     let tables = plans.iter().map(|p| (p.relation.clone(), p.keyset.clone())).collect();
@@ -713,6 +719,7 @@ async fn start_backfill(
         chunks: chunk_rx,
         verdicts: verdict_tx,
         pending: None,
+        progress,
         delivered: Default::default(),
         task: Some(task),
         finished: false,
