@@ -410,15 +410,9 @@ impl Session<'_> {
                     if let Some(b) = self.backfill.as_deref_mut() {
                         b.track(&change);
                     }
-                    for event in bound.apply(&change, &self.ctx)? {
-                        line.clear();
-                        serde_json::to_writer(&mut line, &event).expect("an event always serializes");
-                        for sink in self.sinks.iter_mut() {
-                            sink.write(&line)?;
-                        }
-                        self.unflushed += 1;
-                        self.report.events += 1;
-                    }
+                    let written = write_events(self.sinks, &mut line, bound.apply(&change, &self.ctx)?)?;
+                    self.unflushed += written;
+                    self.report.events += written as u64;
                 }
                 SourceEvent::Commit { end_lsn, .. } => {
                     self.in_tx = false;
@@ -529,24 +523,13 @@ impl Session<'_> {
             }
             emitted += 1;
             let change = snapshot_change(plan, &b.id, row, key, at, now);
-            for event in plan.bound.apply(&change, &self.ctx)? {
-                line.clear();
-                serde_json::to_writer(&mut *line, &event).expect("an event always serializes");
-                for sink in self.sinks.iter_mut() {
-                    sink.write(line)?;
-                }
-                self.unflushed += 1;
-                self.report.events += 1;
-            }
+            let written = write_events(self.sinks, line, plan.bound.apply(&change, &self.ctx)?)?;
+            self.unflushed += written;
+            self.report.events += written as u64;
         }
         tracker.prune(&read.snapshot);
         // Durable before the checkpoint: a crash in between reads the chunk again.
-        if self.unflushed > 0 {
-            for sink in self.sinks.iter_mut() {
-                sink.flush()?;
-            }
-            self.unflushed = 0;
-        }
+        flush_sinks(self.sinks, &mut self.unflushed)?;
         let table = &mut b.state.tables[read.table];
         table.rows_read += read_rows;
         table.rows_emitted += emitted;
@@ -584,12 +567,7 @@ impl Session<'_> {
 
     /// Makes every written event durable, then acknowledges the last commit.
     fn flush_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
-        if self.unflushed > 0 {
-            for sink in self.sinks.iter_mut() {
-                sink.flush()?;
-            }
-            self.unflushed = 0;
-        }
+        flush_sinks(self.sinks, &mut self.unflushed)?;
         self.last_flush = Instant::now();
         if let Some(lsn) = self.pending.take() {
             self.ack(stream, lsn);
@@ -604,6 +582,29 @@ impl Session<'_> {
             debug!(lsn = %lsn, "acknowledged");
         }
     }
+}
+
+/// Writes events to every sink, one JSON line each; returns how many.
+fn write_events(sinks: &mut [Sink], line: &mut Vec<u8>, events: Vec<ficus_model::Event>) -> Result<usize, RunError> {
+    for event in &events {
+        line.clear();
+        serde_json::to_writer(&mut *line, event).expect("an event always serializes");
+        for sink in sinks.iter_mut() {
+            sink.write(line)?;
+        }
+    }
+    Ok(events.len())
+}
+
+/// Makes every written event durable in every sink.
+fn flush_sinks(sinks: &mut [Sink], unflushed: &mut usize) -> Result<(), RunError> {
+    if *unflushed > 0 {
+        for sink in sinks.iter_mut() {
+            sink.flush()?;
+        }
+        *unflushed = 0;
+    }
+    Ok(())
 }
 
 /// Drops the slot and the publication.
