@@ -29,11 +29,21 @@ on = ["delete"]
 key = "old.id"
 "#;
 
+/// The newest backfill's file (`.ficus/backfills/ID.json`), if any.
+fn latest_backfill(p: &Project) -> Option<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(p.path(".ficus/backfills"))
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort_by_key(|f| (f.as_os_str().len(), f.clone()));
+    serde_json::from_str(&std::fs::read_to_string(files.last()?).ok()?).ok()
+}
+
 /// Waits until the backfill's checkpoint shows `n` chunks of its first table.
 async fn wait_chunks(p: &Project, n: u64) {
     ficus_testkit::wait_for(&format!("{n} chunks"), Duration::from_secs(60), || async {
-        let state = std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap_or_default();
-        let chunks = serde_json::from_str::<Value>(&state).ok()?["tables"][0]["chunks"].as_u64()?;
+        let chunks = latest_backfill(p)?["tables"][0]["chunks"].as_u64()?;
         (chunks >= n).then_some(())
     })
     .await;
@@ -123,15 +133,14 @@ async fn backfill_parity_under_concurrent_writes_with_a_crash() {
     wait_chunks(&p, 5).await;
     signal(&child, libc::SIGKILL);
     wait_exit(&mut child, Duration::from_secs(10)).await;
-    let before: Value =
-        serde_json::from_str(&std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap()).unwrap();
+    let before = latest_backfill(&p).unwrap();
     let chunks_before = before["tables"][0]["chunks"].as_u64().unwrap();
     assert!(!before["tables"][0]["done"].as_bool().unwrap());
     // ...and run it again: it goes on from its last chunk.
     let out = p.ok(&["backfill", "--chunk-size", "500"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("backfill: resuming"), "{log}");
-    let after: Value = serde_json::from_str(&std::fs::read_to_string(p.path(".ficus/backfill.json")).unwrap()).unwrap();
+    let after = latest_backfill(&p).unwrap();
     assert!(after["tables"][0]["done"].as_bool().unwrap());
     assert_eq!(after["id"], before["id"], "the same backfill, so the same event ids");
     // It read on from the checkpointed key, not from the start of the table.
@@ -147,19 +156,7 @@ async fn backfill_parity_under_concurrent_writes_with_a_crash() {
     stop_tx.send(true).unwrap();
     let n = writes.await.unwrap();
     p.catch_up();
-    let events = p.events();
-    let folded = fold(&events);
-    let real = table_now(&p).await;
-    let diff: Vec<_> = real
-        .keys()
-        .chain(folded.keys())
-        .filter(|k| real.get(k) != folded.get(k))
-        .take(5)
-        .collect();
-    assert!(
-        diff.is_empty(),
-        "parity fails for ids {diff:?} (after {n} concurrent writes)"
-    );
+    let events = assert_parity(&p, n).await;
     let snapshot_events = events.iter().filter(|e| e.get("backfill").is_some()).count();
     assert!(
         snapshot_events as i64 >= rows * 3 / 4,
@@ -167,7 +164,7 @@ async fn backfill_parity_under_concurrent_writes_with_a_crash() {
     );
     eprintln!(
         "parity over {} rows with {n} concurrent writes, {snapshot_events} snapshot events, {} lines",
-        real.len(),
+        table_now(&p).await.len(),
         events.len()
     );
     let status = p.ok(&["backfill", "--status"]);
@@ -236,4 +233,173 @@ async fn run_until_caught_up_finishes_a_backfill_in_progress() {
         .map(|e| e["subject"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(subjects.len(), 3000);
+}
+
+/// Whether a ficus streams from the project's slot.
+async fn slot_active(p: &Project) -> bool {
+    let active = p
+        .scalar(&format!(
+            "select coalesce((select active::text from pg_replication_slots where slot_name = '{}'), 'false')",
+            p.db.name
+        ))
+        .await;
+    active == "true"
+}
+
+async fn assert_parity(p: &Project, writes: u64) -> Vec<Value> {
+    let events = p.events();
+    let folded = fold(&events);
+    let real = table_now(p).await;
+    let diff: Vec<_> = real
+        .keys()
+        .chain(folded.keys())
+        .filter(|k| real.get(k) != folded.get(k))
+        .take(5)
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "parity fails for ids {diff:?} (after {writes} concurrent writes)"
+    );
+    events
+}
+
+#[tokio::test]
+async fn backfill_is_handed_to_the_running_ficus_and_taken_over_when_it_dies() {
+    let rows = 6_000;
+    let p = Project::new(&format!(
+        "create table accounts (id int primary key, balance int not null, note text);
+         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
+         alter table accounts replica identity full;"
+    ))
+    .await;
+    p.mapping("accounts.toml", MAPPINGS);
+    p.catch_up();
+    let mut run = p.spawn_run();
+    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
+        slot_active(&p).await.then_some(())
+    })
+    .await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writes = writer(p.db.url(), stop_rx, rows);
+    let mut cli = p
+        .ficus(&["backfill", "--chunk-size", "200", "--pause-ms", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(p.path("backfill.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // The running ficus does the work: it checkpoints chunks while `ficus backfill` waits...
+    wait_chunks(&p, 3).await;
+    let run_log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(run_log.contains("backfill: requested"), "{run_log}");
+    assert!(run_log.contains("backfill: starting"), "{run_log}");
+    // ...until it dies: `ficus backfill` takes over from the last checkpoint.
+    signal(&run, libc::SIGKILL);
+    wait_exit(&mut run, Duration::from_secs(10)).await;
+    let status = wait_exit(&mut cli, Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(p.path("backfill.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("backfill: handed to the ficus run"), "{log}");
+    assert!(log.contains("backfill: running it here"), "{log}");
+    assert!(log.contains("is complete and its events are delivered"), "{log}");
+    assert!(
+        !log.contains("from=None"),
+        "the takeover starts from the checkpoint:\n{log}"
+    );
+    let state = latest_backfill(&p).unwrap();
+    assert_eq!(state["tables"][0]["done"], true);
+    stop_tx.send(true).unwrap();
+    let n = writes.await.unwrap();
+    p.catch_up();
+    let events = assert_parity(&p, n).await;
+    // Every row the checkpoints count as emitted is in the output (the writer
+    // churns the table to about half its rows by the end).
+    let snapshot_ids: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e.get("backfill").is_some())
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let emitted = state["tables"][0]["rows_emitted"].as_u64().unwrap();
+    assert!(emitted as i64 > rows / 4, "{emitted} rows emitted");
+    assert!(
+        snapshot_ids.len() as u64 >= emitted,
+        "{} snapshot events",
+        snapshot_ids.len()
+    );
+}
+
+#[tokio::test]
+async fn backfill_no_wait_returns_at_once_and_the_run_does_it() {
+    let p = Project::new(
+        "create table items (id int primary key, name text not null);
+         insert into items select g, 'item ' || g from generate_series(1, 500) g;",
+    )
+    .await;
+    p.mapping(
+        "items.toml",
+        "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
+    );
+    // Nobody streams: the backfill is recorded, and the next run does it.
+    let out = p.ok(&["backfill", "--no-wait", "--where", "id <= 100"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the next `ficus run` does it"), "{err}");
+    assert!(p.events().is_empty());
+    p.catch_up();
+    assert_eq!(p.events().len(), 100);
+    // A ficus run streams: the backfill is handed to it, and `--no-wait` returns before it is done.
+    let mut run = p.spawn_run();
+    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
+        slot_active(&p).await.then_some(())
+    })
+    .await;
+    let out = p.ok(&["backfill", "--no-wait", "--where", "id > 100", "--chunk-size", "50"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("backfill {id} handed to the ficus run")), "{err}");
+    let events = p.wait_events(500).await;
+    let second: Vec<_> = events.iter().filter(|e| e["backfill"] == id.as_str()).collect();
+    assert_eq!(second.len(), 400);
+    ficus_testkit::wait_for("the backfill to be complete", Duration::from_secs(30), || async {
+        let status = p.ok(&["backfill", "--status"]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        text.contains(&format!("backfill {id}: complete")).then_some(())
+    })
+    .await;
+    signal(&run, libc::SIGTERM);
+    assert!(wait_exit(&mut run, Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
+    let p = Project::new(
+        "create table shares (id int primary key, parts int not null);
+         insert into shares values (1, 2), (2, 0), (3, 4);",
+    )
+    .await;
+    p.mapping(
+        "shares.toml",
+        "[[event]]\nname = \"ShareSeen\"\ntable = \"shares\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\ndata = { each = \"100 / new.parts\" }\n",
+    );
+    p.catch_up();
+    let mut run = p.spawn_run();
+    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
+        slot_active(&p).await.then_some(())
+    })
+    .await;
+    let out = p.ficus(&["backfill"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed"), "{err}");
+    assert!(err.contains("ShareSeen"), "the error names the mapping:\n{err}");
+    let status = String::from_utf8_lossy(&p.ok(&["backfill", "--status"]).stdout).into_owned();
+    assert!(status.contains(": failed"), "{status}");
+    assert!(status.contains("error: "), "{status}");
+    // The stream goes on.
+    p.db.exec("insert into shares values (4, 5)").await;
+    let events = p.wait_events(2).await;
+    assert_eq!(events.last().unwrap()["data"]["each"], 20);
+    signal(&run, libc::SIGTERM);
+    assert!(wait_exit(&mut run, Duration::from_secs(10)).await.success());
+    // A failed backfill is not taken up again.
+    let out = p.catch_up();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("a backfill is in progress"));
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ficus_runtime::backfill::BackfillState;
+use ficus_runtime::request::Outcome;
 use ficus_runtime::{Config, RunError, RunOptions};
 use tokio::sync::watch;
 
@@ -47,10 +49,11 @@ enum Command {
     ///
     /// Reads the tables in chunks by their primary key, without locks, and emits each chunk
     /// at a watermark in the stream so that no row is missed and no stale row follows a newer
-    /// change (docs/backfill.md). Streams like `ficus run --until-caught-up` meanwhile, and
-    /// returns once the backfill and everything committed before the start are delivered.
-    /// Checkpoints every chunk (.ficus/backfill.json): run it again after a crash and it goes on
-    /// from the last chunk. Needs the slot free: stop `ficus run` first.
+    /// change (docs/backfill.md). When a `ficus run` streams from the slot, it hands the
+    /// backfill to it and waits; otherwise it streams like `ficus run --until-caught-up` itself.
+    /// Returns once the backfill is complete and its events are delivered. Checkpoints every
+    /// chunk (.ficus/backfills/ID.json): run it again after a crash and it goes on from the
+    /// last chunk.
     Backfill {
         /// The config file.
         #[arg(short, long, default_value = "ficus.toml")]
@@ -67,7 +70,10 @@ enum Command {
         /// Pause between chunks, in milliseconds, to spare a busy source.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
-        /// Show what the last backfill did and what is left, and exit.
+        /// Return at once: the running `ficus run` (or the next one) does the backfill.
+        #[arg(long)]
+        no_wait: bool,
+        /// Show what the backfills did and what is left, and exit.
         #[arg(long)]
         status: bool,
     },
@@ -137,15 +143,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::info!("stopping: finishing what is in flight");
                 let _ = tx.send(true);
             });
-            let report = ficus_runtime::run(
-                &config,
-                RunOptions {
-                    until_caught_up,
-                    backfill: None,
-                },
-                rx,
-            )
-            .await?;
+            let report = ficus_runtime::run(&config, RunOptions { until_caught_up }, rx).await?;
             eprintln!(
                 "delivered {} events from {} transactions; acknowledged {}",
                 report.events, report.transactions, report.acknowledged
@@ -159,6 +157,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             filter,
             chunk_size,
             pause_ms,
+            no_wait,
             status,
         } => {
             let config = Config::load(&config)?;
@@ -177,20 +176,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 chunk_size,
                 pause: std::time::Duration::from_millis(pause_ms),
             };
-            let report = ficus_runtime::run(
-                &config,
-                RunOptions {
-                    until_caught_up: true,
-                    backfill: Some(options),
-                },
-                rx,
-            )
-            .await?;
-            eprintln!(
-                "delivered {} events; acknowledged {}",
-                report.events, report.acknowledged
-            );
-            backfill_status(&config)
+            match ficus_runtime::request::backfill(&config, &options, no_wait, rx).await? {
+                Outcome::Done(state) => {
+                    eprintln!("backfill {} is complete and its events are delivered", state.id);
+                    print_backfill(&state);
+                }
+                Outcome::Handed { state, pid } => {
+                    eprintln!(
+                        "backfill {} handed to the ficus run of process {pid}; follow it with `ficus backfill --status`",
+                        state.id
+                    );
+                    println!("{}", state.id);
+                }
+                Outcome::Saved(state) => {
+                    eprintln!(
+                        "backfill {} recorded; no ficus run streams from slot {}: the next `ficus run` does it",
+                        state.id, config.source.slot
+                    );
+                    println!("{}", state.id);
+                }
+                Outcome::Stopped(state) => {
+                    eprintln!("backfill {} stopped; it goes on from its last chunk", state.id);
+                    print_backfill(&state);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Teardown { config } => {
             let config = Config::load(&config)?;
@@ -202,14 +212,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How many finished backfills `--status` lists (every one in progress is listed).
+const STATUS_FINISHED: usize = 5;
+
 fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
-    let path = ficus_runtime::backfill::BackfillState::path(&config.dir);
-    let Some(state) = ficus_runtime::backfill::BackfillState::load(&path)? else {
+    let all = BackfillState::all(&config.dir)?;
+    if all.is_empty() {
         println!("no backfill yet");
         return Ok(ExitCode::SUCCESS);
+    }
+    let finished = all.iter().filter(|s| !s.in_progress()).count();
+    let mut skipped = 0;
+    for (i, state) in all.iter().enumerate() {
+        let later_finished = all[i + 1..].iter().filter(|s| !s.in_progress()).count();
+        if !state.in_progress() && later_finished >= STATUS_FINISHED {
+            skipped += 1;
+            continue;
+        }
+        print_backfill(state);
+    }
+    if skipped > 0 {
+        println!("({skipped} older of {finished} finished backfills not shown; see .ficus/backfills/)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_backfill(state: &BackfillState) {
+    let what = match (&state.error, state.finished()) {
+        (Some(_), _) => "failed",
+        (None, true) => "complete",
+        (None, false) => "in progress",
     };
     println!(
-        "backfill {} ({} rows per chunk{})",
+        "backfill {}: {what} ({} rows per chunk{})",
         state.id,
         state.chunk_size,
         state
@@ -222,7 +257,7 @@ fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
         let progress = if t.done {
             "done".to_owned()
         } else {
-            format!("in progress, next after {:?}", t.last_key)
+            format!("next after {:?}", t.last_key)
         };
         let of = t.rows_estimated.map(|n| format!(" of ~{n}")).unwrap_or_default();
         println!(
@@ -230,7 +265,11 @@ fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
             t.table, t.rows_read, t.rows_emitted, t.chunks
         );
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(error) = &state.error {
+        for line in error.lines() {
+            println!("  error: {line}");
+        }
+    }
 }
 
 async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {

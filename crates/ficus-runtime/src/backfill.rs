@@ -16,7 +16,7 @@
 //! has been tracked, or (for commits before tracking started) is caught by the
 //! committed-xip check, which makes the chunk be read again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,11 @@ use tracing::info;
 use crate::RunError;
 use crate::watermark::{Snapshot, Tracker};
 
-/// The prefix of the backfill's logical decoding messages.
+/// The prefix of the backfill's watermark messages.
 pub const MESSAGE_PREFIX: &str = "ficus.backfill";
+/// The prefix of the message that asks the `ficus run` streaming from the slot
+/// for a backfill (its content: the backfill's state, as JSON).
+pub const REQUEST_PREFIX: &str = "ficus.backfill.request";
 /// Rows per chunk, by default.
 pub const DEFAULT_CHUNK_SIZE: usize = 10_000;
 
@@ -51,8 +54,8 @@ pub struct BackfillOptions {
     pub pause: Duration,
 }
 
-/// The checkpoint of a backfill, kept in a file next to the config
-/// (`.ficus/backfill.json`), written after each chunk's events are durable.
+/// The checkpoint of a backfill, one file per backfill under `.ficus/backfills/`
+/// next to the config, written after each chunk's events are durable.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackfillState {
     /// The backfill's id, in its events' ids and `backfill` attribute.
@@ -61,8 +64,14 @@ pub struct BackfillState {
     pub filter: Option<String>,
     /// Rows per chunk.
     pub chunk_size: usize,
+    /// Pause between chunks, in milliseconds.
+    #[serde(default)]
+    pub pause_ms: u64,
     /// Per table, in order.
     pub tables: Vec<TableState>,
+    /// Why the backfill stopped for good, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One table's progress.
@@ -86,12 +95,46 @@ pub struct TableState {
 }
 
 impl BackfillState {
-    /// The state file of a config.
-    pub fn path(config_dir: &Path) -> PathBuf {
-        config_dir.join(".ficus").join("backfill.json")
+    /// A new backfill of these tables, with a fresh id.
+    pub fn new(tables: Vec<String>, filter: Option<String>, chunk_size: usize, pause: Duration) -> BackfillState {
+        let id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+        );
+        BackfillState {
+            id,
+            filter,
+            chunk_size: chunk_size.max(1),
+            pause_ms: pause.as_millis() as u64,
+            tables: tables
+                .into_iter()
+                .map(|table| TableState {
+                    table,
+                    last_key: None,
+                    rows_read: 0,
+                    rows_emitted: 0,
+                    chunks: 0,
+                    done: false,
+                    rows_estimated: None,
+                })
+                .collect(),
+            error: None,
+        }
     }
 
-    /// Reads the state file, `None` when there is none.
+    /// The directory of a config's backfill files.
+    pub fn dir(config_dir: &Path) -> PathBuf {
+        config_dir.join(".ficus").join("backfills")
+    }
+
+    /// The file of the backfill `id`.
+    pub fn path(config_dir: &Path, id: &str) -> PathBuf {
+        BackfillState::dir(config_dir).join(format!("{id}.json"))
+    }
+
+    /// Reads a backfill file, `None` when there is none.
     pub fn load(path: &Path) -> Result<Option<BackfillState>, RunError> {
         match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
@@ -105,8 +148,33 @@ impl BackfillState {
         }
     }
 
-    /// Writes the state file durably (write, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<(), RunError> {
+    /// Every backfill of a config, oldest first.
+    pub fn all(config_dir: &Path) -> Result<Vec<BackfillState>, RunError> {
+        let dir = BackfillState::dir(config_dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(RunError::Config(format!("{}: {e}", dir.display()))),
+        };
+        let mut all = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?
+                .path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(state) = BackfillState::load(&path)?
+            {
+                all.push(state);
+            }
+        }
+        // Ids are hex timestamps: shorter is older.
+        all.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+        Ok(all)
+    }
+
+    /// Writes the backfill's file durably (write, fsync, rename).
+    pub fn save(&self, config_dir: &Path) -> Result<(), RunError> {
+        let path = BackfillState::path(config_dir, &self.id);
         let io = |e: std::io::Error| RunError::Config(format!("writing {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -116,12 +184,32 @@ impl BackfillState {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         std::io::Write::write_all(&mut f, &text).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        std::fs::rename(&tmp, &path).map_err(io)
     }
 
     /// Whether every table is done.
     pub fn finished(&self) -> bool {
         self.tables.iter().all(|t| t.done)
+    }
+
+    /// Whether there is work left: not finished, not failed.
+    pub fn in_progress(&self) -> bool {
+        !self.finished() && self.error.is_none()
+    }
+
+    /// Whether it backfills the same rows as `other` (so one can go on for the other).
+    pub fn same_rows(&self, other: &BackfillState) -> bool {
+        self.filter == other.filter
+            && self
+                .tables
+                .iter()
+                .map(|t| &t.table)
+                .eq(other.tables.iter().map(|t| &t.table))
+    }
+
+    /// The pause between chunks.
+    pub fn pause(&self) -> Duration {
+        Duration::from_millis(self.pause_ms)
     }
 }
 
@@ -365,7 +453,7 @@ pub(crate) struct BackfillSession {
     pub by_table: HashMap<TableRef, usize>,
     pub trackers: Vec<Tracker>,
     pub state: BackfillState,
-    pub state_path: PathBuf,
+    pub config_dir: PathBuf,
     pub chunks: mpsc::Receiver<ChunkRead>,
     pub verdicts: mpsc::Sender<Verdict>,
     /// A chunk received before its high watermark arrived.
@@ -412,6 +500,161 @@ impl BackfillSession {
             t.committed(xid);
         }
     }
+}
+
+impl BackfillSession {
+    /// Plans a backfill and starts its coordinator.
+    pub async fn start(
+        pool: &PgPool,
+        compiled: &Compiled,
+        ctx: &EventContext,
+        config_dir: &Path,
+        mut state: BackfillState,
+    ) -> Result<BackfillSession, RunError> {
+        let plans = plan(pool, compiled, ctx, &state).await?;
+        for (t, p) in state.tables.iter_mut().zip(&plans) {
+            t.rows_estimated = t.rows_estimated.or(p.rows_estimated);
+        }
+        state.save(config_dir)?;
+        info!(id = %state.id, tables = state.tables.len(), "backfill: starting");
+        let progress = Progress::new(&state);
+        let (chunk_tx, chunk_rx) = mpsc::channel(1);
+        let (verdict_tx, verdict_rx) = mpsc::channel(1);
+        let tables = plans.iter().map(|p| (p.relation.clone(), p.keyset.clone())).collect();
+        let nonce = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let task = tokio::spawn(coordinate(
+            pool.clone(),
+            tables,
+            state.clone(),
+            nonce.clone(),
+            state.pause(),
+            chunk_tx,
+            verdict_rx,
+        ));
+        Ok(BackfillSession {
+            id: state.id.clone().into(),
+            marker_prefix: format!("H/{}/{nonce}/", state.id),
+            by_table: plans
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.relation.table.clone(), i))
+                .collect(),
+            trackers: plans.iter().map(|_| Default::default()).collect(),
+            plans,
+            state,
+            config_dir: config_dir.to_owned(),
+            chunks: chunk_rx,
+            verdicts: verdict_tx,
+            pending: None,
+            progress,
+            delivered: Default::default(),
+            task: Some(task),
+            finished: false,
+        })
+    }
+}
+
+/// The backfills a stream session works through: one at a time, in the order
+/// they were asked for.
+pub(crate) struct Backfills {
+    /// The one running.
+    pub current: Option<BackfillSession>,
+    /// The ones waiting.
+    pub queue: VecDeque<BackfillState>,
+    pub config_dir: PathBuf,
+}
+
+impl Backfills {
+    /// The backfills in progress of a config, to go on with.
+    pub fn load(config_dir: &Path) -> Result<Backfills, RunError> {
+        Ok(Backfills {
+            current: None,
+            queue: BackfillState::all(config_dir)?
+                .into_iter()
+                .filter(BackfillState::in_progress)
+                .collect(),
+            config_dir: config_dir.to_owned(),
+        })
+    }
+
+    /// Whether no backfill runs or waits.
+    pub fn idle(&self) -> bool {
+        self.current.as_ref().is_none_or(|b| b.finished) && self.queue.is_empty()
+    }
+
+    /// The backfill running, unless it has finished.
+    pub fn running(&mut self) -> Option<&mut BackfillSession> {
+        self.current.as_mut().filter(|b| !b.finished)
+    }
+
+    /// Takes up a backfill asked for through the stream; its file is written
+    /// before the request's position is acknowledged, so it survives a crash.
+    /// A request seen before (a reconnect repeats it) changes nothing.
+    pub fn request(&mut self, state: BackfillState) -> Result<(), RunError> {
+        if self.current.as_ref().is_some_and(|b| *b.id == *state.id) || self.queue.iter().any(|q| q.id == state.id) {
+            return Ok(());
+        }
+        match BackfillState::load(&BackfillState::path(&self.config_dir, &state.id))? {
+            Some(saved) if !saved.in_progress() => return Ok(()),
+            Some(saved) => self.queue.push_back(saved),
+            None => {
+                state.save(&self.config_dir)?;
+                self.queue.push_back(state);
+            }
+        }
+        info!(id = %self.queue.back().map_or("", |s| &s.id), queued = self.queue.len(), "backfill: requested");
+        Ok(())
+    }
+
+    /// Records that a backfill stopped for good, in its file, for whoever waits for it.
+    pub fn fail(&self, mut state: BackfillState, error: &RunError) {
+        let mut message = error.to_string();
+        if let RunError::Source(e) = error
+            && let Some(hint) = e.hint()
+        {
+            message = format!("{message}\nhint: {hint}");
+        }
+        tracing::error!(id = %state.id, error = %message, "backfill failed; streaming goes on");
+        state.error = Some(message);
+        if let Err(e) = state.save(&self.config_dir) {
+            tracing::error!(error = %e, "could not record the backfill's failure");
+        }
+    }
+}
+
+/// The backfill a `ficus backfill` asks for: the one in progress that reads the
+/// same rows (so it goes on, with the same id), else a new one.
+pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) -> Result<BackfillState, RunError> {
+    let mut tables: Vec<String> = if opts.tables.is_empty() {
+        compiled
+            .mappings()
+            .iter()
+            .filter(|m| m.ops.contains(&Op::Snapshot))
+            .map(|m| m.table.to_string())
+            .collect()
+    } else {
+        opts.tables.iter().map(|t| TableRef::parse(t).to_string()).collect()
+    };
+    tables.dedup();
+    if tables.is_empty() {
+        return Err(RunError::Config(
+            "no mapping maps snapshot rows, so a backfill has nothing to emit\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows".into(),
+        ));
+    }
+    let new = BackfillState::new(tables, opts.filter.clone(), opts.chunk_size, opts.pause);
+    if let Some(state) = BackfillState::all(config_dir)?
+        .into_iter()
+        .find(|s| s.in_progress() && s.same_rows(&new))
+    {
+        info!(id = %state.id, "backfill: resuming");
+        return Ok(state);
+    }
+    Ok(new)
 }
 
 /// The tracker key of a truncate: every row of the table changed.

@@ -13,6 +13,7 @@ pub mod backfill;
 pub mod config;
 mod error;
 mod pipeline;
+pub mod request;
 pub mod watermark;
 
 pub use config::{Config, Loaded, load_mappings};

@@ -11,9 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backfill::{
-    self, BackfillOptions, BackfillSession, BackfillState, ChunkRead, TableState, Verdict, key_text, snapshot_change,
-};
+use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, snapshot_change};
 use crate::config::{Config, Loaded, SinkConfig};
 use crate::{RunError, load_mappings};
 
@@ -29,11 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How to run.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Stop once everything committed before the start is delivered and acknowledged.
+    /// Stop once everything committed before the start is delivered and
+    /// acknowledged, and no backfill is left.
     pub until_caught_up: bool,
-    /// Backfill these tables while streaming, and stop once the backfill is
-    /// delivered and everything committed before the start too.
-    pub backfill: Option<BackfillOptions>,
 }
 
 /// What a run did.
@@ -108,19 +104,14 @@ pub async fn run(
     options: RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, RunError> {
-    let mut options = options;
-    if options.until_caught_up && options.backfill.is_none() {
-        // `--until-caught-up` finishes a backfill in progress before it stops.
-        if let Some(state) = BackfillState::load(&BackfillState::path(&config.dir))?
-            && !state.finished()
-        {
+    // Backfills in progress go on, whoever started them; `--until-caught-up`
+    // finishes them before it stops.
+    let mut backfills = Backfills::load(&config.dir)?;
+    for state in &backfills.queue {
+        if options.until_caught_up {
             info!(id = %state.id, "a backfill is in progress: finishing it first");
-            options.backfill = Some(BackfillOptions {
-                tables: state.tables.iter().map(|t| t.table.clone()).collect(),
-                filter: state.filter.clone(),
-                chunk_size: state.chunk_size,
-                pause: Duration::ZERO,
-            });
+        } else {
+            info!(id = %state.id, "a backfill is in progress: going on with it");
         }
     }
     let files = load_mappings(config)?;
@@ -142,21 +133,9 @@ pub async fn run(
             }
             slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
             let slot_state = slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
-            if options.backfill.is_some()
-                && let Some(pid) = slot_in_use(&pool, &config.source.slot).await?
-            {
-                return Err(SourceError::definite(
-                    format!(
-                        "slot {} is in use by process {pid}: a ficus run streams from it",
-                        config.source.slot
-                    ),
-                    "stop it and run the backfill (handing a backfill to a running ficus run is not built yet)",
-                )
-                .into());
-            }
             // The marker is transactional: its commit flushes the WAL, so the
             // stream brings it without waiting for the WAL writer.
-            let target = if options.until_caught_up || options.backfill.is_some() {
+            let target = if options.until_caught_up {
                 let lsn: String =
                     sqlx::query_scalar("select pg_logical_emit_message(true, $1, 'ficus run --until-caught-up')::text")
                         .bind(CAUGHT_UP_PREFIX)
@@ -179,11 +158,6 @@ pub async fn run(
     info!(slot = %config.source.slot, publication = %config.source.publication, from = %slot_state.confirmed_flush, mappings = compiled.mappings().len(), "streaming");
 
     let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
-    let mut backfill_state = match &options.backfill {
-        Some(b) => Some(backfill_state(config, &compiled, b)?),
-        None => None,
-    };
-    let mut backfill: Option<BackfillSession> = None;
     let mut reached_target = false;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -206,10 +180,8 @@ pub async fn run(
         .await?;
         let Some(mut stream) = started else { return Ok(report) };
         let ctx = EventContext::new(&source_name, &format!("{}/{}", stream.system_id, url.database));
-        if let (Some(state), Some(opts)) = (backfill_state.take(), &options.backfill) {
-            backfill = Some(start_backfill(&pool, &compiled, &ctx, config, state, opts).await?);
-        }
         let mut session = Session {
+            pool: &pool,
             compiled: &compiled,
             ctx,
             sinks: &mut sinks,
@@ -222,7 +194,7 @@ pub async fn run(
             target,
             reached_target: &mut reached_target,
             current_xid: 0,
-            backfill: backfill.as_mut(),
+            backfills: &mut backfills,
         };
         let began = Instant::now();
         let outcome = session.stream(&mut stream, &mut shutdown).await;
@@ -256,18 +228,6 @@ pub async fn run(
     }
 }
 
-/// The process streaming from the slot, after giving a just-killed one's
-/// walsender a moment to notice and go.
-async fn slot_in_use(pool: &PgPool, slot_name: &str) -> Result<Option<i32>, SourceError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match slot::active_pid(pool, slot_name).await? {
-            Some(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            pid => return Ok(pid),
-        }
-    }
-}
-
 /// Waits (briefly) until the server has taken the acknowledgement, so that a
 /// clean stop does not deliver the same events again on the next start.
 async fn confirm(pool: &PgPool, slot_name: &str, acked: Lsn) {
@@ -287,6 +247,7 @@ async fn confirm(pool: &PgPool, slot_name: &str, acked: Lsn) {
 }
 
 struct Session<'a> {
+    pool: &'a PgPool,
     compiled: &'a Compiled,
     ctx: EventContext,
     sinks: &'a mut Vec<Sink>,
@@ -302,7 +263,7 @@ struct Session<'a> {
     /// Whether the stream passed the target (kept across reconnects).
     reached_target: &'a mut bool,
     current_xid: u32,
-    backfill: Option<&'a mut BackfillSession>,
+    backfills: &'a mut Backfills,
 }
 
 /// What woke the session up.
@@ -338,6 +299,7 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RunError> {
         let mut line = Vec::with_capacity(1024);
+        self.next_backfill().await?;
         loop {
             if *shutdown.borrow() {
                 self.flush_and_ack(stream)?;
@@ -345,10 +307,7 @@ impl Session<'_> {
             }
             let flush_due = self.pending.is_some();
             let step = {
-                let chunks = self
-                    .backfill
-                    .as_deref_mut()
-                    .filter(|b| b.pending.is_none() && !b.finished);
+                let chunks = self.backfills.running().filter(|b| b.pending.is_none());
                 tokio::select! {
                     ev = stream.next() => Step::Event(ev?),
                     _ = tokio::time::sleep(FLUSH_INTERVAL), if flush_due => Step::Flush,
@@ -369,12 +328,15 @@ impl Session<'_> {
                 }
                 Step::Shutdown => continue,
                 Step::Chunk(Some(read)) => {
-                    if let Some(b) = self.backfill.as_deref_mut() {
+                    if let Some(b) = self.backfills.running() {
                         b.pending = Some(read);
                     }
                     continue;
                 }
-                Step::Chunk(None) => return Err(self.coordinator_failed().await),
+                Step::Chunk(None) => {
+                    self.coordinator_stopped().await?;
+                    continue;
+                }
             };
             let Some(ev) = ev else {
                 return Err(SourceError::Transient("the server ended the replication stream".into()).into());
@@ -407,7 +369,7 @@ impl Session<'_> {
                         .into());
                     };
                     self.report.changes += 1;
-                    if let Some(b) = self.backfill.as_deref_mut() {
+                    if let Some(b) = self.backfills.running() {
                         b.track(&change);
                     }
                     let written = write_events(self.sinks, &mut line, bound.apply(&change, &self.ctx)?)?;
@@ -416,9 +378,11 @@ impl Session<'_> {
                 }
                 SourceEvent::Commit { end_lsn, .. } => {
                     self.in_tx = false;
-                    if let Some(b) = self.backfill.as_deref_mut() {
+                    if let Some(b) = self.backfills.running() {
                         b.committed(self.current_xid);
                     }
+                    // Between transactions: where a backfill may start tracking.
+                    self.next_backfill().await?;
                     self.report.transactions += 1;
                     self.pending = Some(end_lsn);
                     if self.unflushed == 0
@@ -434,6 +398,7 @@ impl Session<'_> {
                 }
                 SourceEvent::KeepAlive { wal_end } => {
                     if !self.in_tx {
+                        self.next_backfill().await?;
                         self.flush_and_ack(stream)?;
                         self.ack(stream, wal_end);
                         if self.finished_at(wal_end) {
@@ -442,6 +407,12 @@ impl Session<'_> {
                     }
                 }
                 SourceEvent::Message { prefix, content, lsn } => {
+                    if prefix == backfill::REQUEST_PREFIX {
+                        match serde_json::from_slice::<BackfillState>(&content) {
+                            Ok(state) => self.backfills.request(state)?,
+                            Err(e) => warn!(error = %e, %lsn, "ignoring a backfill request that does not parse"),
+                        }
+                    }
                     if prefix == backfill::MESSAGE_PREFIX {
                         self.high_watermark(stream, &String::from_utf8_lossy(&content), lsn, &mut line)
                             .await?;
@@ -465,7 +436,31 @@ impl Session<'_> {
         if self.target.is_some_and(|t| lsn >= t) {
             *self.reached_target = true;
         }
-        *self.reached_target && self.backfill.as_ref().is_none_or(|b| b.finished)
+        *self.reached_target && self.backfills.idle()
+    }
+
+    /// Starts the next backfill when none runs. Call it between transactions
+    /// only: a backfill must track whole transactions.
+    async fn next_backfill(&mut self) -> Result<(), RunError> {
+        if self.backfills.running().is_some() {
+            return Ok(());
+        }
+        self.backfills.current = None;
+        while let Some(state) = self.backfills.queue.pop_front() {
+            let config_dir = self.backfills.config_dir.clone();
+            match BackfillSession::start(self.pool, self.compiled, &self.ctx, &config_dir, state.clone()).await {
+                Ok(session) => {
+                    self.backfills.current = Some(session);
+                    break;
+                }
+                Err(RunError::Source(e)) if e.is_transient() => {
+                    self.backfills.queue.push_front(state);
+                    return Err(e.into());
+                }
+                Err(e) => self.backfills.fail(state, &e),
+            }
+        }
+        Ok(())
     }
 
     /// At a backfill's high watermark: emit the chunk read before it, except
@@ -477,10 +472,10 @@ impl Session<'_> {
         at: Lsn,
         line: &mut Vec<u8>,
     ) -> Result<(), RunError> {
-        let Some(b) = self.backfill.as_deref_mut() else {
+        let Some(b) = self.backfills.running() else {
             return Ok(());
         };
-        if b.finished || !marker.starts_with(&b.marker_prefix) || b.delivered.contains(marker) {
+        if !marker.starts_with(&b.marker_prefix) || b.delivered.contains(marker) {
             // A marker of an earlier run, or one the stream repeats after a reconnect.
             return Ok(());
         }
@@ -489,7 +484,7 @@ impl Session<'_> {
             Some(read) => read,
             None => match b.chunks.recv().await {
                 Some(read) => read,
-                None => return Err(self.coordinator_failed().await),
+                None => return self.coordinator_stopped().await,
             },
         };
         if read.marker != marker {
@@ -499,6 +494,9 @@ impl Session<'_> {
             )
             .into());
         }
+        let Some(b) = self.backfills.current.as_mut() else {
+            return Ok(());
+        };
         let plan = &b.plans[read.table];
         let tracker = &mut b.trackers[read.table];
         let unseen = tracker.unseen(&read.snapshot, &read.committed_xip);
@@ -514,6 +512,7 @@ impl Session<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         let (read_rows, mut emitted) = (read.rows.len() as u64, 0u64);
+        let mut failed = None;
         for row in read.rows {
             let Some(key) = key_text(&row, &plan.key_positions) else {
                 continue;
@@ -523,9 +522,24 @@ impl Session<'_> {
             }
             emitted += 1;
             let change = snapshot_change(plan, &b.id, row, key, at, now);
-            let written = write_events(self.sinks, line, plan.bound.apply(&change, &self.ctx)?)?;
+            let events = match plan.bound.apply(&change, &self.ctx) {
+                Ok(events) => events,
+                Err(e) => {
+                    failed = Some(RunError::from(e));
+                    break;
+                }
+            };
+            let written = write_events(self.sinks, line, events)?;
             self.unflushed += written;
             self.report.events += written as u64;
+        }
+        if let Some(e) = failed {
+            // A row the mappings cannot map stops the backfill, not the stream: the
+            // chunk is not checkpointed, so running the backfill again repeats it.
+            if let Some(b) = self.backfills.current.take() {
+                self.backfills.fail(b.state, &e);
+            }
+            return Ok(());
         }
         tracker.prune(&read.snapshot);
         // Durable before the checkpoint: a crash in between reads the chunk again.
@@ -540,21 +554,30 @@ impl Session<'_> {
             table.last_key = read.last_key;
         }
         b.progress.update(read.table, table);
-        b.state.save(&b.state_path)?;
+        b.state.save(&b.config_dir)?;
         b.finished = b.state.finished();
+        if b.finished {
+            info!(id = %b.id, "backfill: done");
+        }
         let _ = b.verdicts.send(Verdict::Next).await;
         self.flush_and_ack(stream)?;
         self.ack(stream, at);
         Ok(())
     }
 
-    /// The coordinator's error, once its channel closed early.
-    async fn coordinator_failed(&mut self) -> RunError {
-        let Some(b) = self.backfill.as_deref_mut() else {
-            return SourceError::definite("the backfill stopped", "report this as a bug").into();
+    /// The running backfill's coordinator stopped early: a transient error
+    /// puts the backfill back in the queue and reconnects; any other stops the
+    /// backfill (recorded in its file), not the stream.
+    async fn coordinator_stopped(&mut self) -> Result<(), RunError> {
+        let Some(mut b) = self.backfills.current.take() else {
+            return Ok(());
         };
-        match b.task.take() {
+        let error: RunError = match b.task.take() {
             Some(task) => match task.await {
+                Ok(Err(e)) if e.is_transient() => {
+                    self.backfills.queue.push_front(b.state);
+                    return Err(e.into());
+                }
                 Ok(Err(e)) => e.into(),
                 Ok(Ok(())) => {
                     SourceError::definite("the backfill ended before its last chunk", "report this as a bug").into()
@@ -562,7 +585,9 @@ impl Session<'_> {
                 Err(e) => SourceError::definite(format!("the backfill failed: {e}"), "report this as a bug").into(),
             },
             None => SourceError::definite("the backfill stopped", "report this as a bug").into(),
-        }
+        };
+        self.backfills.fail(b.state, &error);
+        Ok(())
     }
 
     /// Makes every written event durable, then acknowledges the last commit.
@@ -612,117 +637,4 @@ pub async fn teardown(config: &Config) -> Result<Vec<String>, RunError> {
     let url = SourceUrl::parse(&config.url()?)?;
     let pool = catalog::connect(&url).await?;
     Ok(slot::teardown(&pool, &config.source.slot, &config.source.publication).await?)
-}
-
-/// The backfill to run: the unfinished one of the state file when it asks for
-/// the same, else a new one.
-fn backfill_state(config: &Config, compiled: &Compiled, opts: &BackfillOptions) -> Result<BackfillState, RunError> {
-    let mut tables: Vec<String> = if opts.tables.is_empty() {
-        compiled
-            .mappings()
-            .iter()
-            .filter(|m| m.ops.contains(&ficus_model::Op::Snapshot))
-            .map(|m| m.table.to_string())
-            .collect()
-    } else {
-        opts.tables
-            .iter()
-            .map(|t| ficus_model::TableRef::parse(t).to_string())
-            .collect()
-    };
-    tables.dedup();
-    if tables.is_empty() {
-        return Err(RunError::Config(
-            "no mapping maps snapshot rows, so a backfill has nothing to emit\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows".into(),
-        ));
-    }
-    let path = BackfillState::path(&config.dir);
-    if let Some(state) = BackfillState::load(&path)?
-        && !state.finished()
-        && state.filter == opts.filter
-        && state.tables.iter().map(|t| &t.table).eq(tables.iter())
-    {
-        info!(id = %state.id, "backfill: resuming");
-        return Ok(state);
-    }
-    let id = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros())
-    );
-    Ok(BackfillState {
-        id,
-        filter: opts.filter.clone(),
-        chunk_size: opts.chunk_size.max(1),
-        tables: tables
-            .into_iter()
-            .map(|table| TableState {
-                table,
-                last_key: None,
-                rows_read: 0,
-                rows_emitted: 0,
-                chunks: 0,
-                done: false,
-                rows_estimated: None,
-            })
-            .collect(),
-    })
-}
-
-/// Plans the backfill and starts its coordinator.
-async fn start_backfill(
-    pool: &PgPool,
-    compiled: &Compiled,
-    ctx: &EventContext,
-    config: &Config,
-    state: BackfillState,
-    opts: &BackfillOptions,
-) -> Result<BackfillSession, RunError> {
-    let plans = backfill::plan(pool, compiled, ctx, &state).await?;
-    let mut state = state;
-    for (t, p) in state.tables.iter_mut().zip(&plans) {
-        t.rows_estimated = t.rows_estimated.or(p.rows_estimated);
-    }
-    let path = BackfillState::path(&config.dir);
-    state.save(&path)?;
-    let progress = backfill::Progress::new(&state);
-    let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel(1);
-    let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(1);
-    let tables = plans.iter().map(|p| (p.relation.clone(), p.keyset.clone())).collect();
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let task = tokio::spawn(backfill::coordinate(
-        pool.clone(),
-        tables,
-        state.clone(),
-        nonce.clone(),
-        opts.pause,
-        chunk_tx,
-        verdict_rx,
-    ));
-    Ok(BackfillSession {
-        id: state.id.clone().into(),
-        marker_prefix: format!("H/{}/{nonce}/", state.id),
-        by_table: plans
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.relation.table.clone(), i))
-            .collect(),
-        trackers: plans.iter().map(|_| Default::default()).collect(),
-        plans,
-        state,
-        state_path: path,
-        chunks: chunk_rx,
-        verdicts: verdict_tx,
-        pending: None,
-        progress,
-        delivered: Default::default(),
-        task: Some(task),
-        finished: false,
-    })
 }
