@@ -192,17 +192,148 @@ async fn backfill_with_a_filter_and_composite_keys() {
 }
 
 #[tokio::test]
-async fn backfill_refuses_a_table_without_a_key() {
-    let p = Project::new("create table loose (a int, b text); insert into loose values (1, 'x');").await;
+async fn a_table_without_a_key_is_refused_unless_a_full_scan_is_allowed() {
+    let p = Project::new("create table loose (a int, b text); insert into loose values (1, 'x'), (2, 'y');").await;
     p.mapping(
         "loose.toml",
-        "[[event]]\nname = \"Loose\"\ntable = \"loose\"\non = [\"snapshot\"]\nkey = \"new.a\"\n",
+        "[[event]]\nname = \"Loose\"\ntable = \"loose\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.a\"\n",
     );
+    // In the publication, a table without a replica identity would break the
+    // monolith's updates and deletes: ficus refuses to put it there.
+    let out = p.ficus(&["check"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("every UPDATE and DELETE of it would fail in the source"),
+        "{err}"
+    );
+    assert!(err.contains("REPLICA IDENTITY FULL"), "{err}");
+    p.db.exec("alter table loose replica identity full").await;
     let out = p.ficus(&["backfill"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public.loose has no primary key"), "{err}");
     assert!(err.contains("ADD PRIMARY KEY"), "{err}");
+    assert!(err.contains("--allow-full-scan"), "{err}");
+    p.ok(&["backfill", "--allow-full-scan"]);
+    let events = p.events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["data"], serde_json::json!({"a": 1, "b": "x"}));
+}
+
+const LOG_MAPPINGS: &str = r#"
+[[event]]
+name = "Row"
+table = "log"
+on = ["insert", "snapshot"]
+key = "string(new.id)"
+data = "new"
+
+[[event]]
+name = "RowChanged"
+table = "log"
+on = ["update"]
+key = "string(new.id)"
+data = { old = "old", new = "new" }
+
+[[event]]
+name = "RowGone"
+table = "log"
+on = ["delete"]
+key = "string(old.id)"
+data = "old"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_scan_parity_under_concurrent_writes() {
+    let rows = 8_000;
+    let p = Project::new(&format!(
+        "create table log (id int not null, n int not null, note text);
+         insert into log select g, g % 100, repeat('n', g % 200) from generate_series(1, {rows}) g;
+         alter table log replica identity full;"
+    ))
+    .await;
+    p.mapping("log.toml", LOG_MAPPINGS);
+    p.catch_up();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Inserts of new ids, updates and deletes of existing ones: row contents stay distinct.
+    let url = p.db.url();
+    let writes = tokio::spawn(async move {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let (mut n, mut next_id, mut seed) = (0u64, rows + 1, 7u64);
+        while !*stop.borrow() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let id = (seed >> 33) as i64 % next_id + 1;
+            let sql = match (seed >> 20) % 3 {
+                0 => {
+                    next_id += 1;
+                    format!("insert into log values ({next_id}, 0, 'new')")
+                }
+                1 => format!("update log set n = n + 1, note = 'moved' where id = {id}"),
+                _ => format!("delete from log where id = {id}"),
+            };
+            conn.execute(sql.as_str()).await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    let out = p.ok(&["backfill", "--allow-full-scan", "--chunk-size", "300"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    stop_tx.send(true).unwrap();
+    let n = writes.await.unwrap();
+    p.catch_up();
+    // Fold: a multiset of row contents (they are distinct), a removal of an
+    // absent row being a no-op, as a consumer without a key would do.
+    let mut folded: BTreeMap<String, i64> = BTreeMap::new();
+    let add = |m: &mut BTreeMap<String, i64>, v: &Value| *m.entry(v.to_string()).or_default() += 1;
+    let remove = |m: &mut BTreeMap<String, i64>, v: &Value| {
+        if let Some(c) = m.get_mut(&v.to_string()) {
+            *c -= 1;
+            if *c == 0 {
+                m.remove(&v.to_string());
+            }
+        }
+    };
+    let events = p.events();
+    for e in &events {
+        match e["type"].as_str().unwrap() {
+            "Row" => add(&mut folded, &e["data"]),
+            "RowChanged" => {
+                remove(&mut folded, &e["data"]["old"]);
+                add(&mut folded, &e["data"]["new"]);
+            }
+            "RowGone" => remove(&mut folded, &e["data"]),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    let mut conn = p.db.connect().await;
+    let real: Vec<(i32, i32, Option<String>)> = sqlx::query_as("select id, n, note from log")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let real: BTreeMap<String, i64> = real
+        .into_iter()
+        .map(|(id, n, note)| (serde_json::json!({"id": id, "n": n, "note": note}).to_string(), 1))
+        .collect();
+    let diff: Vec<_> = real
+        .keys()
+        .chain(folded.keys())
+        .filter(|k| real.get(*k) != folded.get(*k))
+        .take(5)
+        .map(|k| (k, real.get(k), folded.get(k)))
+        .collect();
+    let snapshot_events = events.iter().filter(|e| e.get("backfill").is_some()).count();
+    assert!(
+        diff.is_empty(),
+        "parity fails (row, in the table, folded) {diff:?} after {n} concurrent writes"
+    );
+    assert!(snapshot_events > rows as usize / 4, "{snapshot_events} snapshot events");
+    assert!(n > 100, "only {n} concurrent writes");
+    eprintln!(
+        "full scan parity over {} rows, {n} concurrent writes, {snapshot_events} snapshot events\n{log}",
+        real.len()
+    );
 }
 
 #[tokio::test]

@@ -70,6 +70,10 @@ enum Command {
         /// Pause between chunks, in milliseconds, to spare a busy source.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Read tables without a primary key or unique NOT NULL index by physical position
+        /// (pages, in one pass; docs/backfill.md says what that gives up).
+        #[arg(long)]
+        allow_full_scan: bool,
         /// Return at once: the running `ficus run` (or the next one) does the backfill.
         #[arg(long)]
         no_wait: bool,
@@ -157,6 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             filter,
             chunk_size,
             pause_ms,
+            allow_full_scan,
             no_wait,
             status,
         } => {
@@ -175,11 +180,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 filter,
                 chunk_size,
                 pause: std::time::Duration::from_millis(pause_ms),
+                allow_full_scan,
             };
             match ficus_runtime::request::backfill(&config, &options, no_wait, rx).await? {
                 Outcome::Done(state) => {
                     eprintln!("backfill {} is complete and its events are delivered", state.id);
-                    print_backfill(&state);
+                    eprint!("{}", describe_backfill(&state));
                 }
                 Outcome::Handed { state, pid } => {
                     eprintln!(
@@ -197,7 +203,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Outcome::Stopped(state) => {
                     eprintln!("backfill {} stopped; it goes on from its last chunk", state.id);
-                    print_backfill(&state);
+                    eprint!("{}", describe_backfill(&state));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -229,7 +235,7 @@ fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
             skipped += 1;
             continue;
         }
-        print_backfill(state);
+        print!("{}", describe_backfill(state));
     }
     if skipped > 0 {
         println!("({skipped} older of {finished} finished backfills not shown; see .ficus/backfills/)");
@@ -237,21 +243,28 @@ fn backfill_status(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_backfill(state: &BackfillState) {
+/// What a backfill did and what is left, a line per table.
+fn describe_backfill(state: &BackfillState) -> String {
+    use std::fmt::Write;
     let what = match (&state.error, state.finished()) {
         (Some(_), _) => "failed",
         (None, true) => "complete",
         (None, false) => "in progress",
     };
-    println!(
-        "backfill {}: {what} ({} rows per chunk{})",
+    let mut out = format!(
+        "backfill {}: {what} ({} rows per chunk{}{})\n",
         state.id,
         state.chunk_size,
         state
             .filter
             .as_ref()
             .map(|f| format!(", where {f}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if state.allow_full_scan {
+            ", full scans allowed"
+        } else {
+            ""
+        }
     );
     for t in &state.tables {
         let progress = if t.done {
@@ -260,16 +273,16 @@ fn print_backfill(state: &BackfillState) {
             format!("next after {:?}", t.last_key)
         };
         let of = t.rows_estimated.map(|n| format!(" of ~{n}")).unwrap_or_default();
-        println!(
+        let _ = writeln!(
+            out,
             "  {}: {} rows read{of}, {} emitted, {} chunks, {progress}",
             t.table, t.rows_read, t.rows_emitted, t.chunks
         );
     }
-    if let Some(error) = &state.error {
-        for line in error.lines() {
-            println!("  error: {line}");
-        }
+    for line in state.error.iter().flat_map(|e| e.lines()) {
+        let _ = writeln!(out, "  error: {line}");
     }
+    out
 }
 
 async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {

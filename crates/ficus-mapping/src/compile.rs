@@ -371,6 +371,19 @@ impl Checker<'_> {
             self.error(&raw.table.span(), format!("unknown table {table}"), hint);
             return;
         };
+        if relation.replica_identity != ReplicaIdentity::Full && !relation.columns.iter().any(|c| c.identity) {
+            self.error(
+                &raw.table.span(),
+                format!(
+                    "{table} has no replica identity (REPLICA IDENTITY {} and no key): in ficus's publication, every UPDATE and DELETE of it would fail in the source",
+                    relation.replica_identity
+                ),
+                format!(
+                    "give it a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL;",
+                    table.quoted()
+                ),
+            );
+        }
         let columns_hint = || {
             format!(
                 "columns of {table} are {}",

@@ -43,7 +43,7 @@ impl fmt::Display for Op {
 }
 
 /// One column value, as pgoutput sends it (text form).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Cell {
     /// SQL NULL.
     Null,
@@ -67,7 +67,7 @@ pub fn text_of(bytes: &Bytes) -> Cow<'_, str> {
 }
 
 /// A row: one cell per column of its relation, in the relation's order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Row(pub Vec<Cell>);
 
 impl Row {

@@ -5,6 +5,11 @@
 //! of not-null columns): `where (k1, k2) > (last1, last2) order by k1, k2 limit n`,
 //! through `COPY (...) TO STDOUT`, whose text form is the same as pgoutput's, so
 //! snapshot rows and streamed rows convert alike.
+//!
+//! A table without such a key can be read by a full scan instead (when asked
+//! for): in ranges of pages (`where ctid >= '(a,0)' and ctid < '(b,0)'`, a TID
+//! range scan), each row with its `ctid`, `xmin` and `xmax`, which stand in for
+//! the key in the watermark rule (see `docs/backfill.md`).
 
 use bytes::Bytes;
 use ficus_model::relation::quote_ident;
@@ -21,13 +26,21 @@ pub struct Keyset {
     pub table: TableRef,
     /// The key's columns and their types, as `format_type` writes them.
     pub columns: Vec<(String, String)>,
-    /// The index the key comes from.
+    /// The index the key comes from, or what a full scan reads by.
     pub index: String,
 }
 
+impl Keyset {
+    /// Whether the table has no key and is read by physical position.
+    pub fn is_full_scan(&self) -> bool {
+        self.columns.is_empty()
+    }
+}
+
 /// Finds the key to page a table by: its primary key, else its smallest unique
-/// index whose columns are all `NOT NULL` (no expressions, no predicate).
-pub async fn keyset(pool: &PgPool, table: &TableRef) -> Result<Keyset, SourceError> {
+/// index whose columns are all `NOT NULL` (no expressions, no predicate); else,
+/// with `allow_full_scan`, a full scan by physical position.
+pub async fn keyset(pool: &PgPool, table: &TableRef, allow_full_scan: bool) -> Result<Keyset, SourceError> {
     let rows = sqlx::query(
         "select i.indexrelid::regclass::text, a.attname::text, format_type(a.atttypid, a.atttypmod), k.ord
          from pg_index i
@@ -48,11 +61,18 @@ pub async fn keyset(pool: &PgPool, table: &TableRef) -> Result<Keyset, SourceErr
     .await
     .map_err(|e| SourceError::from_sqlx(&format!("reading the keys of {table}"), e))?;
     let Some(first) = rows.first() else {
+        if allow_full_scan {
+            return Ok(Keyset {
+                table: table.clone(),
+                columns: vec![],
+                index: "a full scan (by ctid)".into(),
+            });
+        }
         return Err(SourceError::definite(
             format!("{table} has no primary key and no unique index of NOT NULL columns to read it in chunks by"),
             format!(
-                "add one (ALTER TABLE {} ADD PRIMARY KEY (...), or a unique index on NOT NULL columns); \
-                 reading a table without a key in one go (--allow-full-scan) is not built yet",
+                "add one (ALTER TABLE {} ADD PRIMARY KEY (...), or a unique index on NOT NULL columns), \
+                 or read it by physical position with --allow-full-scan (docs/backfill.md says what that gives up)",
                 table.quoted()
             ),
         ));
@@ -80,8 +100,24 @@ fn literal(s: &str) -> String {
 pub struct Chunk {
     /// The rows, with a cell per column of the relation.
     pub rows: Vec<Row>,
-    /// The key of the last row, as text: where the next chunk starts.
+    /// The key of the last row, as text: where the next chunk starts. For a
+    /// full scan, the first page of the next chunk.
     pub last_key: Option<Vec<String>>,
+    /// Of a full scan, each row's version: where it is, who wrote and who
+    /// deleted it (empty for chunks read by key).
+    pub versions: Vec<RowVersion>,
+    /// Whether there is nothing after this chunk.
+    pub exhausted: bool,
+}
+
+/// Where a row version read by a full scan sits, and which transactions
+/// created it (`xmin`) and deleted or locked it (`xmax`, 0 if none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowVersion {
+    /// `(page,item)`
+    pub ctid: String,
+    pub xmin: u32,
+    pub xmax: u32,
 }
 
 /// The statement that reads the chunk after `after` (from the start when `None`).
@@ -119,6 +155,18 @@ pub fn chunk_sql(
     )
 }
 
+/// The statement that reads the pages `from..to` of a table without a key,
+/// each row with its ctid, xmin and xmax first.
+pub fn pages_sql(relation: &Relation, from: u64, to: u64, filter: Option<&str>) -> String {
+    let columns: Vec<String> = relation.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let filter = filter.map(|f| format!(" and ({f})")).unwrap_or_default();
+    format!(
+        "copy (select ctid, xmin, xmax, {} from {} where ctid >= '({from},0)'::tid and ctid < '({to},0)'::tid{filter}) to stdout",
+        columns.join(", "),
+        relation.table.quoted(),
+    )
+}
+
 /// Reads one chunk with `COPY`. Run it in a short transaction of its own.
 pub async fn read_chunk(
     conn: &mut PgConnection,
@@ -128,6 +176,9 @@ pub async fn read_chunk(
     limit: usize,
     filter: Option<&str>,
 ) -> Result<Chunk, SourceError> {
+    if keyset.is_full_scan() {
+        return read_pages(conn, relation, after, limit, filter).await;
+    }
     let sql = chunk_sql(relation, keyset, after, limit, filter);
     let key_positions: Vec<usize> = keyset
         .columns
@@ -141,33 +192,11 @@ pub async fn read_chunk(
             })
         })
         .collect::<Result<_, _>>()?;
-    let ctx = format!("reading a chunk of {}", relation.table);
-    let mut stream = conn
-        .copy_out_raw(&sql)
-        .await
-        .map_err(|e| SourceError::from_sqlx(&ctx, e))?;
-    let mut chunk = Chunk::default();
-    let mut pending = Vec::new();
-    while let Some(data) = stream.try_next().await.map_err(|e| SourceError::from_sqlx(&ctx, e))? {
-        pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let row = parse_copy_line(&line[..line.len() - 1]).ok_or_else(|| {
-                SourceError::definite(format!("{ctx}: a COPY line does not parse"), "report this as a bug")
-            })?;
-            if row.0.len() != relation.columns.len() {
-                return Err(SourceError::definite(
-                    format!(
-                        "{ctx}: a row has {} columns, not {}",
-                        row.0.len(),
-                        relation.columns.len()
-                    ),
-                    "the table changed while it was read; start the backfill again",
-                ));
-            }
-            chunk.rows.push(row);
-        }
-    }
+    let mut chunk = Chunk {
+        rows: copy_rows(conn, relation, &sql, 0).await?,
+        ..Chunk::default()
+    };
+    chunk.exhausted = chunk.rows.is_empty();
     chunk.last_key = chunk.rows.last().map(|row| {
         key_positions
             .iter()
@@ -178,6 +207,110 @@ pub async fn read_chunk(
             .collect()
     });
     Ok(chunk)
+}
+
+/// Reads the next pages of a table without a key: about `limit` rows' worth,
+/// from the page in `after` (from the first when `None`).
+async fn read_pages(
+    conn: &mut PgConnection,
+    relation: &Relation,
+    after: Option<&[String]>,
+    limit: usize,
+    filter: Option<&str>,
+) -> Result<Chunk, SourceError> {
+    let ctx = format!("reading pages of {}", relation.table);
+    let from: u64 = match after.and_then(|a| a.first()) {
+        Some(page) => page.parse().map_err(|_| {
+            SourceError::definite(
+                format!("{ctx}: bad page number {page:?}"),
+                "remove the backfill's file and start over",
+            )
+        })?,
+        None => 0,
+    };
+    let (pages, rows_per_page): (i64, f64) = sqlx::query_as(
+        "select (pg_relation_size(c.oid) / current_setting('block_size')::int8),
+                case when c.relpages > 0 and c.reltuples > 0 then c.reltuples::float8 / c.relpages else 0 end
+         from pg_class c where c.oid = $1::int8::oid",
+    )
+    .bind(i64::from(relation.oid))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| SourceError::from_sqlx(&ctx, e))?;
+    let pages = pages.max(0) as u64;
+    if from >= pages {
+        return Ok(Chunk {
+            exhausted: true,
+            ..Chunk::default()
+        });
+    }
+    // Without statistics, guess 50 rows per page (8 kB pages of ~160-byte rows).
+    let rows_per_page = if rows_per_page >= 1.0 { rows_per_page } else { 50.0 };
+    let step = ((limit as f64 / rows_per_page).ceil() as u64).max(1);
+    let to = from.saturating_add(step);
+    let lines = copy_rows(conn, relation, &pages_sql(relation, from, to, filter), 3).await?;
+    let mut chunk = Chunk {
+        last_key: Some(vec![to.to_string()]),
+        ..Chunk::default()
+    };
+    for mut row in lines {
+        let system: Vec<String> = row
+            .0
+            .drain(..3)
+            .map(|c| match c {
+                Cell::Text(t) => String::from_utf8_lossy(&t).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        let (Ok(xmin), Ok(xmax)) = (system[1].parse(), system[2].parse()) else {
+            return Err(SourceError::definite(
+                format!("{ctx}: a row without xmin and xmax"),
+                "report this as a bug",
+            ));
+        };
+        let ctid = system[0].clone();
+        chunk.versions.push(RowVersion { ctid, xmin, xmax });
+        chunk.rows.push(row);
+    }
+    Ok(chunk)
+}
+
+/// Runs a `COPY ... TO STDOUT` and parses its rows: `extra` leading fields,
+/// then a cell per column of the relation.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    relation: &Relation,
+    sql: &str,
+    extra: usize,
+) -> Result<Vec<Row>, SourceError> {
+    let ctx = format!("reading a chunk of {}", relation.table);
+    let mut stream = conn
+        .copy_out_raw(sql)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&ctx, e))?;
+    let mut rows = Vec::new();
+    let mut pending = Vec::new();
+    while let Some(data) = stream.try_next().await.map_err(|e| SourceError::from_sqlx(&ctx, e))? {
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let row = parse_copy_line(&line[..line.len() - 1]).ok_or_else(|| {
+                SourceError::definite(format!("{ctx}: a COPY line does not parse"), "report this as a bug")
+            })?;
+            if row.0.len() != relation.columns.len() + extra {
+                return Err(SourceError::definite(
+                    format!(
+                        "{ctx}: a row has {} columns, not {}",
+                        row.0.len() - extra.min(row.0.len()),
+                        relation.columns.len()
+                    ),
+                    "the table changed while it was read; start the backfill again",
+                ));
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
 
 /// Parses one line of `COPY ... TO STDOUT` text format: tab-separated, `\N` for

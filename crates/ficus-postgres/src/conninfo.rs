@@ -8,13 +8,17 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::SourceError;
 
-/// The settings of every session ficus opens: the ISO text forms `ficus_model::value` reads.
-pub const SESSION_SETTINGS: [(&str, &str); 5] = [
+/// The settings of every session ficus opens: the ISO text forms `ficus_model::value` reads,
+/// and `synchronous_commit = local`, so that the commit of a watermark or caught-up message
+/// flushes the WAL and the stream brings it at once, even on a source that runs with
+/// `synchronous_commit = off` (otherwise each would wait for the WAL writer, 200 ms by default).
+pub const SESSION_SETTINGS: [(&str, &str); 6] = [
     ("DateStyle", "ISO"),
     ("TimeZone", "UTC"),
     ("IntervalStyle", "iso_8601"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
+    ("synchronous_commit", "local"),
 ];
 
 /// A parsed `postgres://user:password@host:port/db?sslmode=...` URL.

@@ -24,16 +24,22 @@ fn text(c: &Cell) -> String {
 async fn read_all(pool: &sqlx::PgPool, table: &str, limit: usize, filter: Option<&str>) -> (Vec<Vec<String>>, usize) {
     let table = TableRef::parse(table);
     let relation = catalog::tables(pool).await.unwrap().remove(&table).unwrap();
-    let keys = keyset(pool, &table).await.unwrap();
+    let keys = keyset(pool, &table, true).await.unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let (mut rows, mut chunks, mut after) = (Vec::new(), 0, None::<Vec<String>>);
     loop {
-        let Chunk { rows: got, last_key } = read_chunk(&mut conn, &relation, &keys, after.as_deref(), limit, filter)
+        let Chunk {
+            rows: got,
+            last_key,
+            versions,
+            exhausted,
+        } = read_chunk(&mut conn, &relation, &keys, after.as_deref(), limit, filter)
             .await
             .unwrap();
-        if got.is_empty() {
+        if exhausted {
             return (rows, chunks);
         }
+        assert_eq!(versions.len(), if keys.is_full_scan() { got.len() } else { 0 });
         chunks += 1;
         rows.extend(got.iter().map(|r| r.0.iter().map(text).collect::<Vec<_>>()));
         after = last_key;
@@ -127,7 +133,7 @@ async fn tables_without_a_key() {
     )
     .await;
     for table in ["loose", "unique_nullable"] {
-        let err = keyset(&pool, &TableRef::parse(table)).await.unwrap_err();
+        let err = keyset(&pool, &TableRef::parse(table), false).await.unwrap_err();
         assert!(
             err.to_string()
                 .contains("has no primary key and no unique index of NOT NULL columns"),
@@ -135,9 +141,38 @@ async fn tables_without_a_key() {
         );
         assert!(err.hint().unwrap().contains("ADD PRIMARY KEY"), "{:?}", err.hint());
     }
-    let keys = keyset(&pool, &TableRef::parse("unique_not_null")).await.unwrap();
+    let keys = keyset(&pool, &TableRef::parse("unique_not_null"), false).await.unwrap();
+    assert!(!keys.is_full_scan());
     assert_eq!(
         keys.columns.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
         ["b", "a"]
+    );
+}
+
+#[tokio::test]
+async fn a_full_scan_reads_every_row_once_by_pages() {
+    let (_db, pool) = setup(
+        "create table log (at int, line text);
+         insert into log select g % 700, repeat('x', g % 300) from generate_series(1, 5000) g;
+         delete from log where at % 7 = 0;
+         analyze log;",
+    )
+    .await;
+    let keys = keyset(&pool, &TableRef::parse("log"), true).await.unwrap();
+    assert!(keys.is_full_scan());
+    let sorted = |mut rows: Vec<Vec<String>>| {
+        rows.sort();
+        rows
+    };
+    let (rows, chunks) = read_all(&pool, "log", 300, None).await;
+    assert!(chunks > 10, "{chunks} chunks");
+    assert_eq!(
+        sorted(rows),
+        sorted(select_all(&pool, "select array[at::text, line] from log").await)
+    );
+    let (rows, _) = read_all(&pool, "log", 300, Some("at < 100")).await;
+    assert_eq!(
+        sorted(rows),
+        sorted(select_all(&pool, "select array[at::text, line] from log where at < 100").await)
     );
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ficus_mapping::{Bound, Compiled, EventContext};
 use ficus_model::{Cell, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
-use ficus_postgres::backfill::{Keyset, keyset, read_chunk};
+use ficus_postgres::backfill::{Keyset, RowVersion, keyset, read_chunk};
 use ficus_postgres::{SourceError, catalog};
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgPool};
@@ -52,6 +52,8 @@ pub struct BackfillOptions {
     pub chunk_size: usize,
     /// Pause between chunks, to spare a busy source.
     pub pause: Duration,
+    /// Read tables without a key by physical position.
+    pub allow_full_scan: bool,
 }
 
 /// The checkpoint of a backfill, one file per backfill under `.ficus/backfills/`
@@ -67,6 +69,9 @@ pub struct BackfillState {
     /// Pause between chunks, in milliseconds.
     #[serde(default)]
     pub pause_ms: u64,
+    /// Whether tables without a key are read by a full scan.
+    #[serde(default)]
+    pub allow_full_scan: bool,
     /// Per table, in order.
     pub tables: Vec<TableState>,
     /// Why the backfill stopped for good, when it did.
@@ -96,7 +101,7 @@ pub struct TableState {
 
 impl BackfillState {
     /// A new backfill of these tables, with a fresh id.
-    pub fn new(tables: Vec<String>, filter: Option<String>, chunk_size: usize, pause: Duration) -> BackfillState {
+    pub fn new(tables: Vec<String>, opts: &BackfillOptions) -> BackfillState {
         let id = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -105,9 +110,10 @@ impl BackfillState {
         );
         BackfillState {
             id,
-            filter,
-            chunk_size: chunk_size.max(1),
-            pause_ms: pause.as_millis() as u64,
+            filter: opts.filter.clone(),
+            chunk_size: opts.chunk_size.max(1),
+            pause_ms: opts.pause.as_millis() as u64,
+            allow_full_scan: opts.allow_full_scan,
             tables: tables
                 .into_iter()
                 .map(|table| TableState {
@@ -230,6 +236,10 @@ pub(crate) struct ChunkRead {
     pub committed_xip: Vec<u64>,
     pub rows: Vec<Row>,
     pub last_key: Option<Vec<String>>,
+    /// Of a full scan: each row's version.
+    pub versions: Vec<RowVersion>,
+    /// Nothing comes after this chunk.
+    pub exhausted: bool,
 }
 
 /// What the session tells the coordinator after a chunk.
@@ -269,7 +279,7 @@ pub(crate) async fn plan(
             );
         };
         let relation = Arc::new(relation.clone());
-        let keyset = keyset(pool, &table).await?;
+        let keyset = keyset(pool, &table, state.allow_full_scan).await?;
         let key_positions: Vec<usize> = keyset
             .columns
             .iter()
@@ -389,7 +399,7 @@ pub(crate) async fn coordinate(
             let snapshot = snapshot.parse().map_err(|e: crate::watermark::ParseSnapshotError| {
                 SourceError::definite(e.to_string(), "report this as a bug")
             })?;
-            let empty = chunk.rows.is_empty();
+            let exhausted = chunk.exhausted;
             let last_key = chunk.last_key.clone();
             let read = ChunkRead {
                 table: i,
@@ -398,6 +408,8 @@ pub(crate) async fn coordinate(
                 committed_xip: committed.iter().filter_map(|x| x.parse().ok()).collect(),
                 rows: chunk.rows,
                 last_key: chunk.last_key,
+                versions: chunk.versions,
+                exhausted,
             };
             if to_session.send(read).await.is_err() {
                 return Ok(()); // the session ended
@@ -405,7 +417,7 @@ pub(crate) async fn coordinate(
             match verdicts.recv().await {
                 None => return Ok(()),
                 Some(Verdict::Again) => continue,
-                Some(Verdict::Next) if empty => {
+                Some(Verdict::Next) if exhausted => {
                     table_state.done = true;
                     break;
                 }
@@ -485,6 +497,10 @@ impl BackfillSession {
         let tracker = &mut self.trackers[i];
         if change.op == Op::Truncate {
             tracker.record(change.tx.xid, TRUNCATED);
+            return;
+        }
+        if plan.keyset.is_full_scan() {
+            tracker.wrote(change.tx.xid, change.new.as_ref().map(row_hash));
             return;
         }
         for row in [&change.old, &change.new].into_iter().flatten() {
@@ -646,7 +662,7 @@ pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) ->
             "no mapping maps snapshot rows, so a backfill has nothing to emit\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows".into(),
         ));
     }
-    let new = BackfillState::new(tables, opts.filter.clone(), opts.chunk_size, opts.pause);
+    let new = BackfillState::new(tables, opts);
     if let Some(state) = BackfillState::all(config_dir)?
         .into_iter()
         .find(|s| s.in_progress() && s.same_rows(&new))
@@ -655,6 +671,14 @@ pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) ->
         return Ok(state);
     }
     Ok(new)
+}
+
+/// A row's hash, to recognise in a full scan a row version the stream delivered.
+pub(crate) fn row_hash(row: &Row) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
 }
 
 /// The tracker key of a truncate: every row of the table changed.

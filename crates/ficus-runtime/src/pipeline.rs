@@ -11,8 +11,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, snapshot_change};
+use crate::backfill::{
+    self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash, snapshot_change,
+};
 use crate::config::{Config, Loaded, SinkConfig};
+use crate::watermark::VersionVerdict;
 use crate::{RunError, load_mappings};
 
 /// Flush sinks and acknowledge at least this often while events flow.
@@ -508,16 +511,41 @@ impl Session<'_> {
             let _ = b.verdicts.send(Verdict::Again).await;
             return Ok(());
         }
+        let full_scan = plan.keyset.is_full_scan();
+        if full_scan
+            && read.versions.iter().zip(&read.rows).any(|(v, row)| {
+                tracker.version(&read.snapshot, v.xmin, v.xmax, row_hash(row)) == VersionVerdict::ReadAgain
+            })
+        {
+            debug!("backfill: the stream deleted or updated rows the chunk still has; reading it again");
+            let _ = b.verdicts.send(Verdict::Again).await;
+            return Ok(());
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         let (read_rows, mut emitted) = (read.rows.len() as u64, 0u64);
         let mut failed = None;
+        let truncated = !tracker.keeps(&read.snapshot, backfill::TRUNCATED);
+        let mut versions = read.versions.into_iter();
         for row in read.rows {
-            let Some(key) = key_text(&row, &plan.key_positions) else {
-                continue;
+            let key = if full_scan {
+                // A full scan's rows are known by their place; the stream carried those it wrote.
+                match versions.next() {
+                    Some(v)
+                        if tracker.version(&read.snapshot, v.xmin, v.xmax, row_hash(&row)) == VersionVerdict::Emit =>
+                    {
+                        v.ctid
+                    }
+                    _ => continue,
+                }
+            } else {
+                match key_text(&row, &plan.key_positions) {
+                    Some(key) if tracker.keeps(&read.snapshot, &key) => key,
+                    _ => continue,
+                }
             };
-            if !tracker.keeps(&read.snapshot, &key) || !tracker.keeps(&read.snapshot, backfill::TRUNCATED) {
+            if truncated {
                 continue;
             }
             emitted += 1;
@@ -548,9 +576,9 @@ impl Session<'_> {
         table.rows_read += read_rows;
         table.rows_emitted += emitted;
         table.chunks += 1;
-        if read_rows == 0 {
+        if read.exhausted {
             table.done = true;
-        } else {
+        } else if read.last_key.is_some() {
             table.last_key = read.last_key;
         }
         b.progress.update(read.table, table);

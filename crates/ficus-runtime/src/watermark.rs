@@ -92,6 +92,22 @@ pub struct Tracker {
     changed: HashMap<String, Vec<u32>>,
     /// Transactions seen committing since tracking started.
     committed: HashSet<u32>,
+    /// Of a table read by a full scan: every transaction that changed it since
+    /// tracking started, with a hash of each row version it wrote (the stream
+    /// delivered those).
+    writers: HashMap<u32, HashSet<u64>>,
+}
+
+/// What to do with a row version read by a full scan, at the high watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionVerdict {
+    /// Emit it.
+    Emit,
+    /// Leave it out: the stream delivered the transaction that wrote it.
+    Skip,
+    /// Read the chunk again: the stream delivered the deletion or update of this
+    /// version, which the chunk's snapshot does not see.
+    ReadAgain,
 }
 
 impl Tracker {
@@ -101,6 +117,32 @@ impl Tracker {
         let xids = self.changed.entry(key.to_owned()).or_default();
         if !xids.contains(&xid) {
             xids.push(xid);
+        }
+    }
+
+    /// Records that a transaction changed a table read by a full scan, and the
+    /// hash of the row version it wrote, if any (a delete writes none).
+    pub fn wrote(&mut self, xid: u32, row: Option<u64>) {
+        let rows = self.writers.entry(xid).or_default();
+        rows.extend(row);
+    }
+
+    /// What to do with a row version, of hash `row`, that a full scan read with
+    /// `snapshot`: created by `xmin`, deleted, updated or locked by `xmax` (0 if none).
+    ///
+    /// A version the stream delivered (its writer and its content match) is left
+    /// out. Both must match: a frozen row keeps its old `xmin`, which may equal a
+    /// recent xid after wraparound. One whose deletion the stream delivered but the
+    /// snapshot does not see would follow that deletion: read again. (An `xmax`
+    /// that is a multixact or an old xid equal to a writer's costs at most a read
+    /// again.)
+    pub fn version(&self, snapshot: &Snapshot, xmin: u32, xmax: u32, row: u64) -> VersionVerdict {
+        if xmax != 0 && self.writers.contains_key(&xmax) && !snapshot.sees(snapshot.widen(xmax)) {
+            VersionVerdict::ReadAgain
+        } else if self.writers.get(&xmin).is_some_and(|rows| rows.contains(&row)) {
+            VersionVerdict::Skip
+        } else {
+            VersionVerdict::Emit
         }
     }
 
@@ -218,6 +260,38 @@ mod tests {
         assert!(
             fresh.unseen(&s, &[103]).is_empty(),
             "a transaction S sees needs nothing"
+        );
+    }
+
+    #[test]
+    fn full_scan_versions_defer_to_the_stream() {
+        let s = snap("104:110:104");
+        let mut t = Tracker::default();
+        t.wrote(100, Some(7)); // inserted a row the chunk sees: the stream delivered it
+        t.wrote(104, None); // deleted a row the chunk still sees: the chunk is stale
+        assert_eq!(t.version(&s, 100, 0, 7), VersionVerdict::Skip);
+        assert_eq!(
+            t.version(&s, 100, 0, 8),
+            VersionVerdict::Emit,
+            "a frozen row whose old xmin equals a recent xid"
+        );
+        assert_eq!(t.version(&s, 3, 0, 7), VersionVerdict::Emit, "older than tracking");
+        assert_eq!(t.version(&s, 3, 104, 7), VersionVerdict::ReadAgain);
+        assert_eq!(
+            t.version(&s, 3, 99, 7),
+            VersionVerdict::Emit,
+            "deleted by one it does not know (aborted, or a lock)"
+        );
+        assert_eq!(
+            t.version(&s, 3, 100, 7),
+            VersionVerdict::Emit,
+            "S sees 100: a lock it kept"
+        );
+        t.prune(&snap("120:130:"));
+        assert_eq!(
+            t.version(&s, 100, 0, 7),
+            VersionVerdict::Skip,
+            "writers outlive pruning"
         );
     }
 
