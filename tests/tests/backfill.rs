@@ -534,3 +534,40 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
     let out = p.catch_up();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("a backfill is in progress"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_slot_exports_its_snapshot_for_the_backfill() {
+    let rows = 20_000;
+    let p = Project::new(&format!(
+        "create table accounts (id int primary key, balance int not null, note text);
+         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
+         alter table accounts replica identity full;"
+    ))
+    .await;
+    p.mapping("accounts.toml", MAPPINGS);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writes = writer(p.db.url(), stop_rx, rows);
+    // No slot yet: the backfill reads the snapshot the new slot exports.
+    let out = p.ok(&["backfill", "--chunk-size", "1000"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("created slot, with a snapshot for the backfill"), "{log}");
+    assert!(log.contains("no watermarks needed"), "{log}");
+    assert!(
+        !log.contains("backfill: reading table="),
+        "no chunk went through the watermarks:\n{log}"
+    );
+    stop_tx.send(true).unwrap();
+    let n = writes.await.unwrap();
+    assert!(n > 0);
+    p.catch_up();
+    let events = assert_parity(&p, n).await;
+    // Every row of the snapshot is emitted, none dropped, and before any change.
+    let first_live = events
+        .iter()
+        .position(|e| e.get("backfill").is_none())
+        .unwrap_or(events.len());
+    assert!(events[first_live..].iter().all(|e| e.get("backfill").is_none()));
+    let state = latest_backfill(&p).unwrap();
+    assert_eq!(state["tables"][0]["rows_read"], state["tables"][0]["rows_emitted"]);
+    assert_eq!(first_live as u64, state["tables"][0]["rows_emitted"].as_u64().unwrap());
+}

@@ -18,4 +18,4 @@ pub mod slot;
 
 pub use conninfo::SourceUrl;
 pub use error::SourceError;
-pub use replication::{ReplicationStream, SourceEvent};
+pub use replication::{ExportedSlot, ReplicationStream, SourceEvent};

@@ -57,6 +57,60 @@ pub enum SourceEvent {
     },
 }
 
+/// A slot just created over the replication protocol, with the snapshot it
+/// exported: the source exactly as of the slot's consistent point, every later
+/// change being in the slot. The snapshot can be imported
+/// (`SET TRANSACTION SNAPSHOT`) until this session ends.
+pub struct ExportedSlot {
+    _session: ReplicationClient,
+    /// The exported snapshot's name.
+    pub snapshot: String,
+    /// Where the slot starts.
+    pub consistent_point: Lsn,
+    /// The server's system identifier.
+    pub system_id: String,
+}
+
+impl ExportedSlot {
+    /// Creates the slot (`pgoutput`) and keeps its exported snapshot.
+    pub async fn create(url: &SourceUrl, slot: &str, publication: &str) -> Result<ExportedSlot, SourceError> {
+        let mut session = ReplicationClient::connect_gated(url.replication_config(slot, publication))
+            .await
+            .map_err(SourceError::from_pgwire)?;
+        let system = session.identify_system().await.map_err(SourceError::from_pgwire)?;
+        let rows = session
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                ficus_model::relation::quote_ident(slot)
+            ))
+            .await
+            .map_err(SourceError::from_pgwire)?;
+        let field = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i).cloned().flatten())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let (Some(point), Some(snapshot)) = (field(1), field(2)) else {
+            return Err(SourceError::definite(
+                format!("creating slot {slot}: the server returned no consistent point or snapshot"),
+                "report this as a bug",
+            ));
+        };
+        let consistent_point = point.parse().map_err(|_| {
+            SourceError::definite(
+                format!("creating slot {slot}: bad consistent point {point:?}"),
+                "report this as a bug",
+            )
+        })?;
+        Ok(ExportedSlot {
+            _session: session,
+            snapshot,
+            consistent_point,
+            system_id: system.system_id,
+        })
+    }
+}
+
 /// A running replication connection on ficus's slot.
 pub struct ReplicationStream {
     client: ReplicationClient,

@@ -133,6 +133,15 @@ pub async fn ensure_slot(pool: &PgPool, name: &str, database: &str) -> Result<Sl
     })
 }
 
+/// Whether the slot exists.
+pub async fn exists(pool: &PgPool, name: &str) -> Result<bool, SourceError> {
+    sqlx::query_scalar("select exists (select 1 from pg_replication_slots where slot_name = $1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx("reading the slot", e))
+}
+
 /// The slot's confirmed position, `None` when there is no such slot.
 pub async fn confirmed_flush(pool: &PgPool, name: &str) -> Result<Option<Lsn>, SourceError> {
     let lsn: Option<Option<String>> =

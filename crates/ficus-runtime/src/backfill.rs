@@ -500,7 +500,11 @@ impl BackfillSession {
             return;
         }
         if plan.keyset.is_full_scan() {
-            tracker.wrote(change.tx.xid, change.new.as_ref().map(row_hash));
+            tracker.wrote(
+                change.tx.xid,
+                change.new.as_ref().map(row_hash),
+                change.old.as_ref().map(row_hash),
+            );
             return;
         }
         for row in [&change.old, &change.new].into_iter().flatten() {

@@ -5,14 +5,15 @@ use std::time::{Duration, Instant};
 
 use ficus_mapping::{Bound, Compiled, EventContext};
 use ficus_model::Lsn;
-use ficus_postgres::{ReplicationStream, SourceError, SourceEvent, SourceUrl, catalog, slot};
+use ficus_postgres::backfill::read_chunk;
+use ficus_postgres::{ExportedSlot, ReplicationStream, SourceError, SourceEvent, SourceUrl, catalog, slot};
 use ficus_sinks::Sink;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backfill::{
-    self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash, snapshot_change,
+    self, BackfillSession, BackfillState, Backfills, ChunkRead, TablePlan, Verdict, key_text, row_hash, snapshot_change,
 };
 use crate::config::{Config, Loaded, SinkConfig};
 use crate::watermark::VersionVerdict;
@@ -135,7 +136,20 @@ pub async fn run(
                 ));
             }
             slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
-            let slot_state = slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
+            // A backfill waits and the slot is new: create it with an exported
+            // snapshot, which makes the backfill the cheap special case.
+            let (slot_state, exported) =
+                if !backfills.queue.is_empty() && !slot::exists(&pool, &config.source.slot).await? {
+                    let exported = ExportedSlot::create(&url, &config.source.slot, &config.source.publication).await?;
+                    info!(slot = %config.source.slot, lsn = %exported.consistent_point, "created slot, with a snapshot for the backfill");
+                    let state = slot::SlotState {
+                        created: true,
+                        confirmed_flush: exported.consistent_point,
+                    };
+                    (state, Some(exported))
+                } else {
+                    (slot::ensure_slot(&pool, &config.source.slot, &url.database).await?, None)
+                };
             // The marker is transactional: its commit flushes the WAL, so the
             // stream brings it without waiting for the WAL writer.
             let target = if options.until_caught_up {
@@ -149,18 +163,31 @@ pub async fn run(
             } else {
                 None
             };
-            Ok((pool, compiled, slot_state, target))
+            Ok((pool, compiled, slot_state, target, exported))
         },
     )
     .await?;
-    let Some((pool, compiled, slot_state, target)) = prepared else {
+    let Some((pool, compiled, slot_state, target, exported)) = prepared else {
         return Ok(report);
     };
     let mut sinks = open_sinks(config)?;
     report.acknowledged = slot_state.confirmed_flush;
+    let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
+    if let Some(exported) = exported {
+        let ctx = EventContext::new(&source_name, &format!("{}/{}", exported.system_id, url.database));
+        backfill_in_exported_snapshot(
+            &pool,
+            &compiled,
+            &ctx,
+            &mut backfills,
+            exported,
+            &mut sinks,
+            &mut report,
+        )
+        .await?;
+    }
     info!(slot = %config.source.slot, publication = %config.source.publication, from = %slot_state.confirmed_flush, mappings = compiled.mappings().len(), "streaming");
 
-    let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
     let mut reached_target = false;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -512,63 +539,60 @@ impl Session<'_> {
             return Ok(());
         }
         let full_scan = plan.keyset.is_full_scan();
+        let removed = if full_scan {
+            tracker.removed_unseen(&read.snapshot)
+        } else {
+            Default::default()
+        };
         if full_scan
             && read.versions.iter().zip(&read.rows).any(|(v, row)| {
-                tracker.version(&read.snapshot, v.xmin, v.xmax, row_hash(row)) == VersionVerdict::ReadAgain
+                tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(row)) == VersionVerdict::ReadAgain
             })
         {
             debug!("backfill: the stream deleted or updated rows the chunk still has; reading it again");
             let _ = b.verdicts.send(Verdict::Again).await;
             return Ok(());
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
-        let (read_rows, mut emitted) = (read.rows.len() as u64, 0u64);
-        let mut failed = None;
+        let read_rows = read.rows.len() as u64;
         let truncated = !tracker.keeps(&read.snapshot, backfill::TRUNCATED);
         let mut versions = read.versions.into_iter();
-        for row in read.rows {
+        let keep = read.rows.into_iter().filter_map(|row| {
             let key = if full_scan {
                 // A full scan's rows are known by their place; the stream carried those it wrote.
                 match versions.next() {
                     Some(v)
-                        if tracker.version(&read.snapshot, v.xmin, v.xmax, row_hash(&row)) == VersionVerdict::Emit =>
+                        if tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(&row))
+                            == VersionVerdict::Emit =>
                     {
                         v.ctid
                     }
-                    _ => continue,
+                    _ => return None,
                 }
             } else {
                 match key_text(&row, &plan.key_positions) {
                     Some(key) if tracker.keeps(&read.snapshot, &key) => key,
-                    _ => continue,
+                    _ => return None,
                 }
             };
-            if truncated {
-                continue;
-            }
-            emitted += 1;
-            let change = snapshot_change(plan, &b.id, row, key, at, now);
-            let events = match plan.bound.apply(&change, &self.ctx) {
-                Ok(events) => events,
-                Err(e) => {
-                    failed = Some(RunError::from(e));
-                    break;
+            (!truncated).then_some((row, key))
+        });
+        let mut out = Output {
+            sinks: self.sinks,
+            line,
+            unflushed: &mut self.unflushed,
+            events: &mut self.report.events,
+        };
+        let emitted = match emit_snapshot_rows(&mut out, plan, &b.id, &self.ctx, keep, at)? {
+            Ok(n) => n,
+            Err(e) => {
+                // A row the mappings cannot map stops the backfill, not the stream: the
+                // chunk is not checkpointed, so running the backfill again repeats it.
+                if let Some(b) = self.backfills.current.take() {
+                    self.backfills.fail(b.state, &e);
                 }
-            };
-            let written = write_events(self.sinks, line, events)?;
-            self.unflushed += written;
-            self.report.events += written as u64;
-        }
-        if let Some(e) = failed {
-            // A row the mappings cannot map stops the backfill, not the stream: the
-            // chunk is not checkpointed, so running the backfill again repeats it.
-            if let Some(b) = self.backfills.current.take() {
-                self.backfills.fail(b.state, &e);
+                return Ok(());
             }
-            return Ok(());
-        }
+        };
         tracker.prune(&read.snapshot);
         // Durable before the checkpoint: a crash in between reads the chunk again.
         flush_sinks(self.sinks, &mut self.unflushed)?;
@@ -635,6 +659,152 @@ impl Session<'_> {
             debug!(lsn = %lsn, "acknowledged");
         }
     }
+}
+
+/// The cheap special case of a backfill: the slot was just created, with the
+/// snapshot it exported — the source exactly as of the slot's start. The
+/// backfills waiting read their tables in that one snapshot, whole, before the
+/// stream starts: every row is emitted, and every later change follows from the
+/// slot. No watermark, no row dropped, no chunk read again (one long read-only
+/// transaction is the price). A crash in the middle leaves the rest to the
+/// watermark algorithm, from the last checkpoint.
+async fn backfill_in_exported_snapshot(
+    pool: &PgPool,
+    compiled: &Compiled,
+    ctx: &EventContext,
+    backfills: &mut Backfills,
+    exported: ExportedSlot,
+    sinks: &mut [Sink],
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let sql_err = |what: &str| {
+        let what = format!("backfill in the slot's snapshot: {what}");
+        move |e| SourceError::from_sqlx(&what, e)
+    };
+    let mut conn = pool.acquire().await.map_err(sql_err("connecting"))?;
+    let mut tx = conn.begin().await.map_err(sql_err("begin"))?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err("set isolation"))?;
+    sqlx::query(&format!(
+        "set transaction snapshot '{}'",
+        exported.snapshot.replace('\'', "''")
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql_err("importing the snapshot"))?;
+    let at = exported.consistent_point;
+    drop(exported); // imported: the transaction holds the snapshot now
+    let (mut line, mut unflushed) = (Vec::with_capacity(1024), 0);
+    'backfills: for mut state in std::mem::take(&mut backfills.queue) {
+        let plans = match backfill::plan(pool, compiled, ctx, &state).await {
+            Ok(plans) => plans,
+            Err(RunError::Source(e)) if e.is_transient() => return Err(e.into()),
+            Err(e) => {
+                backfills.fail(state, &e);
+                continue;
+            }
+        };
+        for (t, p) in state.tables.iter_mut().zip(&plans) {
+            t.rows_estimated = t.rows_estimated.or(p.rows_estimated);
+        }
+        info!(id = %state.id, "backfill: reading in the snapshot the slot exported (no watermarks needed)");
+        let progress = backfill::Progress::new(&state);
+        let id: std::sync::Arc<str> = state.id.clone().into();
+        for (i, plan) in plans.iter().enumerate() {
+            while !state.tables[i].done {
+                let chunk = read_chunk(
+                    &mut tx,
+                    &plan.relation,
+                    &plan.keyset,
+                    state.tables[i].last_key.as_deref(),
+                    state.chunk_size,
+                    state.filter.as_deref(),
+                )
+                .await?;
+                let read = chunk.rows.len() as u64;
+                let keys: Vec<String> = if plan.keyset.is_full_scan() {
+                    chunk.versions.into_iter().map(|v| v.ctid).collect()
+                } else {
+                    chunk
+                        .rows
+                        .iter()
+                        .filter_map(|r| key_text(r, &plan.key_positions))
+                        .collect()
+                };
+                let mut out = Output {
+                    sinks,
+                    line: &mut line,
+                    unflushed: &mut unflushed,
+                    events: &mut report.events,
+                };
+                let emitted = match emit_snapshot_rows(&mut out, plan, &id, ctx, chunk.rows.into_iter().zip(keys), at)?
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        backfills.fail(state, &e);
+                        continue 'backfills;
+                    }
+                };
+                flush_sinks(sinks, &mut unflushed)?;
+                let table = &mut state.tables[i];
+                table.rows_read += read;
+                table.rows_emitted += emitted;
+                table.chunks += 1;
+                if chunk.exhausted {
+                    table.done = true;
+                } else if chunk.last_key.is_some() {
+                    table.last_key = chunk.last_key;
+                }
+                progress.update(i, table);
+                state.save(&backfills.config_dir)?;
+                if !state.pause().is_zero() {
+                    tokio::time::sleep(state.pause()).await;
+                }
+            }
+        }
+        info!(id = %state.id, "backfill: done");
+    }
+    tx.commit().await.map_err(sql_err("commit"))?;
+    Ok(())
+}
+
+/// Where snapshot rows' events go.
+struct Output<'a> {
+    sinks: &'a mut [Sink],
+    line: &'a mut Vec<u8>,
+    unflushed: &'a mut usize,
+    events: &'a mut u64,
+}
+
+/// Writes the events of snapshot rows (with their keys), emitted at `at`;
+/// returns how many rows. The outer error is the sinks' (it stops ficus), the
+/// inner one a row the mappings cannot map (it stops the backfill).
+fn emit_snapshot_rows(
+    out: &mut Output<'_>,
+    plan: &TablePlan,
+    id: &std::sync::Arc<str>,
+    ctx: &EventContext,
+    rows: impl Iterator<Item = (ficus_model::Row, String)>,
+    at: Lsn,
+) -> Result<Result<u64, RunError>, RunError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let mut emitted = 0;
+    for (row, key) in rows {
+        let change = snapshot_change(plan, id, row, key, at, now);
+        let events = match plan.bound.apply(&change, ctx) {
+            Ok(events) => events,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let written = write_events(out.sinks, out.line, events)?;
+        *out.unflushed += written;
+        *out.events += written as u64;
+        emitted += 1;
+    }
+    Ok(Ok(emitted))
 }
 
 /// Writes events to every sink, one JSON line each; returns how many.

@@ -57,8 +57,8 @@ pub async fn backfill(
     let state = backfill::choose(&config.dir, &compiled, opts)?;
     // Keys, replica identity, snapshot mappings: fail here, not in the running ficus.
     backfill::plan(&pool, &compiled, &EventContext::new("check", "check"), &state).await?;
-    slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
-    slot::ensure_slot(&pool, &config.source.slot, &url.database).await?;
+    // The slot and the publication are `ficus run`'s: it creates a new slot with
+    // an exported snapshot when a backfill waits (the cheap special case).
     let path = BackfillState::path(&config.dir, &state.id);
     if BackfillState::load(&path)?.is_none() {
         state.save(&config.dir)?;

@@ -95,7 +95,9 @@ pub struct Tracker {
     /// Of a table read by a full scan: every transaction that changed it since
     /// tracking started, with a hash of each row version it wrote (the stream
     /// delivered those).
-    writers: HashMap<u32, HashSet<u64>>,
+    written: HashMap<u32, HashSet<u64>>,
+    /// ...and of each row version it deleted or replaced (its old row).
+    removed: HashMap<u32, HashSet<u64>>,
 }
 
 /// What to do with a row version read by a full scan, at the high watermark.
@@ -120,26 +122,47 @@ impl Tracker {
         }
     }
 
-    /// Records that a transaction changed a table read by a full scan, and the
-    /// hash of the row version it wrote, if any (a delete writes none).
-    pub fn wrote(&mut self, xid: u32, row: Option<u64>) {
-        let rows = self.writers.entry(xid).or_default();
-        rows.extend(row);
+    /// Records that a transaction changed a table read by a full scan: the
+    /// hashes of the row version it wrote (`new`, none for a delete) and of the
+    /// one it deleted or replaced (`old`, the whole row: replica identity FULL).
+    pub fn wrote(&mut self, xid: u32, new: Option<u64>, old: Option<u64>) {
+        self.written.entry(xid).or_default().extend(new);
+        self.removed.entry(xid).or_default().extend(old);
+    }
+
+    /// The hashes of the rows that transactions the snapshot does not see
+    /// deleted or replaced, as far as the stream has delivered them.
+    pub fn removed_unseen(&self, snapshot: &Snapshot) -> HashSet<u64> {
+        self.removed
+            .iter()
+            .filter(|(x, _)| !snapshot.sees(snapshot.widen(**x)))
+            .flat_map(|(_, rows)| rows.iter().copied())
+            .collect()
     }
 
     /// What to do with a row version, of hash `row`, that a full scan read with
-    /// `snapshot`: created by `xmin`, deleted, updated or locked by `xmax` (0 if none).
+    /// `snapshot`: created by `xmin`, deleted, updated or locked by `xmax` (0 if
+    /// none); `removed_unseen` is [`Tracker::removed_unseen`] of the snapshot.
     ///
-    /// A version the stream delivered (its writer and its content match) is left
-    /// out. Both must match: a frozen row keeps its old `xmin`, which may equal a
-    /// recent xid after wraparound. One whose deletion the stream delivered but the
-    /// snapshot does not see would follow that deletion: read again. (An `xmax`
-    /// that is a multixact or an old xid equal to a writer's costs at most a read
-    /// again.)
-    pub fn version(&self, snapshot: &Snapshot, xmin: u32, xmax: u32, row: u64) -> VersionVerdict {
-        if xmax != 0 && self.writers.contains_key(&xmax) && !snapshot.sees(snapshot.widen(xmax)) {
+    /// A row the stream deleted or replaced in a transaction the snapshot does not
+    /// see would follow that change: read again (the next snapshot sees it). The
+    /// deletion may come after the read, so its `xmax` alone does not tell: the
+    /// old row's content does. A version the stream delivered (its writer and its
+    /// content match) is left out. Both must match: a frozen row keeps its old
+    /// `xmin`, which may equal a recent xid after wraparound. Identical rows, or
+    /// an `xmax` that is a multixact, cost at most a read again.
+    pub fn version(
+        &self,
+        snapshot: &Snapshot,
+        removed_unseen: &HashSet<u64>,
+        xmin: u32,
+        xmax: u32,
+        row: u64,
+    ) -> VersionVerdict {
+        let deleted_unseen = xmax != 0 && self.removed.contains_key(&xmax) && !snapshot.sees(snapshot.widen(xmax));
+        if deleted_unseen || removed_unseen.contains(&row) {
             VersionVerdict::ReadAgain
-        } else if self.writers.get(&xmin).is_some_and(|rows| rows.contains(&row)) {
+        } else if self.written.get(&xmin).is_some_and(|rows| rows.contains(&row)) {
             VersionVerdict::Skip
         } else {
             VersionVerdict::Emit
@@ -178,6 +201,8 @@ impl Tracker {
             !xids.is_empty()
         });
         self.committed.retain(|&x| snapshot.widen(x) >= snapshot.xmin);
+        // What the writers wrote stays: a later chunk may read it anywhere.
+        self.removed.retain(|&x, _| snapshot.widen(x) >= snapshot.xmin);
     }
 
     /// How many keys are tracked.
@@ -267,31 +292,40 @@ mod tests {
     fn full_scan_versions_defer_to_the_stream() {
         let s = snap("104:110:104");
         let mut t = Tracker::default();
-        t.wrote(100, Some(7)); // inserted a row the chunk sees: the stream delivered it
-        t.wrote(104, None); // deleted a row the chunk still sees: the chunk is stale
-        assert_eq!(t.version(&s, 100, 0, 7), VersionVerdict::Skip);
+        t.wrote(100, Some(7), None); // inserted a row the chunk sees: the stream delivered it
+        t.wrote(104, None, Some(9)); // deleted row 9, which the chunk still sees: the chunk is stale
+        t.wrote(103, None, Some(5)); // deleted row 5 before S: the chunk does not have it
+        let gone = t.removed_unseen(&s);
+        assert_eq!(gone, HashSet::from([9]));
+        assert_eq!(t.version(&s, &gone, 100, 0, 7), VersionVerdict::Skip);
         assert_eq!(
-            t.version(&s, 100, 0, 8),
+            t.version(&s, &gone, 100, 0, 8),
             VersionVerdict::Emit,
             "a frozen row whose old xmin equals a recent xid"
         );
-        assert_eq!(t.version(&s, 3, 0, 7), VersionVerdict::Emit, "older than tracking");
-        assert_eq!(t.version(&s, 3, 104, 7), VersionVerdict::ReadAgain);
         assert_eq!(
-            t.version(&s, 3, 99, 7),
+            t.version(&s, &gone, 3, 0, 6),
+            VersionVerdict::Emit,
+            "older than tracking"
+        );
+        assert_eq!(
+            t.version(&s, &gone, 3, 0, 9),
+            VersionVerdict::ReadAgain,
+            "deleted after the read: xmax was not set yet"
+        );
+        assert_eq!(t.version(&s, &gone, 3, 104, 6), VersionVerdict::ReadAgain);
+        assert_eq!(
+            t.version(&s, &gone, 3, 99, 6),
             VersionVerdict::Emit,
             "deleted by one it does not know (aborted, or a lock)"
         );
-        assert_eq!(
-            t.version(&s, 3, 100, 7),
-            VersionVerdict::Emit,
-            "S sees 100: a lock it kept"
-        );
+        assert_eq!(t.version(&s, &gone, 3, 103, 6), VersionVerdict::Emit, "S sees 103");
         t.prune(&snap("120:130:"));
+        assert!(t.removed_unseen(&snap("120:130:")).is_empty());
         assert_eq!(
-            t.version(&s, 100, 0, 7),
+            t.version(&s, &gone, 100, 0, 7),
             VersionVerdict::Skip,
-            "writers outlive pruning"
+            "what writers wrote outlives pruning"
         );
     }
 
