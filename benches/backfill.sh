@@ -5,6 +5,8 @@
 #
 # Usage: benches/backfill.sh [ROWS] [CHUNK_SIZE]      (defaults 1000000, 10000)
 # Every row becomes one event (data = the whole row), written to stdout (/dev/null).
+# A second reference, `COPY (SELECT row_to_json(...))`, has Postgres write a JSON
+# object per row: closer to the work ficus does (it also maps, ids and wraps each row).
 set -euo pipefail
 ROWS=${1:-1000000}; CHUNK=${2:-10000}
 source "$(dirname "$0")/../scripts/bench-common.sh"
@@ -31,3 +33,9 @@ t1=$(now); events=$(FICUS_LOG=warn "$FICUS" backfill --chunk-size "$CHUNK" 2>/de
 t2=$(now); copy
 t3=$(now)
 report copy ficus_backfill "$ROWS" "$events" "$t0" "$t1" "$t2" "$t3"
+copy_json() { "$PG_BIN/psql" -d bench -c "\\copy (select row_to_json(o) from orders o order by id) to '/dev/null'" >/dev/null; }
+t4=$(now); copy_json
+t5=$(now); FICUS_LOG=warn "$FICUS" backfill --chunk-size "$CHUNK" >/dev/null 2>&1
+t6=$(now); copy_json
+t7=$(now)
+report copy_json ficus_backfill "$ROWS" "$ROWS" "$t4" "$t5" "$t6" "$t7"

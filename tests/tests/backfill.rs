@@ -526,8 +526,9 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
     assert!(status.contains("error: "), "{status}");
     // The stream goes on.
     p.db.exec("insert into shares values (4, 5)").await;
-    let events = p.wait_events(2).await;
+    let events = p.wait_events(1).await;
     assert_eq!(events.last().unwrap()["data"]["each"], 20);
+    assert!(events.last().unwrap().get("backfill").is_none());
     signal(&run, libc::SIGTERM);
     assert!(wait_exit(&mut run, Duration::from_secs(10)).await.success());
     // A failed backfill is not taken up again.

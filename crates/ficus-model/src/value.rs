@@ -31,8 +31,8 @@ pub fn to_json(ty: &PgType, text: &str) -> Json {
             None => string(text),
         },
         PgType::Json => serde_json::from_str(text).unwrap_or_else(|_| string(text)),
-        PgType::Timestamptz => match parse_timestamptz(text) {
-            Some(t) => Json::String(rfc3339(t)),
+        PgType::Timestamptz => match utc_rfc3339(text).or_else(|| parse_timestamptz(text).map(rfc3339)) {
+            Some(t) => Json::String(t),
             None => string(text),
         },
         PgType::Timestamp => Json::String(iso_timestamp(text)),
@@ -63,6 +63,43 @@ pub fn parse_timestamptz(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The common case of a `timestamptz` as ficus's sessions print it (ISO, UTC:
+/// `2024-03-01 10:00:00.5+00`) straight to what `rfc3339` writes
+/// (`2024-03-01T10:00:00.500Z`), without parsing a date: a backfill converts
+/// millions. `None` for anything else (other offsets, BC, 5-digit years).
+fn utc_rfc3339(text: &str) -> Option<String> {
+    let body = text.strip_suffix("+00")?.as_bytes();
+    if body.len() < 19 {
+        return None;
+    }
+    let (date_time, fraction) = body.split_at(19);
+    let shape_ok = date_time.iter().enumerate().all(|(i, &c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b' ',
+        13 | 16 => c == b':',
+        _ => c.is_ascii_digit(),
+    });
+    let digits = match fraction {
+        [] => &[][..],
+        [b'.', digits @ ..] if (1..=6).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) => digits,
+        _ => return None,
+    };
+    if !shape_ok {
+        return None;
+    }
+    let micros = digits
+        .iter()
+        .chain(std::iter::repeat_n(&b'0', 6 - digits.len()))
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    let date_time = std::str::from_utf8(date_time).ok()?;
+    let fraction = match micros {
+        0 => String::new(),
+        m if m % 1000 == 0 => format!(".{:03}", m / 1000),
+        m => format!(".{m:06}"),
+    };
+    Some(format!("{}T{}{fraction}Z", &date_time[..10], &date_time[11..]))
 }
 
 /// RFC 3339 in UTC, with as many fraction digits as needed (0, 3, 6 or 9).
@@ -222,6 +259,53 @@ mod tests {
             to_json(&PgType::Timestamp, "2024-03-01 10:00:00.123456"),
             json!("2024-03-01T10:00:00.123456")
         );
+    }
+
+    #[test]
+    fn the_utc_fast_path_writes_what_chrono_writes() {
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut samples = vec![
+            "2024-03-01 10:00:00+00".to_owned(),
+            "2024-03-01 10:00:00.5+00".to_owned(),
+            "2024-03-01 10:00:00.000001+00".to_owned(),
+            "2024-03-01 10:00:00.12+00".to_owned(),
+            "0001-01-01 00:00:00+00".to_owned(),
+        ];
+        for _ in 0..2000 {
+            // Postgres trims the fraction's trailing zeros, and leaves it out when zero.
+            let micros = if next(4) == 0 { 0 } else { next(1_000_000) };
+            let fraction = match micros {
+                0 => String::new(),
+                m => format!(".{m:06}").trim_end_matches('0').to_owned(),
+            };
+            samples.push(format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}{fraction}+00",
+                next(9999) + 1,
+                next(12) + 1,
+                next(28) + 1,
+                next(24),
+                next(60),
+                next(60)
+            ));
+        }
+        for text in &samples {
+            let slow = parse_timestamptz(text).map(rfc3339);
+            assert!(slow.is_some(), "{text}");
+            assert_eq!(utc_rfc3339(text), slow, "{text}");
+        }
+        for other in [
+            "2024-03-01 12:00:00+02",
+            "infinity",
+            "0044-03-15 12:00:00+00 BC",
+            "12024-03-01 10:00:00+00",
+            "2024-03-01 10:00:00.1234567+00",
+        ] {
+            assert_eq!(utc_rfc3339(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -289,12 +289,17 @@ async fn copy_rows(
         .await
         .map_err(|e| SourceError::from_sqlx(&ctx, e))?;
     let mut rows = Vec::new();
-    let mut pending = Vec::new();
-    while let Some(data) = stream.try_next().await.map_err(|e| SourceError::from_sqlx(&ctx, e))? {
-        pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let row = parse_copy_line(&line[..line.len() - 1]).ok_or_else(|| {
+    // Postgres sends a message per row: lines are cut out of the messages
+    // without copying, and cells are slices of them.
+    let mut pending = bytes::BytesMut::new();
+    while let Some(mut data) = stream.try_next().await.map_err(|e| SourceError::from_sqlx(&ctx, e))? {
+        if !pending.is_empty() {
+            pending.extend_from_slice(&data);
+            data = pending.split().freeze();
+        }
+        while let Some(end) = data.iter().position(|&b| b == b'\n') {
+            let line = data.split_to(end + 1).slice(..end);
+            let row = parse_copy_line(&line).ok_or_else(|| {
                 SourceError::definite(format!("{ctx}: a COPY line does not parse"), "report this as a bug")
             })?;
             if row.0.len() != relation.columns.len() + extra {
@@ -309,21 +314,25 @@ async fn copy_rows(
             }
             rows.push(row);
         }
+        pending.extend_from_slice(&data);
     }
     Ok(rows)
 }
 
 /// Parses one line of `COPY ... TO STDOUT` text format: tab-separated, `\N` for
-/// NULL, backslash escapes.
-pub fn parse_copy_line(line: &[u8]) -> Option<Row> {
+/// NULL, backslash escapes. Cells without escapes are slices of the line.
+pub fn parse_copy_line(line: &Bytes) -> Option<Row> {
     let mut cells = Vec::new();
+    let mut start = 0;
     for field in line.split(|&b| b == b'\t') {
+        let range = start..start + field.len();
+        start = range.end + 1;
         if field == b"\\N" {
             cells.push(Cell::Null);
             continue;
         }
         if !field.contains(&b'\\') {
-            cells.push(Cell::Text(Bytes::copy_from_slice(field)));
+            cells.push(Cell::Text(line.slice(range)));
             continue;
         }
         let mut out = Vec::with_capacity(field.len());
@@ -386,12 +395,16 @@ mod tests {
 
     #[test]
     fn copy_lines_unescape() {
-        let row = parse_copy_line(b"1\t\\N\ta\\tb\\nc\\\\d\t\\x41\\101").unwrap();
+        let row = parse_copy_line(&Bytes::from_static(b"1\t\\N\ta\\tb\\nc\\\\d\t\\x41\\101")).unwrap();
         assert_eq!(
             row.0,
             vec![Cell::text("1"), Cell::Null, Cell::text("a\tb\nc\\d"), Cell::text("AA")]
         );
-        assert_eq!(parse_copy_line(b"").unwrap().0, vec![Cell::text("")]);
-        assert!(parse_copy_line(b"bad\\").is_none());
+        assert_eq!(parse_copy_line(&Bytes::new()).unwrap().0, vec![Cell::text("")]);
+        assert_eq!(
+            parse_copy_line(&Bytes::from_static(b"a\t\tb")).unwrap().0,
+            vec![Cell::text("a"), Cell::text(""), Cell::text("b")]
+        );
+        assert!(parse_copy_line(&Bytes::from_static(b"bad\\")).is_none());
     }
 }

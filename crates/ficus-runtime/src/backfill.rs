@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ficus_mapping::{Bound, Compiled, EventContext};
+use ficus_mapping::{Compiled, EventContext};
 use ficus_model::{Cell, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
 use ficus_postgres::backfill::{Keyset, RowVersion, keyset, read_chunk};
 use ficus_postgres::{SourceError, catalog};
@@ -225,7 +225,6 @@ pub(crate) struct TablePlan {
     pub relation: Arc<Relation>,
     pub keyset: Keyset,
     pub key_positions: Vec<usize>,
-    pub bound: Bound,
 }
 
 /// A chunk read by the coordinator, for the session to emit at its high watermark.
@@ -300,11 +299,11 @@ pub(crate) async fn plan(
             )
             .into());
         }
-        let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
+        if compiled.bind(relation.clone(), ctx)?.is_none() {
             return Err(
                 SourceError::definite(format!("no mapping reads {table}"), "backfill mapped tables only").into(),
             );
-        };
+        }
         if !compiled
             .mappings()
             .iter()
@@ -324,7 +323,6 @@ pub(crate) async fn plan(
             relation,
             keyset,
             key_positions,
-            bound,
         });
     }
     Ok(plans)
@@ -433,7 +431,7 @@ pub(crate) async fn coordinate(
 
 /// Builds the snapshot row changes of a chunk's rows, emitted at `at`.
 pub(crate) fn snapshot_change(
-    plan: &TablePlan,
+    relation: &Arc<Relation>,
     id: &Arc<str>,
     row: Row,
     key: String,
@@ -442,7 +440,7 @@ pub(crate) fn snapshot_change(
 ) -> RowChange {
     RowChange {
         op: Op::Snapshot,
-        relation: plan.relation.clone(),
+        relation: relation.clone(),
         new: Some(row),
         old: None,
         tx: TxMeta {

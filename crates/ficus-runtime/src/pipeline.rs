@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backfill::{
-    self, BackfillSession, BackfillState, Backfills, ChunkRead, TablePlan, Verdict, key_text, row_hash, snapshot_change,
+    self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash, snapshot_change,
 };
 use crate::config::{Config, Loaded, SinkConfig};
 use crate::watermark::VersionVerdict;
@@ -444,7 +444,7 @@ impl Session<'_> {
                         }
                     }
                     if prefix == backfill::MESSAGE_PREFIX {
-                        self.high_watermark(stream, &String::from_utf8_lossy(&content), lsn, &mut line)
+                        self.high_watermark(stream, &String::from_utf8_lossy(&content), lsn)
                             .await?;
                     }
                     if (prefix == CAUGHT_UP_PREFIX || prefix == backfill::MESSAGE_PREFIX)
@@ -495,13 +495,7 @@ impl Session<'_> {
 
     /// At a backfill's high watermark: emit the chunk read before it, except
     /// the rows the stream changed since, then flush, acknowledge, checkpoint.
-    async fn high_watermark(
-        &mut self,
-        stream: &ReplicationStream,
-        marker: &str,
-        at: Lsn,
-        line: &mut Vec<u8>,
-    ) -> Result<(), RunError> {
+    async fn high_watermark(&mut self, stream: &ReplicationStream, marker: &str, at: Lsn) -> Result<(), RunError> {
         let Some(b) = self.backfills.running() else {
             return Ok(());
         };
@@ -576,13 +570,13 @@ impl Session<'_> {
             };
             (!truncated).then_some((row, key))
         });
+        let keep: Vec<_> = keep.collect();
         let mut out = Output {
             sinks: self.sinks,
-            line,
             unflushed: &mut self.unflushed,
             events: &mut self.report.events,
         };
-        let emitted = match emit_snapshot_rows(&mut out, plan, &b.id, &self.ctx, keep, at)? {
+        let emitted = match emit_snapshot_rows(&mut out, self.compiled, &plan.relation, &b.id, &self.ctx, keep, at)? {
             Ok(n) => n,
             Err(e) => {
                 // A row the mappings cannot map stops the backfill, not the stream: the
@@ -696,7 +690,7 @@ async fn backfill_in_exported_snapshot(
     .map_err(sql_err("importing the snapshot"))?;
     let at = exported.consistent_point;
     drop(exported); // imported: the transaction holds the snapshot now
-    let (mut line, mut unflushed) = (Vec::with_capacity(1024), 0);
+    let mut unflushed = 0;
     'backfills: for mut state in std::mem::take(&mut backfills.queue) {
         let plans = match backfill::plan(pool, compiled, ctx, &state).await {
             Ok(plans) => plans,
@@ -735,12 +729,11 @@ async fn backfill_in_exported_snapshot(
                 };
                 let mut out = Output {
                     sinks,
-                    line: &mut line,
                     unflushed: &mut unflushed,
                     events: &mut report.events,
                 };
-                let emitted = match emit_snapshot_rows(&mut out, plan, &id, ctx, chunk.rows.into_iter().zip(keys), at)?
-                {
+                let rows = chunk.rows.into_iter().zip(keys).collect();
+                let emitted = match emit_snapshot_rows(&mut out, compiled, &plan.relation, &id, ctx, rows, at)? {
                     Ok(n) => n,
                     Err(e) => {
                         backfills.fail(state, &e);
@@ -773,36 +766,99 @@ async fn backfill_in_exported_snapshot(
 /// Where snapshot rows' events go.
 struct Output<'a> {
     sinks: &'a mut [Sink],
-    line: &'a mut Vec<u8>,
     unflushed: &'a mut usize,
     events: &'a mut u64,
 }
 
+/// The events of part of a chunk, as JSON lines.
+struct MappedPart {
+    lines: Vec<u8>,
+    events: usize,
+    rows: u64,
+}
+
+/// Snapshot rows mapped per thread: at least this many rows for a thread.
+const ROWS_PER_THREAD: usize = 1_000;
+
 /// Writes the events of snapshot rows (with their keys), emitted at `at`;
 /// returns how many rows. The outer error is the sinks' (it stops ficus), the
 /// inner one a row the mappings cannot map (it stops the backfill).
+///
+/// Mapping and serializing are most of a backfill's work, and a chunk's rows
+/// are independent: its parts are mapped on as many threads as there are
+/// cores, each with its own binding of the mappings, and written in order.
 fn emit_snapshot_rows(
     out: &mut Output<'_>,
-    plan: &TablePlan,
+    compiled: &Compiled,
+    relation: &std::sync::Arc<ficus_model::Relation>,
     id: &std::sync::Arc<str>,
     ctx: &EventContext,
-    rows: impl Iterator<Item = (ficus_model::Row, String)>,
+    rows: Vec<(ficus_model::Row, String)>,
     at: Lsn,
 ) -> Result<Result<u64, RunError>, RunError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    let mut emitted = 0;
-    for (row, key) in rows {
-        let change = snapshot_change(plan, id, row, key, at, now);
-        let events = match plan.bound.apply(&change, ctx) {
-            Ok(events) => events,
-            Err(e) => return Ok(Err(e.into())),
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_part = rows.len().div_ceil(threads).max(ROWS_PER_THREAD);
+    let mut parts = Vec::new();
+    let mut rows = rows.into_iter();
+    loop {
+        let part: Vec<_> = rows.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let map_part = |part: Vec<(ficus_model::Row, String)>| -> Result<MappedPart, RunError> {
+        let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
+            return Err(
+                SourceError::definite(format!("no mapping reads {}", relation.table), "report this as a bug").into(),
+            );
         };
-        let written = write_events(out.sinks, out.line, events)?;
-        *out.unflushed += written;
-        *out.events += written as u64;
-        emitted += 1;
+        let (mut lines, mut events, mut emitted) = (Vec::new(), 0, 0);
+        for (row, key) in part {
+            let change = snapshot_change(relation, id, row, key, at, now);
+            for event in bound.apply(&change, ctx)? {
+                serde_json::to_writer(&mut lines, &event).expect("an event always serializes");
+                lines.push(b'\n');
+                events += 1;
+            }
+            emitted += 1;
+        }
+        Ok(MappedPart {
+            lines,
+            events,
+            rows: emitted,
+        })
+    };
+    let mapped: Vec<Result<MappedPart, RunError>> = if parts.len() <= 1 {
+        parts.into_iter().map(map_part).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = parts.into_iter().map(|part| scope.spawn(|| map_part(part))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(SourceError::definite("mapping snapshot rows panicked", "report this as a bug").into())
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut emitted = 0;
+    for part in mapped {
+        let MappedPart { lines, events, rows } = match part {
+            Ok(part) => part,
+            Err(e) => return Ok(Err(e)),
+        };
+        for sink in out.sinks.iter_mut() {
+            sink.write_lines(&lines)?;
+        }
+        *out.unflushed += events;
+        *out.events += events as u64;
+        emitted += rows;
     }
     Ok(Ok(emitted))
 }

@@ -76,6 +76,18 @@ impl Sink {
         })
     }
 
+    /// Writes event lines, each with its newline; may buffer.
+    pub fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        let r = match self {
+            Sink::Stdout(w) => w.write_all(lines),
+            Sink::Jsonl { file, .. } => file.write_all(lines),
+        };
+        r.map_err(|source| SinkError {
+            name: self.name(),
+            source,
+        })
+    }
+
     /// Makes every written event durable: stdout is flushed, a file is flushed and fsynced.
     pub fn flush(&mut self) -> Result<(), SinkError> {
         let r = match self {
