@@ -110,7 +110,8 @@ fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>, rows: i64) -> t
     })
 }
 
-#[tokio::test]
+// Multi-threaded, so that the writer keeps writing while the test waits for ficus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_parity_under_concurrent_writes_with_a_crash() {
     let rows = parity_rows();
     let p = Project::new(&format!(

@@ -27,6 +27,8 @@ use crate::{RunError, load_mappings};
 
 /// How often a waiting `ficus backfill` looks at the backfill's file.
 const POLL: Duration = Duration::from_millis(250);
+/// After this long without a chunk, a waiting `ficus backfill` says why that may be.
+const QUIET: Duration = Duration::from_secs(60);
 
 /// How a `ficus backfill` ended.
 #[derive(Debug)]
@@ -124,6 +126,8 @@ async fn wait(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Waited, RunError> {
     let mut progress: Option<(Progress, Vec<u64>)> = None;
+    let mut last_chunk = std::time::Instant::now();
+    let mut warned = false;
     loop {
         if let Some(state) = BackfillState::load(path)? {
             let (bars, seen) = progress.get_or_insert_with(|| (Progress::new(&state), vec![0; state.tables.len()]));
@@ -131,7 +135,19 @@ async fn wait(
                 if seen.get(i).is_some_and(|&n| n != table.chunks) {
                     seen[i] = table.chunks;
                     bars.update(i, table);
+                    last_chunk = std::time::Instant::now();
                 }
+            }
+            if !warned && last_chunk.elapsed() > QUIET {
+                warned = true;
+                let behind = slot::confirmed_flush(pool, slot_name).await?;
+                tracing::warn!(
+                    id = %state.id,
+                    slot_at = ?behind.map(|l| l.to_string()),
+                    "no chunk delivered for a minute: the ficus run may be far behind its slot, or run with another \
+                     config directory (then follow the backfill there with `ficus backfill --status`; this one only \
+                     sees .ficus/backfills/ here)"
+                );
             }
             if let Some(error) = &state.error {
                 return Err(RunError::Config(format!("backfill {} failed: {error}", state.id)));
