@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: starts a throwaway Postgres (wal_level=logical), applies the shop's
-# schema, lets ficus create its slot, runs the workload, and prints the domain
-# events ficus makes of it. Needs the Postgres server binaries (PG_BIN, else the
+# schema (with a customer from before ficus), backfills the existing rows (which
+# creates the slot), runs the workload, and prints the domain events ficus makes
+# of it all. Needs the Postgres server binaries (PG_BIN, else the
 # newest under /usr/lib/postgresql). Cleans up after itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,8 +21,10 @@ export FICUS_SOURCE_URL="postgres://postgres@127.0.0.1:$PGPORT/shop?sslmode=disa
 export FICUS_LOG=${FICUS_LOG:-warn}
 cd "$here"
 "$FICUS" check                      # the mappings against the live schema
-"$FICUS" run --until-caught-up      # creates the publication and the slot
+echo "--- the rows that were there before ficus, as snapshot events:" >&2
+"$FICUS" backfill                   # creates the publication and the slot, prints them
 sql -d shop -f "$here/workload.sql" # the monolith at work
 echo "--- domain events:" >&2
 "$FICUS" run --until-caught-up      # prints them, one CloudEvent per line
 "$FICUS" teardown >&2
+rm -rf "$here/.ficus"                # the backfill's checkpoints, of this throwaway run

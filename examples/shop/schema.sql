@@ -30,3 +30,8 @@ create table page_views (
   path text not null,
   at   timestamptz not null default now()
 );
+
+-- The years before ficus: a customer who signed up long ago. `ficus backfill` turns her
+-- into a CustomerRegistered event too (a snapshot event), so a new service misses nobody.
+insert into customers (id, email, name, password_hash, created_at)
+values (100, 'margaret@example.com', 'Margaret Hamilton', 'w', '2019-07-20 20:17:40+00');

@@ -143,6 +143,9 @@ pub fn redacted(events: &[Value]) -> String {
             assert!(e.get(field).is_some(), "event without {field}: {e}");
             e[field] = Value::String(mark.into());
         }
+        if e.get("backfill").is_some() {
+            e["backfill"] = Value::String("[backfill]".into());
+        }
         if let Some(data) = e["data"].as_object_mut() {
             for (k, v) in data.iter_mut() {
                 if k.ends_with("_at") && v.is_string() {
