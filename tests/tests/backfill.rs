@@ -184,7 +184,19 @@ async fn backfill_with_a_filter_and_composite_keys() {
     )
     .await;
     p.mapping("lines.toml", "[[event]]\nname = \"LineSeen\"\ntable = \"lines\"\non = [\"snapshot\"]\nkey = \"string(new.order_id) + '/' + string(new.line)\"\ndata = \"new\"\n");
-    p.ok(&["backfill", "--chunk-size", "7", "--where", "order_id > 40"]);
+    // 40 rows at 100 rows/s: at least 400 ms, however fast the source is.
+    let began = std::time::Instant::now();
+    p.ok(&[
+        "backfill",
+        "--chunk-size",
+        "7",
+        "--where",
+        "order_id > 40",
+        "--max-rate",
+        "100",
+    ]);
+    assert!(began.elapsed() >= Duration::from_millis(390), "{:?}", began.elapsed());
+    assert_eq!(latest_backfill(&p).unwrap()["max_rate"], 100);
     let events = p.events();
     assert_eq!(events.len(), 40);
     assert_eq!(events[0]["subject"], "41/1");

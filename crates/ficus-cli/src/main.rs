@@ -70,6 +70,9 @@ enum Command {
         /// Pause between chunks, in milliseconds, to spare a busy source.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Read at most this many rows per second, on average, to spare a busy source.
+        #[arg(long, value_name = "ROWS_PER_SEC")]
+        max_rate: Option<u64>,
         /// Read tables without a primary key or unique NOT NULL index by physical position
         /// (pages, in one pass; docs/backfill.md says what that gives up).
         #[arg(long)]
@@ -161,6 +164,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             filter,
             chunk_size,
             pause_ms,
+            max_rate,
             allow_full_scan,
             no_wait,
             status,
@@ -181,6 +185,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 chunk_size,
                 pause: std::time::Duration::from_millis(pause_ms),
                 allow_full_scan,
+                max_rate,
             };
             match ficus_runtime::request::backfill(&config, &options, no_wait, rx).await? {
                 Outcome::Done(state) => {
@@ -260,10 +265,11 @@ fn describe_backfill(state: &BackfillState) -> String {
             .as_ref()
             .map(|f| format!(", where {f}"))
             .unwrap_or_default(),
-        if state.allow_full_scan {
-            ", full scans allowed"
-        } else {
-            ""
+        match (state.allow_full_scan, state.max_rate) {
+            (true, Some(rate)) => format!(", full scans allowed, at most {rate} rows/s"),
+            (true, None) => ", full scans allowed".to_owned(),
+            (false, Some(rate)) => format!(", at most {rate} rows/s"),
+            (false, None) => String::new(),
         }
     );
     for t in &state.tables {

@@ -54,6 +54,8 @@ pub struct BackfillOptions {
     pub pause: Duration,
     /// Read tables without a key by physical position.
     pub allow_full_scan: bool,
+    /// Read at most this many rows per second, on average.
+    pub max_rate: Option<u64>,
 }
 
 /// The checkpoint of a backfill, one file per backfill under `.ficus/backfills/`
@@ -69,6 +71,9 @@ pub struct BackfillState {
     /// Pause between chunks, in milliseconds.
     #[serde(default)]
     pub pause_ms: u64,
+    /// At most this many rows per second, on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
     /// Whether tables without a key are read by a full scan.
     #[serde(default)]
     pub allow_full_scan: bool,
@@ -113,6 +118,7 @@ impl BackfillState {
             filter: opts.filter.clone(),
             chunk_size: opts.chunk_size.max(1),
             pause_ms: opts.pause.as_millis() as u64,
+            max_rate: opts.max_rate.filter(|&r| r > 0),
             allow_full_scan: opts.allow_full_scan,
             tables: tables
                 .into_iter()
@@ -213,9 +219,40 @@ impl BackfillState {
                 .eq(other.tables.iter().map(|t| &t.table))
     }
 
-    /// The pause between chunks.
-    pub fn pause(&self) -> Duration {
-        Duration::from_millis(self.pause_ms)
+    /// How the backfill spaces its chunks.
+    pub fn throttle(&self) -> Throttle {
+        Throttle {
+            pause: Duration::from_millis(self.pause_ms),
+            max_rate: self.max_rate,
+        }
+    }
+}
+
+/// How a backfill spares a busy source: a pause after every chunk, and a
+/// ceiling on the rows read per second (on average, chunk by chunk).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Throttle {
+    pub pause: Duration,
+    pub max_rate: Option<u64>,
+}
+
+impl Throttle {
+    /// How long to wait after a chunk of `rows` rows that took `took` to read
+    /// and deliver: the pause, or longer when the chunk came faster than the rate.
+    pub fn wait(&self, rows: u64, took: Duration) -> Duration {
+        let by_rate = match self.max_rate {
+            Some(rate) if rate > 0 => Duration::from_secs_f64(rows as f64 / rate as f64).saturating_sub(took),
+            _ => Duration::ZERO,
+        };
+        self.pause.max(by_rate)
+    }
+
+    /// Waits after a chunk, if there is anything to wait.
+    pub async fn after(&self, rows: u64, took: Duration) {
+        let wait = self.wait(rows, took);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -336,7 +373,7 @@ pub(crate) async fn coordinate(
     tables: Vec<(Arc<Relation>, Keyset)>,
     mut state: BackfillState,
     nonce: String,
-    pause: Duration,
+    throttle: Throttle,
     to_session: mpsc::Sender<ChunkRead>,
     mut verdicts: mpsc::Receiver<Verdict>,
 ) -> Result<(), SourceError> {
@@ -353,6 +390,7 @@ pub(crate) async fn coordinate(
         info!(table = %relation.table, from = ?table_state.last_key, "backfill: reading");
         loop {
             let ctx = |what: &str| format!("backfill of {}: {what}", relation.table);
+            let began = std::time::Instant::now();
             let mut tx = conn
                 .begin()
                 .await
@@ -398,6 +436,7 @@ pub(crate) async fn coordinate(
                 SourceError::definite(e.to_string(), "report this as a bug")
             })?;
             let exhausted = chunk.exhausted;
+            let rows = chunk.rows.len() as u64;
             let last_key = chunk.last_key.clone();
             let read = ChunkRead {
                 table: i,
@@ -421,9 +460,7 @@ pub(crate) async fn coordinate(
                 }
                 Some(Verdict::Next) => table_state.last_key = last_key,
             }
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
+            throttle.after(rows, began.elapsed()).await;
         }
     }
     Ok(())
@@ -550,7 +587,7 @@ impl BackfillSession {
             tables,
             state.clone(),
             nonce.clone(),
-            state.pause(),
+            state.throttle(),
             chunk_tx,
             verdict_rx,
         ));
@@ -751,5 +788,34 @@ impl Progress {
                 "backfill: chunk delivered"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_waits_the_pause_or_what_the_rate_asks() {
+        let ms = Duration::from_millis;
+        let none = Throttle::default();
+        assert_eq!(none.wait(10_000, ms(5)), Duration::ZERO);
+        let pause = Throttle {
+            pause: ms(200),
+            max_rate: None,
+        };
+        assert_eq!(pause.wait(10_000, ms(5)), ms(200));
+        let rate = Throttle {
+            pause: ms(0),
+            max_rate: Some(1_000),
+        };
+        assert_eq!(rate.wait(500, ms(100)), ms(400), "500 rows at 1,000/s take 500 ms");
+        assert_eq!(rate.wait(500, ms(700)), Duration::ZERO, "slower than the rate already");
+        let both = Throttle {
+            pause: ms(50),
+            max_rate: Some(1_000),
+        };
+        assert_eq!(both.wait(500, ms(100)), ms(400));
+        assert_eq!(both.wait(10, ms(100)), ms(50));
     }
 }

@@ -708,6 +708,7 @@ async fn backfill_in_exported_snapshot(
         let id: std::sync::Arc<str> = state.id.clone().into();
         for (i, plan) in plans.iter().enumerate() {
             while !state.tables[i].done {
+                let began = std::time::Instant::now();
                 let chunk = read_chunk(
                     &mut tx,
                     &plan.relation,
@@ -752,9 +753,7 @@ async fn backfill_in_exported_snapshot(
                 }
                 progress.update(i, table);
                 state.save(&backfills.config_dir)?;
-                if !state.pause().is_zero() {
-                    tokio::time::sleep(state.pause()).await;
-                }
+                state.throttle().after(read, began.elapsed()).await;
             }
         }
         info!(id = %state.id, "backfill: done");
