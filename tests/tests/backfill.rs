@@ -49,6 +49,32 @@ async fn wait_chunks(p: &Project, n: u64) {
     .await;
 }
 
+/// A project whose `accounts` table has `rows` rows, mapped by [`MAPPINGS`].
+async fn accounts(rows: i64) -> Project {
+    let p = Project::new(&format!(
+        "create table accounts (id int primary key, balance int not null, note text);
+         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
+         alter table accounts replica identity full;"
+    ))
+    .await;
+    p.mapping("accounts.toml", MAPPINGS);
+    p
+}
+
+/// A project whose `items` table has `rows` rows, each an `ItemSeen` (insert or snapshot).
+async fn items(rows: i64) -> Project {
+    let p = Project::new(&format!(
+        "create table items (id int primary key, name text not null);
+         insert into items select g, 'item ' || g from generate_series(1, {rows}) g;"
+    ))
+    .await;
+    p.mapping(
+        "items.toml",
+        "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
+    );
+    p
+}
+
 /// Folds events by key into a table: the parity check.
 fn fold(events: &[Value]) -> BTreeMap<i64, Value> {
     let mut table = BTreeMap::new();
@@ -114,13 +140,7 @@ fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>, rows: i64) -> t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_parity_under_concurrent_writes_with_a_crash() {
     let rows = parity_rows();
-    let p = Project::new(&format!(
-        "create table accounts (id int primary key, balance int not null, note text);
-         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
-         alter table accounts replica identity full;"
-    ))
-    .await;
-    p.mapping("accounts.toml", MAPPINGS);
+    let p = accounts(rows).await;
     p.catch_up();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writes = writer(p.db.url(), stop_rx, rows);
@@ -351,15 +371,7 @@ async fn full_scan_parity_under_concurrent_writes() {
 
 #[tokio::test]
 async fn run_until_caught_up_finishes_a_backfill_in_progress() {
-    let p = Project::new(
-        "create table items (id int primary key, name text not null);
-         insert into items select g, 'item ' || g from generate_series(1, 3000) g;",
-    )
-    .await;
-    p.mapping(
-        "items.toml",
-        "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
-    );
+    let p = items(3000).await;
     let mut child = p
         .ficus(&["backfill", "--chunk-size", "100", "--pause-ms", "50"])
         .stdout(std::process::Stdio::null())
@@ -379,15 +391,18 @@ async fn run_until_caught_up_finishes_a_backfill_in_progress() {
     assert_eq!(subjects.len(), 3000);
 }
 
-/// Whether a ficus streams from the project's slot.
-async fn slot_active(p: &Project) -> bool {
-    let active = p
-        .scalar(&format!(
-            "select coalesce((select active::text from pg_replication_slots where slot_name = '{}'), 'false')",
-            p.db.name
-        ))
-        .await;
-    active == "true"
+/// Waits until a ficus streams from the project's slot.
+async fn wait_until_streaming(p: &Project) {
+    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
+        let active = p
+            .scalar(&format!(
+                "select coalesce((select active::text from pg_replication_slots where slot_name = '{}'), 'false')",
+                p.db.name
+            ))
+            .await;
+        (active == "true").then_some(())
+    })
+    .await;
 }
 
 async fn assert_parity(p: &Project, writes: u64) -> Vec<Value> {
@@ -410,19 +425,10 @@ async fn assert_parity(p: &Project, writes: u64) -> Vec<Value> {
 #[tokio::test]
 async fn backfill_is_handed_to_the_running_ficus_and_taken_over_when_it_dies() {
     let rows = 6_000;
-    let p = Project::new(&format!(
-        "create table accounts (id int primary key, balance int not null, note text);
-         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
-         alter table accounts replica identity full;"
-    ))
-    .await;
-    p.mapping("accounts.toml", MAPPINGS);
+    let p = accounts(rows).await;
     p.catch_up();
     let mut run = p.spawn_run();
-    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
-        slot_active(&p).await.then_some(())
-    })
-    .await;
+    wait_until_streaming(&p).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writes = writer(p.db.url(), stop_rx, rows);
     let mut cli = p
@@ -473,15 +479,7 @@ async fn backfill_is_handed_to_the_running_ficus_and_taken_over_when_it_dies() {
 
 #[tokio::test]
 async fn backfill_no_wait_returns_at_once_and_the_run_does_it() {
-    let p = Project::new(
-        "create table items (id int primary key, name text not null);
-         insert into items select g, 'item ' || g from generate_series(1, 500) g;",
-    )
-    .await;
-    p.mapping(
-        "items.toml",
-        "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
-    );
+    let p = items(500).await;
     // Nobody streams: the backfill is recorded, and the next run does it.
     let out = p.ok(&["backfill", "--no-wait", "--where", "id <= 100"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -491,10 +489,7 @@ async fn backfill_no_wait_returns_at_once_and_the_run_does_it() {
     assert_eq!(p.events().len(), 100);
     // A ficus run streams: the backfill is handed to it, and `--no-wait` returns before it is done.
     let mut run = p.spawn_run();
-    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
-        slot_active(&p).await.then_some(())
-    })
-    .await;
+    wait_until_streaming(&p).await;
     let out = p.ok(&["backfill", "--no-wait", "--where", "id > 100", "--chunk-size", "50"]);
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -525,10 +520,7 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
     );
     p.catch_up();
     let mut run = p.spawn_run();
-    ficus_testkit::wait_for("ficus run to hold the slot", Duration::from_secs(30), || async {
-        slot_active(&p).await.then_some(())
-    })
-    .await;
+    wait_until_streaming(&p).await;
     let out = p.ficus(&["backfill"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -552,13 +544,7 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_slot_exports_its_snapshot_for_the_backfill() {
     let rows = 20_000;
-    let p = Project::new(&format!(
-        "create table accounts (id int primary key, balance int not null, note text);
-         insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
-         alter table accounts replica identity full;"
-    ))
-    .await;
-    p.mapping("accounts.toml", MAPPINGS);
+    let p = accounts(rows).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writes = writer(p.db.url(), stop_rx, rows);
     // No slot yet: the backfill reads the snapshot the new slot exports.

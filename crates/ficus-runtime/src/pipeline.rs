@@ -691,10 +691,16 @@ async fn backfill_in_exported_snapshot(
     let at = exported.consistent_point;
     drop(exported); // imported: the transaction holds the snapshot now
     let mut unflushed = 0;
-    'backfills: for mut state in std::mem::take(&mut backfills.queue) {
+    let mut queue = std::mem::take(&mut backfills.queue);
+    'backfills: while let Some(mut state) = queue.pop_front() {
         let plans = match backfill::plan(pool, compiled, ctx, &state).await {
             Ok(plans) => plans,
-            Err(RunError::Source(e)) if e.is_transient() => return Err(e.into()),
+            Err(RunError::Source(e)) if e.is_transient() => {
+                warn!(id = %state.id, error = %e, "backfill: lost the source; going on with watermarks");
+                queue.push_front(state);
+                backfills.queue = queue;
+                return Ok(());
+            }
             Err(e) => {
                 backfills.fail(state, &e);
                 continue;
@@ -709,7 +715,7 @@ async fn backfill_in_exported_snapshot(
         for (i, plan) in plans.iter().enumerate() {
             while !state.tables[i].done {
                 let began = std::time::Instant::now();
-                let chunk = read_chunk(
+                let chunk = match read_chunk(
                     &mut tx,
                     &plan.relation,
                     &plan.keyset,
@@ -717,7 +723,19 @@ async fn backfill_in_exported_snapshot(
                     state.chunk_size,
                     state.filter.as_deref(),
                 )
-                .await?;
+                .await
+                {
+                    Ok(chunk) => chunk,
+                    Err(e) if e.is_transient() => {
+                        // The snapshot is lost with the connection: the watermarks take
+                        // over from the last checkpoint.
+                        warn!(id = %state.id, error = %e, "backfill: lost the slot's snapshot; going on with watermarks");
+                        queue.push_front(state);
+                        backfills.queue = queue;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let read = chunk.rows.len() as u64;
                 let keys: Vec<String> = if plan.keyset.is_full_scan() {
                     chunk.versions.into_iter().map(|v| v.ctid).collect()
@@ -758,7 +776,9 @@ async fn backfill_in_exported_snapshot(
         }
         info!(id = %state.id, "backfill: done");
     }
-    tx.commit().await.map_err(sql_err("commit"))?;
+    if let Err(e) = tx.commit().await {
+        warn!(error = %e, "backfill: ending the snapshot's transaction failed (it only read)");
+    }
     Ok(())
 }
 
