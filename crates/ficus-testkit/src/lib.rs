@@ -421,7 +421,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--workspace", "--bin", name])
+        // `--all-targets` resolves features as `cargo test` does, so the binary
+        // reuses the test build's dependencies instead of building them again
+        // with other features (which took minutes on 2 cores).
+        cmd.args(["build", "--quiet", "--workspace", "--all-targets"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
