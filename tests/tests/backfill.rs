@@ -536,9 +536,32 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
     assert!(events.last().unwrap().get("backfill").is_none());
     signal(&run, libc::SIGTERM);
     assert!(wait_exit(&mut run, Duration::from_secs(10)).await.success());
-    // A failed backfill is not taken up again.
+    // A failed backfill is not taken up again by itself...
     let out = p.catch_up();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("a backfill is in progress"));
+    // ...but once the mapping is fixed, asking again goes on with it, under the same id.
+    let failed = latest_backfill(&p).unwrap();
+    p.mapping(
+        "shares.toml",
+        "[[event]]\nname = \"ShareSeen\"\ntable = \"shares\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\ndata = { each = \"new.parts == 0 ? 0 : 100 / new.parts\" }\n",
+    );
+    let out = p.ok(&["backfill"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("backfill: going on with one that failed"), "{log}");
+    let done = latest_backfill(&p).unwrap();
+    assert_eq!(done["id"], failed["id"]);
+    assert!(done.get("error").is_none(), "{done}");
+    let subjects: Vec<_> = p
+        .events()
+        .iter()
+        .filter(|e| e["backfill"] == done["id"])
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["1", "2", "3", "4"],
+        "the rows as they are now, row 4 included"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

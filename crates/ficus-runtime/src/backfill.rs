@@ -655,8 +655,14 @@ impl Backfills {
             return Ok(());
         }
         match BackfillState::load(&BackfillState::path(&self.config_dir, &state.id))? {
-            Some(saved) if !saved.in_progress() => return Ok(()),
-            Some(saved) => self.queue.push_back(saved),
+            Some(saved) if saved.finished() => return Ok(()),
+            Some(mut saved) => {
+                // Asked for again after it failed: it goes on from its checkpoint.
+                if saved.error.take().is_some() {
+                    saved.save(&self.config_dir)?;
+                }
+                self.queue.push_back(saved);
+            }
             None => {
                 state.save(&self.config_dir)?;
                 self.queue.push_back(state);
@@ -682,8 +688,9 @@ impl Backfills {
     }
 }
 
-/// The backfill a `ficus backfill` asks for: the one in progress that reads the
-/// same rows (so it goes on, with the same id), else a new one.
+/// The backfill a `ficus backfill` asks for: the one in progress, or failed,
+/// that reads the same rows (so it goes on from its checkpoint, with the same
+/// id), else a new one.
 pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) -> Result<BackfillState, RunError> {
     let mut tables: Vec<String> = if opts.tables.is_empty() {
         compiled
@@ -702,10 +709,14 @@ pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) ->
         ));
     }
     let new = BackfillState::new(tables, opts);
-    if let Some(state) = BackfillState::all(config_dir)?
+    if let Some(mut state) = BackfillState::all(config_dir)?
         .into_iter()
-        .find(|s| s.in_progress() && s.same_rows(&new))
+        .rev()
+        .find(|s| !s.finished() && s.same_rows(&new))
     {
+        if let Some(error) = state.error.take() {
+            info!(id = %state.id, %error, "backfill: going on with one that failed");
+        }
         info!(id = %state.id, "backfill: resuming");
         return Ok(state);
     }

@@ -62,7 +62,8 @@ pub async fn backfill(
     // The slot and the publication are `ficus run`'s: it creates a new slot with
     // an exported snapshot when a backfill waits (the cheap special case).
     let path = BackfillState::path(&config.dir, &state.id);
-    if BackfillState::load(&path)?.is_none() {
+    // New, or failed before (its error cleared): recorded for whoever does it.
+    if BackfillState::load(&path)?.is_none_or(|saved| saved.error.is_some()) {
         state.save(&config.dir)?;
     }
     let mut requested = false;
