@@ -532,34 +532,31 @@ impl Session<'_> {
             let _ = b.verdicts.send(Verdict::Again).await;
             return Ok(());
         }
-        let full_scan = plan.keyset.is_full_scan();
-        let removed = if full_scan {
-            tracker.removed_unseen(&read.snapshot)
+        // A full scan's rows are known by their place and content: each row's verdict.
+        let verdicts: Vec<VersionVerdict> = if plan.keyset.is_full_scan() {
+            let removed = tracker.removed_unseen(&read.snapshot);
+            read.versions
+                .iter()
+                .zip(&read.rows)
+                .map(|(v, row)| tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(row)))
+                .collect()
         } else {
-            Default::default()
+            vec![]
         };
-        if full_scan
-            && read.versions.iter().zip(&read.rows).any(|(v, row)| {
-                tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(row)) == VersionVerdict::ReadAgain
-            })
-        {
+        if verdicts.contains(&VersionVerdict::ReadAgain) {
             debug!("backfill: the stream deleted or updated rows the chunk still has; reading it again");
             let _ = b.verdicts.send(Verdict::Again).await;
             return Ok(());
         }
         let read_rows = read.rows.len() as u64;
         let truncated = !tracker.keeps(&read.snapshot, backfill::TRUNCATED);
-        let mut versions = read.versions.into_iter();
+        let full_scan = plan.keyset.is_full_scan();
+        let mut versions = read.versions.into_iter().zip(verdicts);
         let keep = read.rows.into_iter().filter_map(|row| {
             let key = if full_scan {
-                // A full scan's rows are known by their place; the stream carried those it wrote.
+                // Left out: rows the stream carried.
                 match versions.next() {
-                    Some(v)
-                        if tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(&row))
-                            == VersionVerdict::Emit =>
-                    {
-                        v.ctid
-                    }
+                    Some((v, VersionVerdict::Emit)) => v.ctid,
                     _ => return None,
                 }
             } else {
