@@ -104,7 +104,29 @@ pub struct TableState {
     pub rows_estimated: Option<u64>,
 }
 
+impl TableState {
+    /// Records a chunk whose events are durable: `read` rows read, `emitted`
+    /// emitted; the table is done when nothing comes after it, else the next
+    /// chunk starts after `last_key`.
+    pub(crate) fn chunk_delivered(&mut self, read: u64, emitted: u64, exhausted: bool, last_key: Option<Vec<String>>) {
+        self.rows_read += read;
+        self.rows_emitted += emitted;
+        self.chunks += 1;
+        if exhausted {
+            self.done = true;
+        } else if last_key.is_some() {
+            self.last_key = last_key;
+        }
+    }
+}
+
 impl BackfillState {
+    /// Why it failed, as the error of whoever waits for it.
+    pub fn failure(&self) -> Option<RunError> {
+        let error = self.error.as_ref()?;
+        Some(RunError::Config(format!("backfill {} failed: {error}", self.id)))
+    }
+
     /// A new backfill of these tables, with a fresh id.
     pub fn new(tables: Vec<String>, opts: &BackfillOptions) -> BackfillState {
         let id = format!(
@@ -674,12 +696,10 @@ impl Backfills {
 
     /// Records that a backfill stopped for good, in its file, for whoever waits for it.
     pub fn fail(&self, mut state: BackfillState, error: &RunError) {
-        let mut message = error.to_string();
-        if let RunError::Source(e) = error
-            && let Some(hint) = e.hint()
-        {
-            message = format!("{message}\nhint: {hint}");
-        }
+        let message = match error.hint() {
+            Some(hint) => format!("{error}\nhint: {hint}"),
+            None => error.to_string(),
+        };
         tracing::error!(id = %state.id, error = %message, "backfill failed; streaming goes on");
         state.error = Some(message);
         if let Err(e) = state.save(&self.config_dir) {

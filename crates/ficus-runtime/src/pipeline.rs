@@ -588,14 +588,7 @@ impl Session<'_> {
         // Durable before the checkpoint: a crash in between reads the chunk again.
         flush_sinks(self.sinks, &mut self.unflushed)?;
         let table = &mut b.state.tables[read.table];
-        table.rows_read += read_rows;
-        table.rows_emitted += emitted;
-        table.chunks += 1;
-        if read.exhausted {
-            table.done = true;
-        } else if read.last_key.is_some() {
-            table.last_key = read.last_key;
-        }
+        table.chunk_delivered(read_rows, emitted, read.exhausted, read.last_key);
         b.progress.update(read.table, table);
         b.state.save(&b.config_dir)?;
         b.finished = b.state.finished();
@@ -758,14 +751,7 @@ async fn backfill_in_exported_snapshot(
                 };
                 flush_sinks(sinks, &mut unflushed)?;
                 let table = &mut state.tables[i];
-                table.rows_read += read;
-                table.rows_emitted += emitted;
-                table.chunks += 1;
-                if chunk.exhausted {
-                    table.done = true;
-                } else if chunk.last_key.is_some() {
-                    table.last_key = chunk.last_key;
-                }
+                table.chunk_delivered(read, emitted, chunk.exhausted, chunk.last_key);
                 progress.update(i, table);
                 state.save(&backfills.config_dir)?;
                 state.throttle().after(read, began.elapsed()).await;

@@ -102,8 +102,8 @@ pub async fn backfill(
 
 fn finished_or_stopped(path: &std::path::Path, state: BackfillState) -> Result<Outcome, RunError> {
     let state = BackfillState::load(path)?.unwrap_or(state);
-    if let Some(error) = &state.error {
-        return Err(RunError::Config(format!("backfill {} failed: {error}", state.id)));
+    if let Some(failure) = state.failure() {
+        return Err(failure);
     }
     Ok(if state.finished() {
         Outcome::Done(state)
@@ -150,8 +150,8 @@ async fn wait(
                      sees .ficus/backfills/ here)"
                 );
             }
-            if let Some(error) = &state.error {
-                return Err(RunError::Config(format!("backfill {} failed: {error}", state.id)));
+            if let Some(failure) = state.failure() {
+                return Err(failure);
             }
             if state.finished() {
                 return Ok(Waited::Done(state));
