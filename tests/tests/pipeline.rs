@@ -66,6 +66,20 @@ async fn a_second_slot_gives_the_same_ids() {
     let first = ids(p.events());
     assert_eq!(first.len(), 8);
     assert_eq!(first, ids(p.events_in("second.jsonl")));
+    // The exited ficus's walsender may hold the slot a moment longer.
+    ficus_testkit::wait_for(
+        "the second slot to be released",
+        std::time::Duration::from_secs(10),
+        || async {
+            let active = p
+                .scalar(&format!(
+                    "select active::text from pg_replication_slots where slot_name = '{second}'"
+                ))
+                .await;
+            (active == "false").then_some(())
+        },
+    )
+    .await;
     p.db.exec(&format!("select pg_drop_replication_slot('{second}')")).await;
 }
 
