@@ -1,0 +1,360 @@
+//! The event store: an append-only, deduplicated log of events.
+//!
+//! Every stored event has
+//! - a **position**: global, gap-free, increasing from 1 in the order events were delivered;
+//! - a **stream** — its aggregate and subject (`public.orders` / `42`) — and a **version** in that
+//!   stream, from 1;
+//! - its **id**, unique: appending an event whose id is stored already is a no-op, so a repeat
+//!   after a crash is not a duplicate;
+//! - the event itself, the exact JSON line the other sinks received, so a replay is byte for byte
+//!   the original delivery.
+//!
+//! An append stores a batch of events and the source's **checkpoint** (the last commit LSN whose
+//! events are all stored) in one transaction: delivery into the store is exactly-once.
+//!
+//! Two backends implement [`EventStore`]: SQLite ([`SqliteStore`], one file, zero setup) and
+//! Postgres ([`PgStore`], a schema `ficus` in any database). Both take one writer at a time (a lock
+//! held for the append's transaction) and any number of readers while it writes; positions become
+//! visible in order, so a reader following the store never skips one.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// The store format's version, written in the store; a store of a newer version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+/// The value of `format` in a store's metadata: how ficus knows a store from a foreign database.
+pub const FORMAT: &str = "ficus-store";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+    hint: String,
+}
+
+impl StoreError {
+    /// An error with its hint.
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// A failed statement.
+    pub(crate) fn sql(store: &str, what: &str, e: sqlx::Error) -> StoreError {
+        StoreError::new(
+            format!("store {store}: {what}: {e}"),
+            "nothing undelivered was acknowledged: fix the store's database, then start ficus again",
+        )
+    }
+
+    /// How to fix it.
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+}
+
+/// Where a store is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A Postgres database (the store is its schema `ficus`).
+    Postgres(String),
+}
+
+/// Whether opening may create the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The writer: creates the store when there is none.
+    Create,
+    /// A reader: the store must exist.
+    Existing,
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The event id.
+    pub id: String,
+    /// The event's type (`OrderPaid`).
+    pub ty: String,
+    /// The aggregate its stream belongs to (`public.orders`).
+    pub aggregate: String,
+    /// The subject: the aggregate id.
+    pub subject: String,
+    /// The event's time, microseconds since the Unix epoch.
+    pub time_micros: i64,
+    /// The commit LSN it comes from.
+    pub lsn: u64,
+    /// The event as delivered: one JSON line, without its newline.
+    pub event: String,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Its global position, from 1.
+    pub position: i64,
+    /// Its version in its stream, from 1.
+    pub version: i64,
+    /// What was appended.
+    pub record: Record,
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Events stored.
+    pub stored: u64,
+    /// Events left out because their id was stored already (or repeated in the batch).
+    pub repeated: u64,
+}
+
+/// The source's checkpoint, written with an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint<'a> {
+    /// The slot the LSN is a position of.
+    pub slot: &'a str,
+    /// The last commit LSN whose events are all stored.
+    pub lsn: u64,
+}
+
+/// Which stored events to read. Bounds are inclusive; empty lists mean all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Lowest position.
+    pub from: Option<i64>,
+    /// Highest position.
+    pub to: Option<i64>,
+    /// Earliest event time, microseconds since the Unix epoch.
+    pub since_micros: Option<i64>,
+    /// Latest event time.
+    pub until_micros: Option<i64>,
+    /// Lowest commit LSN.
+    pub from_lsn: Option<u64>,
+    /// Highest commit LSN.
+    pub to_lsn: Option<u64>,
+    /// Event types.
+    pub types: Vec<String>,
+    /// Subjects.
+    pub subjects: Vec<String>,
+}
+
+/// What every store backend does.
+pub trait EventStore {
+    /// Appends events in order, leaving out those whose id is stored already, and records the
+    /// checkpoint, all in one transaction.
+    fn append(
+        &self,
+        batch: &[Record],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// The slot's checkpoint, if any.
+    fn checkpoint(&self, slot: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Forgets the slot's checkpoint (the slot was dropped); the events stay.
+    fn forget_checkpoint(&self, slot: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` events after position `after` that pass the filter, in position order.
+    fn read(
+        &self,
+        filter: &Filter,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+
+    /// The last position (0 when the store is empty).
+    fn end(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// A store of either backend.
+pub enum Store {
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// Postgres.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens (and in [`Mode::Create`], creates) the store at a location.
+    pub async fn open(location: &Location, mode: Mode) -> Result<Store, StoreError> {
+        Ok(match location {
+            Location::Sqlite(path) => Store::Sqlite(SqliteStore::open(path, mode).await?),
+            Location::Postgres(url) => Store::Postgres(PgStore::open(url, mode).await?),
+        })
+    }
+
+    /// How the store is named in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.describe(),
+            Store::Postgres(s) => s.describe(),
+        }
+    }
+
+    /// Closes the store's connections.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+impl EventStore for Store {
+    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.append(batch, checkpoint).await,
+            Store::Postgres(s) => s.append(batch, checkpoint).await,
+        }
+    }
+
+    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint(slot).await,
+            Store::Postgres(s) => s.checkpoint(slot).await,
+        }
+    }
+
+    async fn forget_checkpoint(&self, slot: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.forget_checkpoint(slot).await,
+            Store::Postgres(s) => s.forget_checkpoint(slot).await,
+        }
+    }
+
+    async fn read(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(filter, after, limit).await,
+            Store::Postgres(s) => s.read(filter, after, limit).await,
+        }
+    }
+
+    async fn end(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.end().await,
+            Store::Postgres(s) => s.end().await,
+        }
+    }
+}
+
+/// The batch without repeats of an id (the first one stays), with each event's place in it.
+pub(crate) fn first_of_each_id(batch: &[Record]) -> Vec<(i64, &Record)> {
+    let mut seen = HashSet::with_capacity(batch.len());
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| seen.insert(r.id.as_str()))
+        .map(|(i, r)| (i as i64, r))
+        .collect()
+}
+
+/// The current time, microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The columns of a stored event, in the order the backends select them.
+pub(crate) const COLUMNS: &str = "position, version, id, type, aggregate, subject, time_us, lsn, event";
+
+/// A stored event from a row selected with [`COLUMNS`].
+pub(crate) fn stored_from<'r, R>(row: &'r R) -> Result<Stored, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Stored {
+        position: row.try_get(0)?,
+        version: row.try_get(1)?,
+        record: Record {
+            id: row.try_get(2)?,
+            ty: row.try_get(3)?,
+            aggregate: row.try_get(4)?,
+            subject: row.try_get(5)?,
+            time_micros: row.try_get(6)?,
+            lsn: row.try_get::<i64, _>(7)? as u64,
+            event: row.try_get(8)?,
+        },
+    })
+}
+
+/// Adds a filter's conditions (after `WHERE position > after`) to a query.
+pub(crate) fn push_filter<'a, DB>(q: &mut sqlx::QueryBuilder<'a, DB>, filter: &'a Filter)
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let bounds = [
+        ("position >= ", filter.from),
+        ("position <= ", filter.to),
+        ("time_us >= ", filter.since_micros),
+        ("time_us <= ", filter.until_micros),
+        ("lsn >= ", filter.from_lsn.map(|l| l as i64)),
+        ("lsn <= ", filter.to_lsn.map(|l| l as i64)),
+    ];
+    for (condition, value) in bounds {
+        if let Some(v) = value {
+            q.push(" AND ").push(condition).push_bind(v);
+        }
+    }
+    for (column, values) in [("type", &filter.types), ("subject", &filter.subjects)] {
+        if values.is_empty() {
+            continue;
+        }
+        q.push(" AND ").push(column).push(" IN (");
+        let mut list = q.separated(", ");
+        for v in values {
+            list.push_bind(v.as_str());
+        }
+        q.push(")");
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Checks a store's metadata: ficus's format, a version this ficus reads.
+pub(crate) fn check_meta(store: &str, meta: &[(String, String)]) -> Result<(), StoreError> {
+    let get = |key: &str| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if get("format") != Some(FORMAT) {
+        return Err(StoreError::new(
+            format!("{store} is not a ficus store (its metadata names no format {FORMAT:?})"),
+            "point the store sink at a ficus store, or at a new one",
+        ));
+    }
+    match get("schema_version").and_then(|v| v.parse::<i64>().ok()) {
+        Some(v) if v <= SCHEMA_VERSION => Ok(()),
+        Some(v) => Err(StoreError::new(
+            format!("{store} is a ficus store of format version {v}; this ficus reads up to {SCHEMA_VERSION}"),
+            "use the ficus release that wrote the store, or a newer one",
+        )),
+        None => Err(StoreError::new(
+            format!("{store}: the store's metadata has no schema_version"),
+            "the store was damaged: restore it from a backup",
+        )),
+    }
+}
+
+/// A store table is gone.
+pub(crate) fn missing_table(store: &str, table: &str) -> StoreError {
+    StoreError::new(
+        format!("{store} is a ficus store, but its table {table} is missing"),
+        "restore the store from a backup; ficus does not create the table again, so that no history is silently lost",
+    )
+}

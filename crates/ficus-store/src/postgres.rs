@@ -1,0 +1,274 @@
+//! The Postgres store: a schema `ficus` in any database (the source's own, or another server's).
+//!
+//! An append takes `LOCK TABLE ficus.events IN SHARE ROW EXCLUSIVE MODE`: one writer at a time,
+//! readers never blocked, and positions commit in order.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::{
+    Appended, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION, StoreError, Stored,
+    first_of_each_id, now_micros, push_filter, stored_from,
+};
+
+const SCHEMA: &[&str] = &[
+    "CREATE SCHEMA IF NOT EXISTS ficus",
+    "CREATE TABLE ficus.meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE ficus.events (
+        position  bigint PRIMARY KEY,
+        id        text NOT NULL UNIQUE,
+        type      text NOT NULL,
+        aggregate text NOT NULL,
+        subject   text NOT NULL,
+        version   bigint NOT NULL,
+        time_us   bigint NOT NULL,
+        lsn       bigint NOT NULL,
+        event     text NOT NULL,
+        UNIQUE (aggregate, subject, version)
+    )",
+    "CREATE TABLE ficus.checkpoints (slot text PRIMARY KEY, lsn bigint NOT NULL, updated_us bigint NOT NULL)",
+];
+
+/// A store in a Postgres database's schema `ficus`.
+pub struct PgStore {
+    shown: String,
+    pub(crate) pool: PgPool,
+}
+
+impl PgStore {
+    /// Opens the store in the database at `url`; in [`Mode::Create`], creates the schema's tables
+    /// when the schema has none.
+    pub async fn open(url: &str, mode: Mode) -> Result<PgStore, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::new(
+                format!("the store url does not parse: {e}"),
+                "write it like postgres://user@host:5432/database",
+            )
+        })?;
+        let shown = format!(
+            "postgres {}:{}/{} (schema ficus)",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("?")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.application_name("ficus-store"))
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    format!("{shown}: cannot connect: {e}"),
+                    "check the store sink's url, and that its server runs",
+                )
+            })?;
+        let store = PgStore { shown, pool };
+        let err = |e| StoreError::sql(&store.shown, "opening the store", e);
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'ficus' AND c.relkind IN ('r', 'p') ORDER BY 1",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .map_err(err)?;
+        if tables.is_empty() {
+            if mode == Mode::Existing {
+                return Err(StoreError::new(
+                    format!("no store in {}", store.shown),
+                    "`ficus run` creates the store with its first events; check the store sink's url",
+                ));
+            }
+            store.create().await?;
+            return Ok(store);
+        }
+        if !tables.iter().any(|t| t == "meta") {
+            return Err(StoreError::new(
+                format!(
+                    "{}: the schema ficus holds tables that are not a ficus store's ({})",
+                    store.shown,
+                    tables.join(", ")
+                ),
+                "use another database for the store; ficus does not write into another program's schema",
+            ));
+        }
+        let meta: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM ficus.meta")
+            .fetch_all(&store.pool)
+            .await
+            .map_err(err)?;
+        crate::check_meta(&store.shown, &meta)?;
+        for table in ["events", "checkpoints"] {
+            if !tables.iter().any(|t| t == table) {
+                return Err(crate::missing_table(&store.shown, &format!("ficus.{table}")));
+            }
+        }
+        Ok(store)
+    }
+
+    async fn create(&self) -> Result<(), StoreError> {
+        let err = |e| StoreError::sql(&self.shown, "creating the store", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        // Two writers starting at once: the second waits, then finds the tables.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ficus-store'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('ficus.meta')::text")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        if exists.is_some() {
+            return Ok(());
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
+        }
+        sqlx::query("INSERT INTO ficus.meta (key, value) VALUES ('format', $1), ('schema_version', $2)")
+            .bind(FORMAT)
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    /// How the store is named in messages.
+    pub fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl EventStore for PgStore {
+    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+        let err = |e| StoreError::sql(&self.shown, "appending events", e);
+        let fresh = first_of_each_id(batch);
+        let mut columns = Columns::default();
+        for (seq, r) in &fresh {
+            columns.seq.push(*seq);
+            columns.id.push(&r.id);
+            columns.ty.push(&r.ty);
+            columns.aggregate.push(&r.aggregate);
+            columns.subject.push(&r.subject);
+            columns.time.push(r.time_micros);
+            columns.lsn.push(r.lsn as i64);
+            columns.event.push(&r.event);
+        }
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        sqlx::query("LOCK TABLE ficus.events IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let stored = if fresh.is_empty() {
+            0
+        } else {
+            sqlx::query(APPEND)
+                .bind(&columns.seq)
+                .bind(&columns.id)
+                .bind(&columns.ty)
+                .bind(&columns.aggregate)
+                .bind(&columns.subject)
+                .bind(&columns.time)
+                .bind(&columns.lsn)
+                .bind(&columns.event)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected()
+        };
+        if let Some(c) = checkpoint {
+            sqlx::query(
+                "INSERT INTO ficus.checkpoints (slot, lsn, updated_us) VALUES ($1, $2, $3)
+                 ON CONFLICT (slot) DO UPDATE
+                 SET lsn = greatest(ficus.checkpoints.lsn, excluded.lsn), updated_us = excluded.updated_us",
+            )
+            .bind(c.slot)
+            .bind(c.lsn as i64)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Appended {
+            stored,
+            repeated: batch.len() as u64 - stored,
+        })
+    }
+
+    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
+        let lsn: Option<i64> = sqlx::query_scalar("SELECT lsn FROM ficus.checkpoints WHERE slot = $1")
+            .bind(slot)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "reading the checkpoint", e))?;
+        Ok(lsn.map(|l| l as u64))
+    }
+
+    async fn forget_checkpoint(&self, slot: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM ficus.checkpoints WHERE slot = $1")
+            .bind(slot)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "forgetting the checkpoint", e))?;
+        Ok(())
+    }
+
+    async fn read(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM ficus.events WHERE position > "));
+        q.push_bind(after);
+        push_filter(&mut q, filter);
+        q.push(" ORDER BY position LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "reading events", e))?;
+        rows.iter()
+            .map(stored_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::sql(&self.shown, "reading events", e))
+    }
+
+    async fn end(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM ficus.events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "reading the last position", e))
+    }
+}
+
+/// A batch as one array per column, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    seq: Vec<i64>,
+    id: Vec<&'a str>,
+    ty: Vec<&'a str>,
+    aggregate: Vec<&'a str>,
+    subject: Vec<&'a str>,
+    time: Vec<i64>,
+    lsn: Vec<i64>,
+    event: Vec<&'a str>,
+}
+
+/// Appends a batch given as arrays: leaves out stored ids, numbers the rest after the last
+/// position and after their stream's last version.
+const APPEND: &str = "
+WITH batch AS (
+  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[])
+    AS b (seq, id, type, aggregate, subject, time_us, lsn, event)
+), fresh AS (
+  SELECT * FROM batch b WHERE NOT EXISTS (SELECT 1 FROM ficus.events e WHERE e.id = b.id)
+)
+INSERT INTO ficus.events (position, id, type, aggregate, subject, version, time_us, lsn, event)
+SELECT (SELECT coalesce(max(position), 0) FROM ficus.events) + row_number() OVER (ORDER BY seq),
+       id, type, aggregate, subject,
+       coalesce((SELECT max(e.version) FROM ficus.events e WHERE e.aggregate = f.aggregate AND e.subject = f.subject), 0)
+         + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
+       time_us, lsn, event
+FROM fresh f ORDER BY seq";

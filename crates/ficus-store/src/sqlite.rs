@@ -1,0 +1,241 @@
+//! The SQLite store: one file, in WAL mode (readers never wait for the writer), synchronous=FULL
+//! (a committed append survives a power loss, not only a crash).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, Sqlite};
+
+use crate::{
+    Appended, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION, StoreError, Stored,
+    first_of_each_id, now_micros, push_filter, stored_from,
+};
+
+/// Rows per INSERT statement: 8 parameters each, under SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 2_000;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE ficus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE events (
+        position  INTEGER PRIMARY KEY,
+        id        TEXT NOT NULL UNIQUE,
+        type      TEXT NOT NULL,
+        aggregate TEXT NOT NULL,
+        subject   TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        time_us   INTEGER NOT NULL,
+        lsn       INTEGER NOT NULL,
+        event     TEXT NOT NULL,
+        UNIQUE (aggregate, subject, version)
+    )",
+    "CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL)",
+];
+
+/// A store in a SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    pub(crate) pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the store in `path`; in [`Mode::Create`], creates the file and its tables when absent.
+    pub async fn open(path: &Path, mode: Mode) -> Result<SqliteStore, StoreError> {
+        let shown = path.display().to_string();
+        if mode == Mode::Existing && !path.exists() {
+            return Err(StoreError::new(
+                format!("no store at {shown}"),
+                "`ficus run` creates the store with its first events; check the store sink's path in ficus.toml",
+            ));
+        }
+        let not_a_store = |e: sqlx::Error| {
+            StoreError::new(
+                format!("{shown} is not a ficus store: {e}"),
+                "point the store sink's path at a ficus store, or at a file that does not exist yet (ficus creates it)",
+            )
+        };
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(not_a_store)?
+            .filename(path)
+            .create_if_missing(mode == Mode::Create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::new(
+                    format!("{shown}: {e}"),
+                    "check the store sink's path and its permissions",
+                )
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(not_a_store)?;
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(&pool)
+                .await
+                .map_err(not_a_store)?;
+        let store = SqliteStore {
+            path: path.to_owned(),
+            pool,
+        };
+        if tables.is_empty() {
+            if mode == Mode::Existing {
+                return Err(StoreError::new(
+                    format!("{shown} is an empty database, not a ficus store yet"),
+                    "`ficus run` creates the store with its first events",
+                ));
+            }
+            store.create().await?;
+            return Ok(store);
+        }
+        if !tables.iter().any(|t| t == "ficus_meta") {
+            return Err(StoreError::new(
+                format!(
+                    "{shown} is a SQLite database, but not a ficus store (its tables: {})",
+                    tables.join(", ")
+                ),
+                "point the store sink's path at a ficus store, or at a file that does not exist yet (ficus creates it); ficus does not write into another program's database",
+            ));
+        }
+        let meta: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM ficus_meta")
+            .fetch_all(&store.pool)
+            .await
+            .map_err(not_a_store)?;
+        crate::check_meta(&shown, &meta)?;
+        for table in ["events", "checkpoints"] {
+            if !tables.iter().any(|t| t == table) {
+                return Err(crate::missing_table(&shown, table));
+            }
+        }
+        Ok(store)
+    }
+
+    async fn create(&self) -> Result<(), StoreError> {
+        let err = |e| StoreError::sql(&self.describe(), "creating the store", e);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
+        }
+        sqlx::query("INSERT INTO ficus_meta (key, value) VALUES ('format', ?), ('schema_version', ?)")
+            .bind(FORMAT)
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    /// How the store is named in messages.
+    pub fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+
+    /// Closes the file.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl EventStore for SqliteStore {
+    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+        let err = |e| StoreError::sql(&self.describe(), "appending events", e);
+        let fresh = first_of_each_id(batch);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        // IMMEDIATE: the write lock first, so the positions read are the last ones.
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let mut stored = 0;
+        for part in fresh.chunks(ROWS_PER_STATEMENT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("WITH batch (seq, id, type, aggregate, subject, time_us, lsn, event) AS (");
+            q.push_values(part, |mut row, (seq, r)| {
+                row.push_bind(*seq)
+                    .push_bind(r.id.as_str())
+                    .push_bind(r.ty.as_str())
+                    .push_bind(r.aggregate.as_str())
+                    .push_bind(r.subject.as_str())
+                    .push_bind(r.time_micros)
+                    .push_bind(r.lsn as i64)
+                    .push_bind(r.event.as_str());
+            });
+            q.push(APPEND);
+            stored += q.build().execute(&mut *tx).await.map_err(err)?.rows_affected();
+        }
+        if let Some(c) = checkpoint {
+            sqlx::query(
+                "INSERT INTO checkpoints (slot, lsn, updated_us) VALUES (?, ?, ?)
+                 ON CONFLICT (slot) DO UPDATE SET lsn = max(lsn, excluded.lsn), updated_us = excluded.updated_us",
+            )
+            .bind(c.slot)
+            .bind(c.lsn as i64)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Appended {
+            stored,
+            repeated: batch.len() as u64 - stored,
+        })
+    }
+
+    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
+        let lsn: Option<i64> = sqlx::query_scalar("SELECT lsn FROM checkpoints WHERE slot = ?")
+            .bind(slot)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "reading the checkpoint", e))?;
+        Ok(lsn.map(|l| l as u64))
+    }
+
+    async fn forget_checkpoint(&self, slot: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM checkpoints WHERE slot = ?")
+            .bind(slot)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "forgetting the checkpoint", e))?;
+        Ok(())
+    }
+
+    async fn read(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events WHERE position > "));
+        q.push_bind(after);
+        push_filter(&mut q, filter);
+        q.push(" ORDER BY position LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))?;
+        rows.iter()
+            .map(stored_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))
+    }
+
+    async fn end(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "reading the last position", e))
+    }
+}
+
+/// The rest of an append's statement, after the batch's VALUES: leaves out stored ids, numbers
+/// the rest after the last position and after their stream's last version.
+const APPEND: &str = "),
+fresh AS (SELECT * FROM batch b WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = b.id))
+INSERT INTO events (position, id, type, aggregate, subject, version, time_us, lsn, event)
+SELECT (SELECT coalesce(max(position), 0) FROM events) + row_number() OVER (ORDER BY seq),
+       id, type, aggregate, subject,
+       coalesce((SELECT max(e.version) FROM events e WHERE e.aggregate = f.aggregate AND e.subject = f.subject), 0)
+         + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
+       time_us, lsn, event
+FROM fresh f ORDER BY seq";

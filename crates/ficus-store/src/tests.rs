@@ -1,0 +1,258 @@
+//! The same checks against both backends: SQLite in a temporary file, Postgres in a throwaway
+//! cluster's database.
+
+use std::sync::Arc;
+
+use ficus_testkit::{Cluster, TestDb};
+
+use super::*;
+
+fn record(n: u32, aggregate: &str, subject: &str) -> Record {
+    Record {
+        id: format!("id-{n}"),
+        ty: if n.is_multiple_of(2) {
+            "OrderPlaced"
+        } else {
+            "OrderPaid"
+        }
+        .into(),
+        aggregate: aggregate.into(),
+        subject: subject.into(),
+        time_micros: 1_700_000_000_000_000 + i64::from(n),
+        lsn: 0x1000 + u64::from(n),
+        event: format!(r#"{{"id":"id-{n}","data":{{"n":{n}}}}}"#),
+    }
+}
+
+/// A store of each backend, with what keeps it alive.
+async fn stores() -> Vec<(Store, Option<TestDb>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&Location::Sqlite(dir.path().join("ficus.db")), Mode::Create)
+        .await
+        .unwrap();
+    let db = Cluster::shared().database().await;
+    let pg = Store::open(&Location::Postgres(db.url()), Mode::Create).await.unwrap();
+    vec![(sqlite, None, dir), (pg, Some(db), tempfile::tempdir().unwrap())]
+}
+
+fn summary(events: &[Stored]) -> Vec<(i64, String, String, i64)> {
+    events
+        .iter()
+        .map(|s| (s.position, s.record.id.clone(), s.record.subject.clone(), s.version))
+        .collect()
+}
+
+#[tokio::test]
+async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
+    for (store, _db, _dir) in stores().await {
+        let batch: Vec<Record> = (1..=5)
+            .map(|n| record(n, "public.orders", if n.is_multiple_of(2) { "a" } else { "b" }))
+            .collect();
+        let checkpoint = Checkpoint { slot: "s", lsn: 0x2000 };
+        let appended = store.append(&batch, Some(checkpoint)).await.unwrap();
+        assert_eq!(appended, Appended { stored: 5, repeated: 0 }, "{}", store.describe());
+        // A repeat after a crash (ids 4 and 5 again) with new ones and a repeat inside the batch.
+        let again = vec![
+            record(4, "public.orders", "a"),
+            record(5, "public.orders", "b"),
+            record(6, "public.orders", "a"),
+            record(6, "public.orders", "a"),
+            record(7, "public.customers", "a"),
+        ];
+        let appended = store
+            .append(&again, Some(Checkpoint { slot: "s", lsn: 0x1f00 }))
+            .await
+            .unwrap();
+        assert_eq!(appended, Appended { stored: 2, repeated: 3 }, "{}", store.describe());
+        let all = store.read(&Filter::default(), 0, 100).await.unwrap();
+        assert_eq!(
+            summary(&all),
+            vec![
+                (1, "id-1".into(), "b".into(), 1),
+                (2, "id-2".into(), "a".into(), 1),
+                (3, "id-3".into(), "b".into(), 2),
+                (4, "id-4".into(), "a".into(), 2),
+                (5, "id-5".into(), "b".into(), 3),
+                (6, "id-6".into(), "a".into(), 3),
+                (7, "id-7".into(), "a".into(), 1),
+            ],
+            "{}",
+            store.describe()
+        );
+        assert_eq!(all[0].record, batch[0], "{}: stored as appended", store.describe());
+        assert_eq!(store.end().await.unwrap(), 7);
+        // The checkpoint never goes back.
+        assert_eq!(store.checkpoint("s").await.unwrap(), Some(0x2000));
+        assert_eq!(store.checkpoint("other").await.unwrap(), None);
+        store.forget_checkpoint("s").await.unwrap();
+        assert_eq!(store.checkpoint("s").await.unwrap(), None);
+        // An empty batch still moves the checkpoint.
+        store
+            .append(&[], Some(Checkpoint { slot: "s", lsn: 0x3000 }))
+            .await
+            .unwrap();
+        assert_eq!(store.checkpoint("s").await.unwrap(), Some(0x3000));
+    }
+}
+
+#[tokio::test]
+async fn read_filters_by_position_time_lsn_type_and_subject() {
+    for (store, _db, _dir) in stores().await {
+        let batch: Vec<Record> = (1..=10)
+            .map(|n| record(n, "public.orders", &(n % 3).to_string()))
+            .collect();
+        store.append(&batch, None).await.unwrap();
+        let ids = |events: Vec<Stored>| events.into_iter().map(|s| s.record.id).collect::<Vec<_>>();
+        let read = |filter: Filter, after: i64, limit: i64| {
+            let store = &store;
+            async move { ids(store.read(&filter, after, limit).await.unwrap()) }
+        };
+        let positions = Filter {
+            from: Some(3),
+            to: Some(6),
+            ..Filter::default()
+        };
+        assert_eq!(read(positions.clone(), 0, 100).await, ["id-3", "id-4", "id-5", "id-6"]);
+        assert_eq!(read(positions, 4, 1).await, ["id-5"], "after and limit page through");
+        let time = Filter {
+            since_micros: Some(1_700_000_000_000_009),
+            ..Filter::default()
+        };
+        assert_eq!(read(time, 0, 100).await, ["id-9", "id-10"]);
+        let lsn = Filter {
+            to_lsn: Some(0x1002),
+            ..Filter::default()
+        };
+        assert_eq!(read(lsn, 0, 100).await, ["id-1", "id-2"]);
+        let kinds = Filter {
+            types: vec!["OrderPlaced".into()],
+            subjects: vec!["1".into(), "2".into()],
+            ..Filter::default()
+        };
+        assert_eq!(read(kinds, 0, 100).await, ["id-2", "id-4", "id-8", "id-10"]);
+    }
+}
+
+/// A reader following the store while a writer appends sees every position once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_follow_a_writer_without_skipping() {
+    for (store, db, dir) in stores().await {
+        let location = match &db {
+            None => Location::Sqlite(dir.path().join("ficus.db")),
+            Some(db) => Location::Postgres(db.url()),
+        };
+        let store = Arc::new(store);
+        const BATCHES: u32 = 40;
+        const PER_BATCH: u32 = 250;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let batch: Vec<Record> = (0..PER_BATCH)
+                        .map(|i| record(b * PER_BATCH + i, "agg", &(i % 7).to_string()))
+                        .collect();
+                    store.append(&batch, None).await.unwrap();
+                }
+            })
+        };
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let location = location.clone();
+            readers.push(tokio::spawn(async move {
+                let reader = Store::open(&location, Mode::Existing).await.unwrap();
+                let (mut last, mut seen) = (0, 0u32);
+                while seen < BATCHES * PER_BATCH {
+                    for s in reader.read(&Filter::default(), last, 1000).await.unwrap() {
+                        assert_eq!(s.position, last + 1, "{}: a position skipped", reader.describe());
+                        last = s.position;
+                        seen += 1;
+                    }
+                }
+                seen
+            }));
+        }
+        writer.await.unwrap();
+        for r in readers {
+            assert_eq!(r.await.unwrap(), BATCHES * PER_BATCH);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_or_corrupt_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let e = Store::open(&Location::Sqlite(garbage.clone()), Mode::Create)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is not a ficus store"), "{e}");
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        vec![0x5a; 8192],
+        "the file is left as it was"
+    );
+
+    let foreign = dir.path().join("foreign.db");
+    let other = SqliteStore::open(&foreign, Mode::Create).await.unwrap();
+    sqlx::query("DROP TABLE ficus_meta").execute(&other.pool).await.unwrap();
+    sqlx::query("CREATE TABLE invoices (id INTEGER)")
+        .execute(&other.pool)
+        .await
+        .unwrap();
+    other.close().await;
+    let e = Store::open(&Location::Sqlite(foreign), Mode::Create)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("a SQLite database, but not a ficus store (its tables: checkpoints, events, invoices)"),
+        "{e}"
+    );
+
+    let missing = dir.path().join("missing.db");
+    let e = Store::open(&Location::Sqlite(missing.clone()), Mode::Existing)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no store at"), "{e}");
+    assert!(!missing.exists(), "a reader creates nothing");
+}
+
+#[tokio::test]
+async fn a_store_with_a_missing_table_or_a_newer_version_is_refused() {
+    for (store, db, dir) in stores().await {
+        let location = match &store {
+            Store::Sqlite(s) => {
+                sqlx::query("DROP TABLE events").execute(&s.pool).await.unwrap();
+                Location::Sqlite(dir.path().join("ficus.db"))
+            }
+            Store::Postgres(s) => {
+                sqlx::query("DROP TABLE ficus.events").execute(&s.pool).await.unwrap();
+                Location::Postgres(db.as_ref().unwrap().url())
+            }
+        };
+        store.close().await;
+        let e = Store::open(&location, Mode::Create).await.err().unwrap();
+        assert!(
+            e.to_string().contains("its table") && e.to_string().contains("events is missing"),
+            "{e}"
+        );
+        assert!(e.hint().contains("restore"), "{}", e.hint());
+        drop(db);
+    }
+    let db = Cluster::shared().database().await;
+    let store = PgStore::open(&db.url(), Mode::Create).await.unwrap();
+    sqlx::query("UPDATE ficus.meta SET value = '99' WHERE key = 'schema_version'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let e = PgStore::open(&db.url(), Mode::Existing).await.err().unwrap();
+    assert!(e.to_string().contains("format version 99"), "{e}");
+    db.exec("DROP SCHEMA ficus CASCADE; CREATE SCHEMA ficus; CREATE TABLE ficus.jobs (id int)")
+        .await;
+    let e = PgStore::open(&db.url(), Mode::Create).await.err().unwrap();
+    assert!(e.to_string().contains("not a ficus store's (jobs)"), "{e}");
+}
