@@ -2,7 +2,8 @@
 # Quickstart: starts a throwaway Postgres (wal_level=logical), applies the shop's
 # schema (with a customer from before ficus), backfills the existing rows (which
 # creates the slot), runs the workload, and prints the domain events ficus makes
-# of it all. Needs the Postgres server binaries (PG_BIN, else the
+# of it all; then replays order 1's history from the event store (ficus.db).
+# Needs the Postgres server binaries (PG_BIN, else the
 # newest under /usr/lib/postgresql). Cleans up after itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,6 +14,7 @@ if [ -z "${FICUS:-}" ]; then
   FICUS="$root/target/release/ficus"
 fi
 source "$root/scripts/pg-throwaway.sh"
+rm -rf "$here/.ficus" "$here"/ficus.db*   # left by an interrupted run
 
 sql -d postgres -c 'create database shop'
 sql -d shop -f "$here/schema.sql"
@@ -25,6 +27,8 @@ echo "--- the rows that were there before ficus, as snapshot events:" >&2
 "$FICUS" backfill                   # creates the publication and the slot, prints them
 sql -d shop -f "$here/workload.sql" # the monolith at work
 echo "--- domain events:" >&2
-"$FICUS" run --until-caught-up      # prints them, one CloudEvent per line
+"$FICUS" run --until-caught-up      # prints them, one CloudEvent per line; stores them in ficus.db
+echo "--- order 1's history, replayed from the store:" >&2
+"$FICUS" replay --to-sink stdout --subject 1 --type OrderPlaced --type OrderPaid --type OrderShipped
 "$FICUS" teardown >&2
-rm -rf "$here/.ficus"                # the backfill's checkpoints, of this throwaway run
+rm -rf "$here/.ficus" "$here"/ficus.db*   # the backfill's checkpoints and the store, of this throwaway run

@@ -7,3 +7,4 @@ mod backfill;
 mod bad_input;
 mod crash;
 mod pipeline;
+mod store;

@@ -172,3 +172,13 @@ pub async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::Ex
     })
     .await
 }
+
+/// A child process killed when dropped: a failing test leaves no ficus behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

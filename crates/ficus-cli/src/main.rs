@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ficus_runtime::backfill::BackfillState;
+use ficus_runtime::replay::ReplayOptions;
 use ficus_runtime::request::Outcome;
 use ficus_runtime::{Config, RunError, RunOptions};
 use tokio::sync::watch;
@@ -83,6 +84,46 @@ enum Command {
         /// Show what the backfills did and what is left, and exit.
         #[arg(long)]
         status: bool,
+    },
+    /// Re-deliver stored events, in their original order and with their original ids, to a sink.
+    ///
+    /// Reads the config's store sink (docs/store.md) and writes each event, exactly as first
+    /// delivered, to the sink named by --to-sink: how a new service builds its read model from
+    /// history. Filters combine; bounds are inclusive.
+    Replay {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// The sink to write to, by its name (a sink's `name`, else its type).
+        #[arg(long, value_name = "NAME")]
+        to_sink: String,
+        /// From this store position (1 is the first event).
+        #[arg(long, value_name = "POSITION", conflicts_with_all = ["since", "from_lsn"])]
+        from: Option<i64>,
+        /// Events from this time on: 2026-11-01, "2026-11-01 12:00:00" (UTC) or RFC 3339.
+        #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
+        since: Option<i64>,
+        /// Events of commits from this LSN on (X/Y).
+        #[arg(long, value_name = "LSN")]
+        from_lsn: Option<ficus_model::Lsn>,
+        /// Up to this store position.
+        #[arg(long, value_name = "POSITION")]
+        to: Option<i64>,
+        /// Events up to this time.
+        #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
+        until: Option<i64>,
+        /// Events of commits up to this LSN.
+        #[arg(long, value_name = "LSN")]
+        to_lsn: Option<ficus_model::Lsn>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only events with this subject (repeatable).
+        #[arg(long = "subject", value_name = "SUBJECT")]
+        subjects: Vec<String>,
+        /// After the last stored event, wait for new ones until interrupted.
+        #[arg(long)]
+        follow: bool,
     },
     /// Drop the slot and the publication.
     ///
@@ -210,6 +251,49 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     eprintln!("backfill {} stopped; it goes on from its last chunk", state.id);
                     eprint!("{}", describe_backfill(&state));
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            to_sink,
+            from,
+            since,
+            from_lsn,
+            to,
+            until,
+            to_lsn,
+            types,
+            subjects,
+            follow,
+        } => {
+            let config = Config::load(&config)?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            let options = ReplayOptions {
+                filter: ficus_store::Filter {
+                    from,
+                    to,
+                    since_micros: since,
+                    until_micros: until,
+                    from_lsn: from_lsn.map(|l| l.0),
+                    to_lsn: to_lsn.map(|l| l.0),
+                    types,
+                    subjects,
+                },
+                to_sink,
+                follow,
+            };
+            let report = ficus_runtime::replay::replay(&config, &options, rx).await?;
+            match report.positions {
+                Some((first, last)) => eprintln!(
+                    "replayed {} events (positions {first} to {last}) into sink {}",
+                    report.events, options.to_sink
+                ),
+                None => eprintln!("replayed no events: none is stored that passes the filters"),
             }
             Ok(ExitCode::SUCCESS)
         }

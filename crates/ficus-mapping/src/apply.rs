@@ -347,6 +347,7 @@ impl Bound {
                 id: Uuid::new_v5(&ctx.id_namespace, id_name.as_bytes()).to_string(),
                 source: self.source.clone(),
                 ty: m.name.clone(),
+                aggregate: m.aggregate.clone(),
                 subject,
                 time: tx.time,
                 datacontenttype: "application/json",

@@ -27,6 +27,8 @@ pub struct Mapping {
     pub version: u32,
     /// The table whose row changes it maps.
     pub table: TableRef,
+    /// The aggregate its events belong to: with the key, their stream in the store.
+    pub aggregate: Arc<str>,
     /// The operations it maps.
     pub ops: Vec<Op>,
     /// Where it is written, `file:line`.
@@ -335,9 +337,25 @@ impl Checker<'_> {
             },
             None => Data::Fields(fields.into_iter().map(|(f, e)| (f, e.parsed.expr)).collect()),
         };
+        let aggregate = match &raw.aggregate {
+            None => table.to_string(),
+            Some(a) => {
+                let a = a.get_ref().trim().to_owned();
+                if a.is_empty() {
+                    self.error(
+                        &raw.aggregate.as_ref().expect("given").span(),
+                        "`aggregate` is empty",
+                        "name the aggregate, e.g. aggregate = \"Order\", or leave the key out (the table is the default)"
+                            .to_owned(),
+                    );
+                }
+                a
+            }
+        };
         Some(Mapping {
             name: name.into(),
             version,
+            aggregate: aggregate.into(),
             table,
             ops,
             origin,

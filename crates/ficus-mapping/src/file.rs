@@ -40,6 +40,8 @@ pub(crate) struct RawEvent {
     pub when: Option<Spanned<String>>,
     pub key: Spanned<String>,
     #[serde(default)]
+    pub aggregate: Option<Spanned<String>>,
+    #[serde(default)]
     pub data: Option<Spanned<RawData>>,
     #[serde(default)]
     pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
@@ -159,7 +161,7 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
 fn toml_message(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_owned();
     let hint = if message.starts_with("unknown field") {
-        Some("an [[event]] takes name, version, table, on, when, key, data and exclude".to_owned())
+        Some("an [[event]] takes name, version, table, on, when, key, aggregate, data and exclude".to_owned())
     } else if message.starts_with("missing field") {
         Some("every [[event]] needs name, table, on and key".to_owned())
     } else {

@@ -23,6 +23,10 @@ pub struct Event {
     /// The event's name, e.g. `OrderPaid`.
     #[serde(rename = "type")]
     pub ty: Arc<str>,
+    /// The aggregate the event belongs to (the mapping's `aggregate`, default its table); not a
+    /// CloudEvents attribute: with the subject, it names the event's stream in the store.
+    #[serde(skip)]
+    pub aggregate: Arc<str>,
     /// The key: the aggregate id, as a string.
     pub subject: String,
     /// The commit time, RFC 3339 in UTC.

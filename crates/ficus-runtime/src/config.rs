@@ -75,17 +75,70 @@ fn default_mappings() -> Vec<String> {
     vec![DEFAULT_MAPPINGS.into()]
 }
 
+/// The store's file when a store sink names neither `path` nor `url`.
+pub const DEFAULT_STORE_PATH: &str = "ficus.db";
+
 /// `[[sink]]`
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
     /// Events on standard output, one per line.
-    Stdout,
+    Stdout {
+        /// The sink's name for commands (`ficus replay --to-sink`); default its type.
+        #[serde(default)]
+        name: Option<String>,
+        /// Whether `ficus run` delivers to it; `false` keeps it for replay and remap.
+        #[serde(default = "yes")]
+        live: bool,
+    },
     /// Events appended to a file, one per line; fsynced before acknowledging.
     Jsonl {
+        /// The sink's name; default its type.
+        #[serde(default)]
+        name: Option<String>,
+        /// Whether `ficus run` delivers to it; `false` keeps it for replay and remap.
+        #[serde(default = "yes")]
+        live: bool,
         /// The file.
         path: PathBuf,
     },
+    /// The event store (docs/store.md): a SQLite file (`path`, default `ficus.db`) or a
+    /// Postgres database (`url`, the store is its schema `ficus`).
+    Store {
+        /// The sink's name; default its type.
+        #[serde(default)]
+        name: Option<String>,
+        /// The SQLite file.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// The Postgres database.
+        #[serde(default)]
+        url: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SinkConfig {
+    /// Whether `ficus run` delivers to the sink (the store always).
+    pub fn live(&self) -> bool {
+        match self {
+            SinkConfig::Stdout { live, .. } | SinkConfig::Jsonl { live, .. } => *live,
+            SinkConfig::Store { .. } => true,
+        }
+    }
+
+    /// The sink's name: its `name`, else its type.
+    pub fn name(&self) -> &str {
+        let (name, ty) = match self {
+            SinkConfig::Stdout { name, .. } => (name, "stdout"),
+            SinkConfig::Jsonl { name, .. } => (name, "jsonl"),
+            SinkConfig::Store { name, .. } => (name, "store"),
+        };
+        name.as_deref().unwrap_or(ty)
+    }
 }
 
 impl Config {
@@ -113,7 +166,63 @@ impl Config {
             ))
         })?;
         config.dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        config.check_sinks(path)?;
         Ok(config)
+    }
+
+    /// Sink names are unique; one store at most, with a path or a url.
+    fn check_sinks(&self, path: &Path) -> Result<(), RunError> {
+        let err =
+            |message: String, hint: &str| RunError::Config(format!("{}: {message}\nhint: {hint}", path.display()));
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            if !names.insert(sink.name()) {
+                return Err(err(
+                    format!("two sinks are named {:?}", sink.name()),
+                    "give each sink of the same type its own name = \"...\"",
+                ));
+            }
+        }
+        if !self.sinks.is_empty() && !self.sinks.iter().any(SinkConfig::live) {
+            return Err(err(
+                "every sink has live = false: ficus run would deliver to none".into(),
+                "leave live out (it is true by default) on the sinks ficus run should write to",
+            ));
+        }
+        let stores: Vec<&SinkConfig> = self
+            .sinks
+            .iter()
+            .filter(|s| matches!(s, SinkConfig::Store { .. }))
+            .collect();
+        if stores.len() > 1 {
+            return Err(err(
+                "more than one store sink".into(),
+                "ficus keeps one event store per config (replay and remap read it); keep one [[sink]] of type \"store\"",
+            ));
+        }
+        if let Some(SinkConfig::Store {
+            path: Some(_),
+            url: Some(_),
+            ..
+        }) = stores.first()
+        {
+            return Err(err(
+                "the store sink has both a path and a url".into(),
+                "path = \"ficus.db\" keeps the store in a SQLite file; url = \"postgres://...\" in a Postgres database: choose one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the config's store is, if it has a store sink.
+    pub fn store_location(&self) -> Option<ficus_store::Location> {
+        self.sinks.iter().find_map(|s| match s {
+            SinkConfig::Store { url: Some(url), .. } => Some(ficus_store::Location::Postgres(url.clone())),
+            SinkConfig::Store { path, .. } => Some(ficus_store::Location::Sqlite(
+                self.resolve(path.as_deref().unwrap_or(Path::new(DEFAULT_STORE_PATH))),
+            )),
+            _ => None,
+        })
     }
 
     /// The source url: `FICUS_SOURCE_URL`, else `[source] url`.

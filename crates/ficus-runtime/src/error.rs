@@ -21,6 +21,9 @@ pub enum RunError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] ficus_sinks::SinkError),
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] ficus_store::StoreError),
 }
 
 impl RunError {
@@ -32,6 +35,7 @@ impl RunError {
             RunError::Sink(_) => Some(
                 "make room or fix permissions, then start ficus again: nothing undelivered was acknowledged".into(),
             ),
+            RunError::Store(e) => Some(e.hint().to_owned()),
             _ => None,
         }
     }

@@ -13,7 +13,9 @@ pub mod backfill;
 pub mod config;
 mod error;
 mod pipeline;
+pub mod replay;
 pub mod request;
+mod sinks;
 pub mod watermark;
 
 pub use config::{Config, Loaded, load_mappings};

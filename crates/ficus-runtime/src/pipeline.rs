@@ -7,7 +7,6 @@ use ficus_mapping::{Bound, Compiled, EventContext};
 use ficus_model::Lsn;
 use ficus_postgres::backfill::read_chunk;
 use ficus_postgres::{ExportedSlot, ReplicationStream, SourceError, SourceEvent, SourceUrl, catalog, slot};
-use ficus_sinks::Sink;
 use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -15,7 +14,8 @@ use tracing::{debug, info, warn};
 use crate::backfill::{
     self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash, snapshot_change,
 };
-use crate::config::{Config, Loaded, SinkConfig};
+use crate::config::{Config, Loaded};
+use crate::sinks::{Sinks, record};
 use crate::watermark::VersionVerdict;
 use crate::{RunError, load_mappings};
 
@@ -55,20 +55,6 @@ pub struct RunReport {
 pub async fn check_live(loaded: &Loaded, pool: &PgPool) -> Result<Compiled, RunError> {
     let schema = catalog::tables(pool).await?;
     loaded.compile(Some(&schema))
-}
-
-fn open_sinks(config: &Config) -> Result<Vec<Sink>, RunError> {
-    if config.sinks.is_empty() {
-        return Ok(vec![Sink::stdout()]);
-    }
-    config
-        .sinks
-        .iter()
-        .map(|s| match s {
-            SinkConfig::Stdout => Ok(Sink::stdout()),
-            SinkConfig::Jsonl { path } => Ok(Sink::jsonl(&config.resolve(path))?),
-        })
-        .collect()
 }
 
 /// Retries `f` on transient errors with exponential backoff, until it succeeds,
@@ -121,6 +107,8 @@ pub async fn run(
     let files = load_mappings(config)?;
     let url = SourceUrl::parse(&config.url()?)?;
     let mut report = RunReport::default();
+    // The sinks first: a sink that cannot take events must not get a slot created for it.
+    let mut sinks = Sinks::open(config).await?;
     let prepared = retrying(
         "connecting to the source",
         &mut shutdown,
@@ -170,92 +158,106 @@ pub async fn run(
     let Some((pool, compiled, slot_state, target, exported)) = prepared else {
         return Ok(report);
     };
-    let mut sinks = open_sinks(config)?;
     report.acknowledged = slot_state.confirmed_flush;
-    let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
-    if let Some(exported) = exported {
-        let ctx = EventContext::new(&source_name, &format!("{}/{}", exported.system_id, url.database));
-        backfill_in_exported_snapshot(
-            &pool,
-            &compiled,
-            &ctx,
-            &mut backfills,
-            exported,
-            &mut sinks,
-            &mut report,
-        )
-        .await?;
+    // The store holds every event up to its checkpoint (and every other sink too): stream from
+    // there. Not for a new slot, which cannot go back, nor after the store's LSNs of another one.
+    if let Some(checkpoint) = sinks.checkpoint().await?
+        && checkpoint > slot_state.confirmed_flush
+        && !slot_state.created
+    {
+        info!(slot = %config.source.slot, confirmed = %slot_state.confirmed_flush, %checkpoint, "the store holds the events up to its checkpoint: streaming from there");
+        report.acknowledged = checkpoint;
     }
-    info!(slot = %config.source.slot, publication = %config.source.publication, from = %slot_state.confirmed_flush, mappings = compiled.mappings().len(), "streaming");
+    let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
+    // Closed however streaming ends: SQLite folds its WAL into the file.
+    let result = async {
+        if let Some(exported) = exported {
+            let ctx = EventContext::new(&source_name, &format!("{}/{}", exported.system_id, url.database));
+            backfill_in_exported_snapshot(
+                &pool,
+                &compiled,
+                &ctx,
+                &mut backfills,
+                exported,
+                &mut sinks,
+                &mut report,
+            )
+            .await?;
+        }
+        info!(slot = %config.source.slot, publication = %config.source.publication, from = %slot_state.confirmed_flush, mappings = compiled.mappings().len(), "streaming");
 
-    let mut reached_target = false;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let acknowledged = report.acknowledged;
-        let started = retrying(
-            "starting replication",
-            &mut shutdown,
-            &mut report.reconnects,
-            || async {
-                Ok(ReplicationStream::start(
-                    &url,
-                    pool.clone(),
-                    &config.source.slot,
-                    &config.source.publication,
-                    acknowledged,
-                )
-                .await?)
-            },
-        )
-        .await?;
-        let Some(mut stream) = started else { return Ok(report) };
-        let ctx = EventContext::new(&source_name, &format!("{}/{}", stream.system_id, url.database));
-        let mut session = Session {
-            pool: &pool,
-            compiled: &compiled,
-            ctx,
-            sinks: &mut sinks,
-            bound: HashMap::new(),
-            report: &mut report,
-            pending: None,
-            unflushed: 0,
-            in_tx: false,
-            last_flush: Instant::now(),
-            target,
-            reached_target: &mut reached_target,
-            current_xid: 0,
-            backfills: &mut backfills,
-        };
-        let began = Instant::now();
-        let outcome = session.stream(&mut stream, &mut shutdown).await;
-        let acked = session.report.acknowledged;
-        match outcome {
-            Ok(()) => {
-                confirm(&pool, &config.source.slot, acked).await;
-                stream.stop();
-                info!(events = report.events, transactions = report.transactions, acknowledged = %report.acknowledged, "stopped");
-                return Ok(report);
-            }
-            Err(RunError::Source(e)) if e.is_transient() => {
-                if began.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(100); // a session that ran a while starts the backoff over
+        let mut reached_target = false;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let acknowledged = report.acknowledged;
+            let started = retrying(
+                "starting replication",
+                &mut shutdown,
+                &mut report.reconnects,
+                || async {
+                    Ok(ReplicationStream::start(
+                        &url,
+                        pool.clone(),
+                        &config.source.slot,
+                        &config.source.publication,
+                        acknowledged,
+                    )
+                    .await?)
+                },
+            )
+            .await?;
+            let Some(mut stream) = started else { return Ok(std::mem::take(&mut report)) };
+            let ctx = EventContext::new(&source_name, &format!("{}/{}", stream.system_id, url.database));
+            let mut session = Session {
+                pool: &pool,
+                compiled: &compiled,
+                ctx,
+                sinks: &mut sinks,
+                bound: HashMap::new(),
+                report: &mut report,
+                pending: None,
+                unflushed: 0,
+                in_tx: false,
+                last_flush: Instant::now(),
+                target,
+                reached_target: &mut reached_target,
+                current_xid: 0,
+                backfills: &mut backfills,
+            };
+            let began = Instant::now();
+            let outcome = session.stream(&mut stream, &mut shutdown).await;
+            let acked = session.report.acknowledged;
+            match outcome {
+                Ok(()) => {
+                    confirm(&pool, &config.source.slot, acked).await;
+                    stream.stop();
+                    info!(events = report.events, transactions = report.transactions, acknowledged = %report.acknowledged, "stopped");
+                    return Ok(std::mem::take(&mut report));
                 }
-                warn!(error = %e, retry_in = ?backoff, "lost the source; resuming from the slot");
-                drop(stream);
-                report.reconnects += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(report),
+                Err(RunError::Source(e)) if e.is_transient() => {
+                    if began.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(100); // a session that ran a while starts the backoff over
+                    }
+                    warn!(error = %e, retry_in = ?backoff, "lost the source; resuming from the slot");
+                    drop(stream);
+                    report.reconnects += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => {
-                confirm(&pool, &config.source.slot, acked).await;
-                stream.stop();
-                return Err(e);
+                Err(e) => {
+                    confirm(&pool, &config.source.slot, acked).await;
+                    stream.stop();
+                    return Err(e);
+                }
             }
         }
     }
+    .await;
+    sinks.close().await;
+    result
 }
 
 /// Waits (briefly) until the server has taken the acknowledgement, so that a
@@ -280,7 +282,7 @@ struct Session<'a> {
     pool: &'a PgPool,
     compiled: &'a Compiled,
     ctx: EventContext,
-    sinks: &'a mut Vec<Sink>,
+    sinks: &'a mut Sinks,
     /// Bound mappings per relation OID; `None` for relations no mapping reads.
     bound: HashMap<u32, Option<Bound>>,
     report: &'a mut RunReport,
@@ -316,7 +318,7 @@ impl Session<'_> {
         let result = self.stream_events(stream, shutdown).await;
         if let Err(e) = &result
             && !matches!(e, RunError::Source(s) if s.is_transient())
-            && let Err(flush) = self.flush_and_ack(stream)
+            && let Err(flush) = self.flush_and_ack(stream).await
         {
             warn!(error = %flush, "could not flush the sinks after the error");
         }
@@ -332,7 +334,7 @@ impl Session<'_> {
         self.next_backfill().await?;
         loop {
             if *shutdown.borrow() {
-                self.flush_and_ack(stream)?;
+                self.flush_and_ack(stream).await?;
                 return Ok(());
             }
             let flush_due = self.pending.is_some();
@@ -353,7 +355,7 @@ impl Session<'_> {
             let ev = match step {
                 Step::Event(ev) => ev,
                 Step::Flush => {
-                    self.flush_and_ack(stream)?;
+                    self.flush_and_ack(stream).await?;
                     continue;
                 }
                 Step::Shutdown => continue,
@@ -419,17 +421,17 @@ impl Session<'_> {
                         || self.unflushed >= FLUSH_EVENTS
                         || self.last_flush.elapsed() >= FLUSH_INTERVAL
                     {
-                        self.flush_and_ack(stream)?;
+                        self.flush_and_ack(stream).await?;
                     }
                     if self.finished_at(end_lsn) {
-                        self.flush_and_ack(stream)?;
+                        self.flush_and_ack(stream).await?;
                         return Ok(());
                     }
                 }
                 SourceEvent::KeepAlive { wal_end } => {
                     if !self.in_tx {
                         self.next_backfill().await?;
-                        self.flush_and_ack(stream)?;
+                        self.flush_and_ack(stream).await?;
                         self.ack(stream, wal_end);
                         if self.finished_at(wal_end) {
                             return Ok(());
@@ -451,7 +453,7 @@ impl Session<'_> {
                         && !self.in_tx
                         && self.finished_at(lsn)
                     {
-                        self.flush_and_ack(stream)?;
+                        self.flush_and_ack(stream).await?;
                         self.ack(stream, lsn);
                         return Ok(());
                     }
@@ -586,7 +588,7 @@ impl Session<'_> {
         };
         tracker.prune(&read.snapshot);
         // Durable before the checkpoint: a crash in between reads the chunk again.
-        flush_sinks(self.sinks, &mut self.unflushed)?;
+        flush_sinks(self.sinks, &mut self.unflushed, self.pending).await?;
         let table = &mut b.state.tables[read.table];
         table.chunk_delivered(read_rows, emitted, read.exhausted, read.last_key);
         b.progress.update(read.table, table);
@@ -596,7 +598,7 @@ impl Session<'_> {
             info!(id = %b.id, "backfill: done");
         }
         let _ = b.verdicts.send(Verdict::Next).await;
-        self.flush_and_ack(stream)?;
+        self.flush_and_ack(stream).await?;
         self.ack(stream, at);
         Ok(())
     }
@@ -627,8 +629,8 @@ impl Session<'_> {
     }
 
     /// Makes every written event durable, then acknowledges the last commit.
-    fn flush_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
-        flush_sinks(self.sinks, &mut self.unflushed)?;
+    async fn flush_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
+        flush_sinks(self.sinks, &mut self.unflushed, self.pending).await?;
         self.last_flush = Instant::now();
         if let Some(lsn) = self.pending.take() {
             self.ack(stream, lsn);
@@ -658,7 +660,7 @@ async fn backfill_in_exported_snapshot(
     ctx: &EventContext,
     backfills: &mut Backfills,
     exported: ExportedSlot,
-    sinks: &mut [Sink],
+    sinks: &mut Sinks,
     report: &mut RunReport,
 ) -> Result<(), RunError> {
     let sql_err = |what: &str| {
@@ -749,7 +751,7 @@ async fn backfill_in_exported_snapshot(
                         continue 'backfills;
                     }
                 };
-                flush_sinks(sinks, &mut unflushed)?;
+                flush_sinks(sinks, &mut unflushed, None).await?;
                 let table = &mut state.tables[i];
                 table.chunk_delivered(read, emitted, chunk.exhausted, chunk.last_key);
                 progress.update(i, table);
@@ -767,7 +769,7 @@ async fn backfill_in_exported_snapshot(
 
 /// Where snapshot rows' events go.
 struct Output<'a> {
-    sinks: &'a mut [Sink],
+    sinks: &'a mut Sinks,
     unflushed: &'a mut usize,
     events: &'a mut u64,
 }
@@ -775,6 +777,8 @@ struct Output<'a> {
 /// The events of part of a chunk, as JSON lines.
 struct MappedPart {
     lines: Vec<u8>,
+    /// The events' records, when a store is configured.
+    records: Vec<ficus_store::Record>,
     events: usize,
     rows: u64,
 }
@@ -812,17 +816,22 @@ fn emit_snapshot_rows(
         }
         parts.push(part);
     }
+    let with_records = out.sinks.has_store();
     let map_part = |part: Vec<(ficus_model::Row, String)>| -> Result<MappedPart, RunError> {
         let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
             return Err(
                 SourceError::definite(format!("no mapping reads {}", relation.table), "report this as a bug").into(),
             );
         };
-        let (mut lines, mut events, mut emitted) = (Vec::new(), 0, 0);
+        let (mut lines, mut records, mut events, mut emitted) = (Vec::new(), Vec::new(), 0, 0);
         for (row, key) in part {
             let change = snapshot_change(relation, id, row, key, at, now);
             for event in bound.apply(&change, ctx)? {
+                let start = lines.len();
                 serde_json::to_writer(&mut lines, &event).expect("an event always serializes");
+                if with_records {
+                    records.push(record(&event, &lines[start..]));
+                }
                 lines.push(b'\n');
                 events += 1;
             }
@@ -830,6 +839,7 @@ fn emit_snapshot_rows(
         }
         Ok(MappedPart {
             lines,
+            records,
             events,
             rows: emitted,
         })
@@ -851,13 +861,16 @@ fn emit_snapshot_rows(
     };
     let mut emitted = 0;
     for part in mapped {
-        let MappedPart { lines, events, rows } = match part {
+        let MappedPart {
+            lines,
+            records,
+            events,
+            rows,
+        } = match part {
             Ok(part) => part,
             Err(e) => return Ok(Err(e)),
         };
-        for sink in out.sinks.iter_mut() {
-            sink.write_lines(&lines)?;
-        }
+        out.sinks.write_block(&lines, records)?;
         *out.unflushed += events;
         *out.events += events as u64;
         emitted += rows;
@@ -866,23 +879,19 @@ fn emit_snapshot_rows(
 }
 
 /// Writes events to every sink, one JSON line each; returns how many.
-fn write_events(sinks: &mut [Sink], line: &mut Vec<u8>, events: Vec<ficus_model::Event>) -> Result<usize, RunError> {
+fn write_events(sinks: &mut Sinks, line: &mut Vec<u8>, events: Vec<ficus_model::Event>) -> Result<usize, RunError> {
     for event in &events {
         line.clear();
         serde_json::to_writer(&mut *line, event).expect("an event always serializes");
-        for sink in sinks.iter_mut() {
-            sink.write(line)?;
-        }
+        sinks.write(event, line)?;
     }
     Ok(events.len())
 }
 
-/// Makes every written event durable in every sink.
-fn flush_sinks(sinks: &mut [Sink], unflushed: &mut usize) -> Result<(), RunError> {
+/// Makes every written event durable in every sink; the store records `checkpoint` with them.
+async fn flush_sinks(sinks: &mut Sinks, unflushed: &mut usize, checkpoint: Option<Lsn>) -> Result<(), RunError> {
     if *unflushed > 0 {
-        for sink in sinks.iter_mut() {
-            sink.flush()?;
-        }
+        sinks.flush(checkpoint).await?;
         *unflushed = 0;
     }
     Ok(())
@@ -892,5 +901,20 @@ fn flush_sinks(sinks: &mut [Sink], unflushed: &mut usize) -> Result<(), RunError
 pub async fn teardown(config: &Config) -> Result<Vec<String>, RunError> {
     let url = SourceUrl::parse(&config.url()?)?;
     let pool = catalog::connect(&url).await?;
-    Ok(slot::teardown(&pool, &config.source.slot, &config.source.publication).await?)
+    let mut done = slot::teardown(&pool, &config.source.slot, &config.source.publication).await?;
+    // The store's checkpoint is a position of the dropped slot: a new slot starts elsewhere.
+    if let Some(location) = config.store_location()
+        && let Ok(store) = ficus_store::Store::open(&location, ficus_store::Mode::Existing).await
+    {
+        use ficus_store::EventStore;
+        if store.checkpoint(&config.source.slot).await?.is_some() {
+            store.forget_checkpoint(&config.source.slot).await?;
+            done.push(format!(
+                "forgot the store's checkpoint for slot {} (its events stay)",
+                config.source.slot
+            ));
+        }
+        store.close().await;
+    }
+    Ok(done)
 }

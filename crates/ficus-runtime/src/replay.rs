@@ -1,0 +1,175 @@
+//! `ficus replay`: stored events, in their order and with their ids, into one configured sink.
+
+use std::time::Duration;
+
+use ficus_sinks::Sink;
+use ficus_store::{EventStore, Filter, Mode, Store};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::RunError;
+use crate::config::{Config, SinkConfig};
+
+/// Events read from the store at a time.
+const PAGE: i64 = 1_000;
+/// How often `--follow` looks for new events.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What to replay, and where.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Which events.
+    pub filter: Filter,
+    /// The name of the sink to write to.
+    pub to_sink: String,
+    /// After the last stored event, wait for new ones (until shutdown).
+    pub follow: bool,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Events written.
+    pub events: u64,
+    /// The position of the first and of the last event written.
+    pub positions: Option<(i64, i64)>,
+}
+
+/// Replays the config's store into the sink `options.to_sink` names.
+pub async fn replay(
+    config: &Config,
+    options: &ReplayOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<ReplayReport, RunError> {
+    let location = config.store_location().ok_or_else(|| {
+        RunError::Config(
+            "the config has no store sink: there is nothing to replay\nhint: add [[sink]] type = \"store\" (docs/store.md); ficus stores the events it delivers from then on"
+                .into(),
+        )
+    })?;
+    let mut sink = open_target(config, &options.to_sink)?;
+    let store = Store::open(&location, Mode::Existing).await?;
+    let result = replay_from(&store, &mut sink, options, &mut shutdown).await;
+    store.close().await;
+    result
+}
+
+/// The sink a command writes to, by name; never the store it reads.
+pub(crate) fn open_target(config: &Config, name: &str) -> Result<Sink, RunError> {
+    let names = || {
+        let mut names: Vec<&str> = config.sinks.iter().map(SinkConfig::name).collect();
+        if names.is_empty() {
+            names.push("stdout");
+        }
+        names.join(", ")
+    };
+    let found = config.sinks.iter().find(|s| s.name() == name);
+    match found {
+        Some(SinkConfig::Jsonl { path, .. }) => Ok(Sink::jsonl(&config.resolve(path))?),
+        Some(SinkConfig::Stdout { .. }) => Ok(Sink::stdout()),
+        // With no sink configured, ficus run writes to stdout: that one is there too.
+        None if name == "stdout" && config.sinks.is_empty() => Ok(Sink::stdout()),
+        Some(SinkConfig::Store { .. }) => Err(RunError::Config(format!(
+            "sink {name:?} is the store the events are read from\nhint: name another sink (the config's sinks: {})",
+            names()
+        ))),
+        None => Err(RunError::Config(format!(
+            "the config has no sink named {name:?}\nhint: the config's sinks: {}; a sink's name is its `name`, else its type",
+            names()
+        ))),
+    }
+}
+
+async fn replay_from(
+    store: &Store,
+    sink: &mut Sink,
+    options: &ReplayOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<ReplayReport, RunError> {
+    let filter = &options.filter;
+    let end = store.end().await?;
+    if let Some(from) = filter.from
+        && from > end + 1
+    {
+        return Err(ficus_store::StoreError::new(
+            format!(
+                "position {from} is beyond the end of {} (its last position is {end})",
+                store.describe()
+            ),
+            format!(
+                "replay from a position up to {}; --follow waits for new events after the last one",
+                end + 1
+            ),
+        )
+        .into());
+    }
+    let mut after = filter.from.map_or(0, |f| f - 1);
+    let mut report = ReplayReport::default();
+    let mut line = Vec::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let page = store.read(filter, after, PAGE).await?;
+        for stored in &page {
+            line.clear();
+            line.extend_from_slice(stored.record.event.as_bytes());
+            sink.write(&line)?;
+            after = stored.position;
+            report.events += 1;
+            let first = report.positions.map_or(after, |(first, _)| first);
+            report.positions = Some((first, after));
+        }
+        sink.flush()?;
+        let past_the_end = filter.to.is_some_and(|to| after >= to);
+        if page.len() as i64 == PAGE && !past_the_end {
+            continue;
+        }
+        if !options.follow || past_the_end {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    info!(events = report.events, "replayed");
+    Ok(report)
+}
+
+/// Parses a time given on the command line: RFC 3339 (`2026-11-01T12:00:00Z`), or a UTC date
+/// (`2026-11-01`) or date and time (`2026-11-01 12:00:00`); microseconds since the Unix epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Ok(t.and_utc().timestamp_micros());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_micros());
+    }
+    Err(format!(
+        "invalid time {s:?}: write 2026-11-01, 2026-11-01 12:00:00 (UTC) or 2026-11-01T12:00:00+01:00"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse_in_utc_unless_an_offset_is_given() {
+        assert_eq!(parse_time("1970-01-02"), Ok(86_400_000_000));
+        assert_eq!(parse_time("1970-01-01 00:00:01.5"), Ok(1_500_000));
+        assert_eq!(parse_time("1970-01-01T01:00:00+01:00"), Ok(0));
+        assert!(parse_time("yesterday").unwrap_err().contains("invalid time"));
+    }
+}

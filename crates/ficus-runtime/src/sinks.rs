@@ -1,0 +1,131 @@
+//! The configured sinks, as the pipeline writes to them: line sinks (stdout, jsonl) get each event
+//! as a JSON line; the store gets the same line with what it files the event under.
+//!
+//! A flush makes the line sinks durable first and appends to the store last, with the checkpoint:
+//! whatever the store holds, every other sink holds too, so streaming from the store's checkpoint
+//! after a crash loses nothing anywhere.
+
+use ficus_model::{Event, Lsn};
+use ficus_sinks::Sink;
+use ficus_store::{Checkpoint, EventStore, Mode, Record, Store};
+use tracing::info;
+
+use crate::RunError;
+use crate::config::{Config, SinkConfig};
+
+/// Every configured sink.
+pub(crate) struct Sinks {
+    lines: Vec<Sink>,
+    store: Option<StoreSink>,
+}
+
+struct StoreSink {
+    store: Store,
+    slot: String,
+    batch: Vec<Record>,
+}
+
+impl Sinks {
+    /// Opens the config's live sinks (stdout when none is configured).
+    pub(crate) async fn open(config: &Config) -> Result<Sinks, RunError> {
+        let mut lines = Vec::new();
+        let mut store = None;
+        for sink in config.sinks.iter().filter(|s| s.live()) {
+            match sink {
+                SinkConfig::Stdout { .. } => lines.push(Sink::stdout()),
+                SinkConfig::Jsonl { path, .. } => lines.push(Sink::jsonl(&config.resolve(path))?),
+                SinkConfig::Store { .. } => {}
+            }
+        }
+        if let Some(location) = config.store_location() {
+            let opened = Store::open(&location, Mode::Create).await?;
+            info!(store = %opened.describe(), "event store");
+            store = Some(StoreSink {
+                store: opened,
+                slot: config.source.slot.clone(),
+                batch: Vec::new(),
+            });
+        }
+        if config.sinks.is_empty() {
+            lines.push(Sink::stdout());
+        }
+        Ok(Sinks { lines, store })
+    }
+
+    /// Whether a store is configured (it needs [`record`]s besides lines).
+    pub(crate) fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// The store's checkpoint for the config's slot.
+    pub(crate) async fn checkpoint(&self) -> Result<Option<Lsn>, RunError> {
+        match &self.store {
+            Some(s) => Ok(s.store.checkpoint(&s.slot).await?.map(Lsn)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one event, serialized as `line` (without its newline); may buffer.
+    pub(crate) fn write(&mut self, event: &Event, line: &[u8]) -> Result<(), RunError> {
+        for sink in &mut self.lines {
+            sink.write(line)?;
+        }
+        if let Some(s) = &mut self.store {
+            s.batch.push(record(event, line));
+        }
+        Ok(())
+    }
+
+    /// Writes events already serialized: `lines` with their newlines, and, when a store is
+    /// configured, their records.
+    pub(crate) fn write_block(&mut self, lines: &[u8], records: Vec<Record>) -> Result<(), RunError> {
+        for sink in &mut self.lines {
+            sink.write_lines(lines)?;
+        }
+        if let Some(s) = &mut self.store {
+            s.batch.extend(records);
+        }
+        Ok(())
+    }
+
+    /// Makes every written event durable in every sink; the store records `checkpoint` (the last
+    /// commit whose events are all written) in the same transaction.
+    pub(crate) async fn flush(&mut self, checkpoint: Option<Lsn>) -> Result<(), RunError> {
+        for sink in &mut self.lines {
+            sink.flush()?;
+        }
+        if let Some(s) = &mut self.store {
+            let checkpoint = checkpoint.map(|lsn| Checkpoint {
+                slot: &s.slot,
+                lsn: lsn.0,
+            });
+            // A checkpoint alone is not worth a transaction: events are deduplicated by id, and a
+            // checkpoint only spares the stream from reading again what is stored.
+            if !s.batch.is_empty() {
+                s.store.append(&s.batch, checkpoint).await?;
+                s.batch.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the store's connections.
+    pub(crate) async fn close(&self) {
+        if let Some(s) = &self.store {
+            s.store.close().await;
+        }
+    }
+}
+
+/// What the store files an event under, with its line.
+pub(crate) fn record(event: &Event, line: &[u8]) -> Record {
+    Record {
+        id: event.id.clone(),
+        ty: event.ty.to_string(),
+        aggregate: event.aggregate.to_string(),
+        subject: event.subject.clone(),
+        time_micros: chrono::DateTime::parse_from_rfc3339(&event.time).map_or(0, |t| t.timestamp_micros()),
+        lsn: event.lsn.parse::<Lsn>().map_or(0, |l| l.0),
+        event: String::from_utf8_lossy(line).into_owned(),
+    }
+}
