@@ -46,7 +46,7 @@ impl Backend {
             Backend::Postgres(db) => format!("url = \"{}\"", db.url()),
         };
         format!(
-            "\n[[sink]]\ntype = \"store\"\nname = \"history\"\n{at}\n\n[[sink]]\ntype = \"jsonl\"\nname = \"replayed\"\nlive = false\npath = \"replayed.jsonl\"\n"
+            "\n[[sink]]\ntype = \"store\"\nname = \"history\"\narchive = true\n{at}\n\n[[sink]]\ntype = \"jsonl\"\nname = \"replayed\"\nlive = false\npath = \"replayed.jsonl\"\n"
         )
     }
 
@@ -135,6 +135,91 @@ async fn kill_9_delivers_into_the_store_exactly_once() {
             backend.name(),
             live.len()
         );
+        let remapped = lines_of(&remap(&p, &[]));
+        assert_eq!(
+            ids(&remapped),
+            first_deliveries,
+            "{}: the archive holds each change once, in order",
+            backend.name()
+        );
+    }
+}
+
+/// `ficus remap ARGS --to-sink replayed` from a fresh file; the file's text.
+fn remap(p: &Project, args: &[&str]) -> String {
+    let _ = std::fs::remove_file(p.path("replayed.jsonl"));
+    let mut all = vec!["remap", "--to-sink", "replayed"];
+    all.extend_from_slice(args);
+    p.ok(&all);
+    std::fs::read_to_string(p.path("replayed.jsonl")).unwrap_or_default()
+}
+
+/// The ticks' mappings with one more: a new event, for the whole archive.
+const TICK_COUNTED: &str = r#"
+[[event]]
+name = "TickCounted"
+version = 2
+table = "ticks"
+on = ["insert", "snapshot", "update", "delete"]
+key = "(op == 'delete' ? string(old.id) : string(new.id)) + '/' + op"
+data = { n = "new.n", op = "op", was = "old.kind" }
+"#;
+
+#[tokio::test]
+async fn remap_with_unchanged_mappings_is_the_live_run_and_a_new_mapping_covers_the_archive() {
+    for backend in Backend::all().await {
+        let p = project(&backend).await;
+        p.db.exec("alter table ticks replica identity full; insert into ticks (id, n) select g, 0 from generate_series(1, 20) g")
+            .await;
+        p.ok(&["backfill", "--chunk-size", "6"]);
+        p.db.exec("insert into ticks (id, n) select g, 1 from generate_series(21, 40) g")
+            .await;
+        p.db.exec("update ticks set kind = 'b' where id % 10 = 0; delete from ticks where id = 3")
+            .await;
+        p.catch_up();
+        let live = std::fs::read_to_string(p.path("events.jsonl")).unwrap();
+        assert_eq!(lines_of(&live).len(), 20 + 20 + 4, "{}", backend.name());
+        assert_eq!(
+            remap(&p, &[]),
+            live,
+            "{}: same events, ids, order, bytes",
+            backend.name()
+        );
+
+        std::fs::create_dir_all(p.path("mappings-next")).unwrap();
+        std::fs::copy(p.path("mappings/ticks.toml"), p.path("mappings-next/ticks.toml")).unwrap();
+        std::fs::write(p.path("mappings-next/counted.toml"), TICK_COUNTED).unwrap();
+        let next = lines_of(&remap(&p, &["--mappings", "mappings-next"]));
+        let (counted, old): (Vec<Value>, Vec<Value>) = next.into_iter().partition(|e| e["type"] == "TickCounted");
+        assert_eq!(
+            ids(&old),
+            ids(&lines_of(&live)),
+            "{}: the old events unchanged",
+            backend.name()
+        );
+        assert_eq!(
+            counted.len(),
+            20 + 20 + 4 + 1,
+            "{}: one per archived change",
+            backend.name()
+        );
+        let subjects: Vec<&str> = counted.iter().map(|e| e["subject"].as_str().unwrap()).collect();
+        assert_eq!(&subjects[..2], ["1/snapshot", "2/snapshot"], "{}", backend.name());
+        assert!(subjects.contains(&"30/update") && subjects.contains(&"40/update"));
+        let deleted = counted.iter().find(|e| e["subject"] == "3/delete").unwrap();
+        assert_eq!(
+            deleted["data"]["was"],
+            "a",
+            "{}: old values are archived",
+            backend.name()
+        );
+        assert!(counted.iter().all(|e| e["eventversion"] == 2));
+        // Filters: the new event only, and part of the archive.
+        let only = lines_of(&remap(
+            &p,
+            &["--mappings", "mappings-next", "--type", "TickCounted", "--from", "41"],
+        ));
+        assert_eq!(ids(&only), ids(&counted[40..]), "{}", backend.name());
     }
 }
 
@@ -270,9 +355,28 @@ async fn replay_refuses_what_it_cannot_do() {
     assert!(e.contains("is the store the events are read from"), "{e}");
     let e = fail(&["replay", "--to-sink", "replayed", "--since", "yesterday"]);
     assert!(e.contains("invalid time"), "{e}");
+    let e = fail(&["remap", "--to-sink", "replayed", "--mappings", "nowhere"]);
+    assert!(e.contains("no mapping file matches"), "{e}");
+    let without_archive = std::fs::read_to_string(p.path("ficus.toml"))
+        .unwrap()
+        .replace("archive = true\n", "");
+    p.write("ficus.toml", &without_archive);
+    for file in ["ficus.db", "ficus.db-wal", "ficus.db-shm"] {
+        let _ = std::fs::remove_file(p.path(&format!("history/{file}")));
+    }
+    p.db.exec("insert into ticks (id, n) values (3, 3)").await;
+    p.ok(&["run", "--until-caught-up"]);
+    assert_eq!(replay(&p, &[]).lines().count(), 1, "a new store, of events only");
+    let e = fail(&["remap", "--to-sink", "replayed"]);
+    assert!(
+        e.contains("holds no archived row changes") && e.contains("hint: set archive = true"),
+        "{e}"
+    );
     p.config("");
     let e = fail(&["replay", "--to-sink", "jsonl"]);
     assert!(e.contains("the config has no store sink"), "{e}");
+    let e = fail(&["remap", "--to-sink", "jsonl"]);
+    assert!(e.contains("no archive to remap"), "{e}");
 }
 
 #[tokio::test]

@@ -97,33 +97,30 @@ enum Command {
         /// The sink to write to, by its name (a sink's `name`, else its type).
         #[arg(long, value_name = "NAME")]
         to_sink: String,
-        /// From this store position (1 is the first event).
-        #[arg(long, value_name = "POSITION", conflicts_with_all = ["since", "from_lsn"])]
-        from: Option<i64>,
-        /// Events from this time on: 2026-11-01, "2026-11-01 12:00:00" (UTC) or RFC 3339.
-        #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
-        since: Option<i64>,
-        /// Events of commits from this LSN on (X/Y).
-        #[arg(long, value_name = "LSN")]
-        from_lsn: Option<ficus_model::Lsn>,
-        /// Up to this store position.
-        #[arg(long, value_name = "POSITION")]
-        to: Option<i64>,
-        /// Events up to this time.
-        #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
-        until: Option<i64>,
-        /// Events of commits up to this LSN.
-        #[arg(long, value_name = "LSN")]
-        to_lsn: Option<ficus_model::Lsn>,
-        /// Only events of this type (repeatable).
-        #[arg(long = "type", value_name = "TYPE")]
-        types: Vec<String>,
-        /// Only events with this subject (repeatable).
-        #[arg(long = "subject", value_name = "SUBJECT")]
-        subjects: Vec<String>,
+        #[command(flatten)]
+        which: Which,
         /// After the last stored event, wait for new ones until interrupted.
         #[arg(long)]
         follow: bool,
+    },
+    /// Run the archived row changes through the current mappings, into a sink.
+    ///
+    /// Needs a store sink with `archive = true` (docs/store.md). Each archived change is mapped
+    /// as it was live — same relation, same source identity — so unchanged mappings give exactly
+    /// the events the live run gave (same ids, same order); a new mapping, or a new version of
+    /// an event, gives its events for the whole archive. Positions are the archive's.
+    Remap {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// The sink to write to, by its name.
+        #[arg(long, value_name = "NAME")]
+        to_sink: String,
+        /// Use the mapping files in this directory instead of the config's.
+        #[arg(long, value_name = "DIR")]
+        mappings: Option<PathBuf>,
+        #[command(flatten)]
+        which: Which,
     },
     /// Drop the slot and the publication.
     ///
@@ -134,6 +131,50 @@ enum Command {
         #[arg(short, long, default_value = "ficus.toml")]
         config: PathBuf,
     },
+}
+
+/// Which stored events (or archived changes) a command reads. Bounds are inclusive.
+#[derive(clap::Args)]
+struct Which {
+    /// From this position (1 is the first).
+    #[arg(long, value_name = "POSITION", conflicts_with_all = ["since", "from_lsn"])]
+    from: Option<i64>,
+    /// From this time on: 2026-11-01, "2026-11-01 12:00:00" (UTC) or RFC 3339.
+    #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
+    since: Option<i64>,
+    /// Commits from this LSN on (X/Y).
+    #[arg(long, value_name = "LSN")]
+    from_lsn: Option<ficus_model::Lsn>,
+    /// Up to this position.
+    #[arg(long, value_name = "POSITION")]
+    to: Option<i64>,
+    /// Up to this time.
+    #[arg(long, value_name = "TIME", value_parser = ficus_runtime::replay::parse_time)]
+    until: Option<i64>,
+    /// Commits up to this LSN.
+    #[arg(long, value_name = "LSN")]
+    to_lsn: Option<ficus_model::Lsn>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Only events with this subject (repeatable).
+    #[arg(long = "subject", value_name = "SUBJECT")]
+    subjects: Vec<String>,
+}
+
+impl Which {
+    fn filter(self) -> ficus_store::Filter {
+        ficus_store::Filter {
+            from: self.from,
+            to: self.to,
+            since_micros: self.since,
+            until_micros: self.until,
+            from_lsn: self.from_lsn.map(|l| l.0),
+            to_lsn: self.to_lsn.map(|l| l.0),
+            types: self.types,
+            subjects: self.subjects,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -257,14 +298,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay {
             config,
             to_sink,
-            from,
-            since,
-            from_lsn,
-            to,
-            until,
-            to_lsn,
-            types,
-            subjects,
+            which,
             follow,
         } => {
             let config = Config::load(&config)?;
@@ -274,16 +308,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 let _ = tx.send(true);
             });
             let options = ReplayOptions {
-                filter: ficus_store::Filter {
-                    from,
-                    to,
-                    since_micros: since,
-                    until_micros: until,
-                    from_lsn: from_lsn.map(|l| l.0),
-                    to_lsn: to_lsn.map(|l| l.0),
-                    types,
-                    subjects,
-                },
+                filter: which.filter(),
                 to_sink,
                 follow,
             };
@@ -295,6 +320,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ),
                 None => eprintln!("replayed no events: none is stored that passes the filters"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remap {
+            config,
+            to_sink,
+            mappings,
+            which,
+        } => {
+            let config = Config::load(&config)?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            let options = ficus_runtime::remap::RemapOptions {
+                filter: which.filter(),
+                mappings,
+                to_sink,
+            };
+            let report = ficus_runtime::remap::remap(&config, &options, rx).await?;
+            eprintln!(
+                "remapped {} archived changes into {} events in sink {}",
+                report.changes, report.events, options.to_sink
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Teardown { config } => {

@@ -23,6 +23,7 @@ use crate::expr::{Cols, Expr, Var};
 pub struct EventContext {
     /// The source's name, in every event's `source`.
     pub source_name: String,
+    identity: String,
     id_namespace: Uuid,
 }
 
@@ -33,8 +34,14 @@ impl EventContext {
         let id_namespace = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("ficus:{identity}").as_bytes());
         EventContext {
             source_name: source_name.to_owned(),
+            identity: identity.to_owned(),
             id_namespace,
         }
+    }
+
+    /// The identity the event ids derive from.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 }
 
@@ -133,7 +140,8 @@ pub struct Bound {
 
 /// `time`, `lsn` and `txid` of one transaction, formatted once.
 struct TxAttributes {
-    commit_lsn: ficus_model::Lsn,
+    /// The transaction the attributes are of (a backfill's chunks share an LSN, not a time).
+    tx: ficus_model::TxMeta,
     time: Arc<str>,
     lsn: Arc<str>,
     txid: Arc<str>,
@@ -364,10 +372,10 @@ impl Bound {
     /// The transaction's shared attributes, formatted once per transaction.
     fn tx_attributes(&self, change: &RowChange) -> TxAttributes {
         let mut cache = self.tx.borrow_mut();
-        let fresh = cache.as_ref().is_none_or(|c| c.commit_lsn != change.tx.commit_lsn);
+        let fresh = cache.as_ref().is_none_or(|c| c.tx != change.tx);
         if fresh {
             *cache = Some(TxAttributes {
-                commit_lsn: change.tx.commit_lsn,
+                tx: change.tx.clone(),
                 time: chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros)
                     .map(rfc3339)
                     .unwrap_or_default()
@@ -378,7 +386,7 @@ impl Bound {
         }
         let c = cache.as_ref().expect("filled above");
         TxAttributes {
-            commit_lsn: c.commit_lsn,
+            tx: c.tx.clone(),
             time: c.time.clone(),
             lsn: c.lsn.clone(),
             txid: c.txid.clone(),

@@ -2,8 +2,10 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A table, by schema and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableRef {
     /// The schema, `public` unless said otherwise.
     pub schema: String,
@@ -47,7 +49,8 @@ impl fmt::Display for TableRef {
 
 /// A column's type, resolved to what decides how its value is converted:
 /// domains are their base type, enums are text.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PgType {
     /// `bool`
     Bool,
@@ -108,7 +111,8 @@ impl PgType {
 }
 
 /// Which old values the source sends for updates and deletes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReplicaIdentity {
     /// The primary key's columns (`REPLICA IDENTITY DEFAULT`).
     Default,
@@ -144,7 +148,7 @@ impl fmt::Display for ReplicaIdentity {
 }
 
 /// One column of a relation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// The column's name.
     pub name: String,
@@ -157,7 +161,7 @@ pub struct Column {
 }
 
 /// A table as the stream describes it at one moment: columns in their order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relation {
     /// The table's OID on the source.
     pub oid: u32,

@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[source]`
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Postgres URL; `FICUS_SOURCE_URL` overrides it.
@@ -114,6 +114,9 @@ pub enum SinkConfig {
         /// The Postgres database.
         #[serde(default)]
         url: Option<String>,
+        /// Keep the row changes too, for `ficus remap`.
+        #[serde(default)]
+        archive: bool,
     },
 }
 
@@ -212,6 +215,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the config's store archives row changes.
+    pub fn archives(&self) -> bool {
+        self.sinks
+            .iter()
+            .any(|s| matches!(s, SinkConfig::Store { archive: true, .. }))
     }
 
     /// Where the config's store is, if it has a store sink.

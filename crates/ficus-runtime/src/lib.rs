@@ -9,10 +9,12 @@
 //! The slot's confirmed position moves only after every event up to that
 //! commit is durable in every sink.
 
+mod archive;
 pub mod backfill;
 pub mod config;
 mod error;
 mod pipeline;
+pub mod remap;
 pub mod replay;
 pub mod request;
 mod sinks;

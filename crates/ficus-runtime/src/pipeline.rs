@@ -404,7 +404,9 @@ impl Session<'_> {
                     if let Some(b) = self.backfills.running() {
                         b.track(&change);
                     }
-                    let written = write_events(self.sinks, &mut line, bound.apply(&change, &self.ctx)?)?;
+                    let events = bound.apply(&change, &self.ctx)?;
+                    self.sinks.archive(&change, &self.ctx);
+                    let written = write_events(self.sinks, &mut line, events)?;
                     self.unflushed += written;
                     self.report.events += written as u64;
                 }
@@ -779,6 +781,8 @@ struct MappedPart {
     lines: Vec<u8>,
     /// The events' records, when a store is configured.
     records: Vec<ficus_store::Record>,
+    /// The rows as archived changes, when the store archives.
+    changes: Vec<ficus_store::ArchivedChange>,
     events: usize,
     rows: u64,
 }
@@ -817,16 +821,24 @@ fn emit_snapshot_rows(
         parts.push(part);
     }
     let with_records = out.sinks.has_store();
+    let description = out
+        .sinks
+        .archives()
+        .then(|| crate::archive::RelationDescription::encode(relation, ctx));
     let map_part = |part: Vec<(ficus_model::Row, String)>| -> Result<MappedPart, RunError> {
         let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
             return Err(
                 SourceError::definite(format!("no mapping reads {}", relation.table), "report this as a bug").into(),
             );
         };
-        let (mut lines, mut records, mut events, mut emitted) = (Vec::new(), Vec::new(), 0, 0);
+        let (mut lines, mut records, mut changes, mut events, mut emitted) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
         for (row, key) in part {
             let change = snapshot_change(relation, id, row, key, at, now);
-            for event in bound.apply(&change, ctx)? {
+            let mapped = bound.apply(&change, ctx)?;
+            if let Some(description) = &description {
+                changes.push(crate::archive::encode(&change, description));
+            }
+            for event in mapped {
                 let start = lines.len();
                 serde_json::to_writer(&mut lines, &event).expect("an event always serializes");
                 if with_records {
@@ -840,6 +852,7 @@ fn emit_snapshot_rows(
         Ok(MappedPart {
             lines,
             records,
+            changes,
             events,
             rows: emitted,
         })
@@ -864,13 +877,14 @@ fn emit_snapshot_rows(
         let MappedPart {
             lines,
             records,
+            changes,
             events,
             rows,
         } = match part {
             Ok(part) => part,
             Err(e) => return Ok(Err(e)),
         };
-        out.sinks.write_block(&lines, records)?;
+        out.sinks.write_block(&lines, records, changes)?;
         *out.unflushed += events;
         *out.events += events as u64;
         emitted += rows;

@@ -5,12 +5,16 @@
 //! whatever the store holds, every other sink holds too, so streaming from the store's checkpoint
 //! after a crash loses nothing anywhere.
 
-use ficus_model::{Event, Lsn};
+use std::sync::Arc;
+
+use ficus_mapping::EventContext;
+use ficus_model::{Event, Lsn, Relation, RowChange};
 use ficus_sinks::Sink;
-use ficus_store::{Checkpoint, EventStore, Mode, Record, Store};
+use ficus_store::{ArchivedChange, Checkpoint, EventStore, Mode, Record, Store};
 use tracing::info;
 
 use crate::RunError;
+use crate::archive::{self, RelationDescription};
 use crate::config::{Config, SinkConfig};
 
 /// Every configured sink.
@@ -23,7 +27,16 @@ struct StoreSink {
     store: Store,
     slot: String,
     batch: Vec<Record>,
+    /// Whether row changes are archived, and those not yet appended.
+    archive: bool,
+    changes: Vec<ArchivedChange>,
+    /// Descriptions of the relations seen lately (the relation is kept, so that it is never
+    /// taken for another one at the same address).
+    descriptions: Vec<(Arc<Relation>, Arc<str>)>,
 }
+
+/// Relation descriptions remembered at most (relations change rarely).
+const DESCRIPTIONS: usize = 256;
 
 impl Sinks {
     /// Opens the config's live sinks (stdout when none is configured).
@@ -44,6 +57,9 @@ impl Sinks {
                 store: opened,
                 slot: config.source.slot.clone(),
                 batch: Vec::new(),
+                archive: config.archives(),
+                changes: Vec::new(),
+                descriptions: Vec::new(),
             });
         }
         if config.sinks.is_empty() {
@@ -55,6 +71,30 @@ impl Sinks {
     /// Whether a store is configured (it needs [`record`]s besides lines).
     pub(crate) fn has_store(&self) -> bool {
         self.store.is_some()
+    }
+
+    /// Whether row changes are archived.
+    pub(crate) fn archives(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.archive)
+    }
+
+    /// Archives a row change (when the store archives), before the events made of it.
+    pub(crate) fn archive(&mut self, change: &RowChange, ctx: &EventContext) {
+        let Some(s) = self.store.as_mut().filter(|s| s.archive) else {
+            return;
+        };
+        let description = match s.descriptions.iter().find(|(r, _)| Arc::ptr_eq(r, &change.relation)) {
+            Some((_, d)) => d.clone(),
+            None => {
+                let d: Arc<str> = RelationDescription::encode(&change.relation, ctx).into();
+                if s.descriptions.len() >= DESCRIPTIONS {
+                    s.descriptions.remove(0);
+                }
+                s.descriptions.push((change.relation.clone(), d.clone()));
+                d
+            }
+        };
+        s.changes.push(archive::encode(change, &description));
     }
 
     /// The store's checkpoint for the config's slot.
@@ -78,12 +118,18 @@ impl Sinks {
 
     /// Writes events already serialized: `lines` with their newlines, and, when a store is
     /// configured, their records.
-    pub(crate) fn write_block(&mut self, lines: &[u8], records: Vec<Record>) -> Result<(), RunError> {
+    pub(crate) fn write_block(
+        &mut self,
+        lines: &[u8],
+        records: Vec<Record>,
+        changes: Vec<ArchivedChange>,
+    ) -> Result<(), RunError> {
         for sink in &mut self.lines {
             sink.write_lines(lines)?;
         }
         if let Some(s) = &mut self.store {
             s.batch.extend(records);
+            s.changes.extend(changes);
         }
         Ok(())
     }
@@ -101,9 +147,10 @@ impl Sinks {
             });
             // A checkpoint alone is not worth a transaction: events are deduplicated by id, and a
             // checkpoint only spares the stream from reading again what is stored.
-            if !s.batch.is_empty() {
-                s.store.append(&s.batch, checkpoint).await?;
+            if !s.batch.is_empty() || !s.changes.is_empty() {
+                s.store.append(&s.batch, &s.changes, checkpoint).await?;
                 s.batch.clear();
+                s.changes.clear();
             }
         }
         Ok(())

@@ -100,6 +100,33 @@ pub struct Record {
     pub event: String,
 }
 
+/// A row change to archive (`archive = true`): what `ficus remap` maps again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedChange {
+    /// What identifies the change (its origin): a repeat is left out.
+    pub key: String,
+    /// The commit LSN.
+    pub lsn: u64,
+    /// The commit time, microseconds since the Unix epoch.
+    pub time_micros: i64,
+    /// The relation as described when the change was made, with the source it came from: one
+    /// row of `relations` per distinct description (its schema version).
+    pub relation: String,
+    /// The change itself (operation, transaction, origin, values), as JSON.
+    pub change: String,
+}
+
+/// An archived row change, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredChange {
+    /// Its position in the archive, from 1, in the order changes were processed.
+    pub position: i64,
+    /// The id of its relation's description ([`EventStore::relation`]).
+    pub relation: i64,
+    /// The change, as archived.
+    pub change: String,
+}
+
 /// A stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -150,15 +177,42 @@ pub struct Filter {
     pub subjects: Vec<String>,
 }
 
+impl Filter {
+    /// The filter's position, time and LSN bounds only (what applies to archived changes).
+    pub fn bounds(&self) -> Filter {
+        Filter {
+            types: vec![],
+            subjects: vec![],
+            ..self.clone()
+        }
+    }
+}
+
+/// The tables of a store.
+pub(crate) const TABLES: [&str; 4] = ["events", "checkpoints", "relations", "changes"];
+
 /// What every store backend does.
 pub trait EventStore {
-    /// Appends events in order, leaving out those whose id is stored already, and records the
-    /// checkpoint, all in one transaction.
+    /// Appends events in order, leaving out those whose id is stored already, archives row changes
+    /// likewise (by key), and records the checkpoint, all in one transaction.
     fn append(
         &self,
         batch: &[Record],
+        changes: &[ArchivedChange],
         checkpoint: Option<Checkpoint<'_>>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Up to `limit` archived changes after position `after` that pass the filter's position,
+    /// time and LSN bounds, in position order.
+    fn read_changes(
+        &self,
+        filter: &Filter,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StoredChange>, StoreError>> + Send;
+
+    /// A relation's description, by id.
+    fn relation(&self, id: i64) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// The slot's checkpoint, if any.
     fn checkpoint(&self, slot: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
@@ -213,10 +267,29 @@ impl Store {
 }
 
 impl EventStore for Store {
-    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        batch: &[Record],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
         match self {
-            Store::Sqlite(s) => s.append(batch, checkpoint).await,
-            Store::Postgres(s) => s.append(batch, checkpoint).await,
+            Store::Sqlite(s) => s.append(batch, changes, checkpoint).await,
+            Store::Postgres(s) => s.append(batch, changes, checkpoint).await,
+        }
+    }
+
+    async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read_changes(filter, after, limit).await,
+            Store::Postgres(s) => s.read_changes(filter, after, limit).await,
+        }
+    }
+
+    async fn relation(&self, id: i64) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.relation(id).await,
+            Store::Postgres(s) => s.relation(id).await,
         }
     }
 
@@ -257,6 +330,27 @@ pub(crate) fn first_of_each_id(batch: &[Record]) -> Vec<(i64, &Record)> {
         .enumerate()
         .filter(|(_, r)| seen.insert(r.id.as_str()))
         .map(|(i, r)| (i as i64, r))
+        .collect()
+}
+
+/// The archived changes without repeats of a key, with each one's place.
+pub(crate) fn first_of_each_key(changes: &[ArchivedChange]) -> Vec<(i64, &ArchivedChange)> {
+    let mut seen = HashSet::with_capacity(changes.len());
+    changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| seen.insert(c.key.as_str()))
+        .map(|(i, c)| (i as i64, c))
+        .collect()
+}
+
+/// The distinct relation descriptions of a batch of changes, in order of appearance.
+pub(crate) fn relations_of(changes: &[(i64, &ArchivedChange)]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    changes
+        .iter()
+        .filter(|(_, c)| seen.insert(c.relation.as_str()))
+        .map(|(_, c)| c.relation.clone())
         .collect()
 }
 

@@ -3,14 +3,16 @@
 //! An append takes `LOCK TABLE ficus.events IN SHARE ROW EXCLUSIVE MODE`: one writer at a time,
 //! readers never blocked, and positions commit in order.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::{
-    Appended, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION, StoreError, Stored,
-    first_of_each_id, now_micros, push_filter, stored_from,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION,
+    StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter, relations_of,
+    stored_from,
 };
 
 const SCHEMA: &[&str] = &[
@@ -29,6 +31,15 @@ const SCHEMA: &[&str] = &[
         UNIQUE (aggregate, subject, version)
     )",
     "CREATE TABLE ficus.checkpoints (slot text PRIMARY KEY, lsn bigint NOT NULL, updated_us bigint NOT NULL)",
+    "CREATE TABLE ficus.relations (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, description text NOT NULL UNIQUE)",
+    "CREATE TABLE ficus.changes (
+        position bigint PRIMARY KEY,
+        key      text NOT NULL UNIQUE,
+        lsn      bigint NOT NULL,
+        time_us  bigint NOT NULL,
+        relation bigint NOT NULL REFERENCES ficus.relations (id),
+        change   text NOT NULL
+    )",
 ];
 
 /// A store in a Postgres database's schema `ficus`.
@@ -98,7 +109,7 @@ impl PgStore {
             .await
             .map_err(err)?;
         crate::check_meta(&store.shown, &meta)?;
-        for table in ["events", "checkpoints"] {
+        for table in crate::TABLES {
             if !tables.iter().any(|t| t == table) {
                 return Err(crate::missing_table(&store.shown, &format!("ficus.{table}")));
             }
@@ -145,7 +156,12 @@ impl PgStore {
 }
 
 impl EventStore for PgStore {
-    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        batch: &[Record],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
         let err = |e| StoreError::sql(&self.shown, "appending events", e);
         let fresh = first_of_each_id(batch);
         let mut columns = Columns::default();
@@ -181,6 +197,39 @@ impl EventStore for PgStore {
                 .map_err(err)?
                 .rows_affected()
         };
+        let changes = first_of_each_key(changes);
+        if !changes.is_empty() {
+            let mut relation_ids = HashMap::new();
+            for description in relations_of(&changes) {
+                sqlx::query("INSERT INTO ficus.relations (description) VALUES ($1) ON CONFLICT DO NOTHING")
+                    .bind(&description)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                let id: i64 = sqlx::query_scalar("SELECT id FROM ficus.relations WHERE description = $1")
+                    .bind(&description)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                relation_ids.insert(description, id);
+            }
+            let seq: Vec<i64> = changes.iter().map(|(s, _)| *s).collect();
+            let key: Vec<&str> = changes.iter().map(|(_, c)| c.key.as_str()).collect();
+            let lsn: Vec<i64> = changes.iter().map(|(_, c)| c.lsn as i64).collect();
+            let time: Vec<i64> = changes.iter().map(|(_, c)| c.time_micros).collect();
+            let relation: Vec<i64> = changes.iter().map(|(_, c)| relation_ids[&c.relation]).collect();
+            let change: Vec<&str> = changes.iter().map(|(_, c)| c.change.as_str()).collect();
+            sqlx::query(ARCHIVE)
+                .bind(&seq)
+                .bind(&key)
+                .bind(&lsn)
+                .bind(&time)
+                .bind(&relation)
+                .bind(&change)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
         if let Some(c) = checkpoint {
             sqlx::query(
                 "INSERT INTO ficus.checkpoints (slot, lsn, updated_us) VALUES ($1, $2, $3)
@@ -235,6 +284,36 @@ impl EventStore for PgStore {
             .map_err(|e| StoreError::sql(&self.shown, "reading events", e))
     }
 
+    async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
+        let mut q =
+            QueryBuilder::<Postgres>::new("SELECT position, relation, change FROM ficus.changes WHERE position > ");
+        q.push_bind(after);
+        let bounds = filter.bounds();
+        push_filter(&mut q, &bounds);
+        q.push(" ORDER BY position LIMIT ").push_bind(limit);
+        let rows: Vec<(i64, i64, String)> = q
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "reading archived changes", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, relation, change)| StoredChange {
+                position,
+                relation,
+                change,
+            })
+            .collect())
+    }
+
+    async fn relation(&self, id: i64) -> Result<String, StoreError> {
+        sqlx::query_scalar("SELECT description FROM ficus.relations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.shown, "reading an archived relation", e))
+    }
+
     async fn end(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM ficus.events")
             .fetch_one(&self.pool)
@@ -272,3 +351,14 @@ SELECT (SELECT coalesce(max(position), 0) FROM ficus.events) + row_number() OVER
          + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
        time_us, lsn, event
 FROM fresh f ORDER BY seq";
+
+/// Archives changes given as arrays: leaves out archived keys, numbers the rest after the last
+/// position.
+const ARCHIVE: &str = "
+INSERT INTO ficus.changes (position, key, lsn, time_us, relation, change)
+SELECT (SELECT coalesce(max(position), 0) FROM ficus.changes) + row_number() OVER (ORDER BY seq),
+       key, lsn, time_us, relation, change
+FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[])
+  AS b (seq, key, lsn, time_us, relation, change)
+WHERE NOT EXISTS (SELECT 1 FROM ficus.changes c WHERE c.key = b.key)
+ORDER BY seq";

@@ -1,6 +1,7 @@
 //! The SQLite store: one file, in WAL mode (readers never wait for the writer), synchronous=FULL
 //! (a committed append survives a power loss, not only a crash).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,8 +10,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Connection, QueryBuilder, Sqlite};
 
 use crate::{
-    Appended, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION, StoreError, Stored,
-    first_of_each_id, now_micros, push_filter, stored_from,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION,
+    StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter, relations_of,
+    stored_from,
 };
 
 /// Rows per INSERT statement: 8 parameters each, under SQLite's 32,766.
@@ -31,6 +33,15 @@ const SCHEMA: &[&str] = &[
         UNIQUE (aggregate, subject, version)
     )",
     "CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL)",
+    "CREATE TABLE relations (id INTEGER PRIMARY KEY, description TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE changes (
+        position INTEGER PRIMARY KEY,
+        key      TEXT NOT NULL UNIQUE,
+        lsn      INTEGER NOT NULL,
+        time_us  INTEGER NOT NULL,
+        relation INTEGER NOT NULL REFERENCES relations (id),
+        change   TEXT NOT NULL
+    )",
 ];
 
 /// A store in a SQLite file.
@@ -108,7 +119,7 @@ impl SqliteStore {
             .await
             .map_err(not_a_store)?;
         crate::check_meta(&shown, &meta)?;
-        for table in ["events", "checkpoints"] {
+        for table in crate::TABLES {
             if !tables.iter().any(|t| t == table) {
                 return Err(crate::missing_table(&shown, table));
             }
@@ -144,7 +155,12 @@ impl SqliteStore {
 }
 
 impl EventStore for SqliteStore {
-    async fn append(&self, batch: &[Record], checkpoint: Option<Checkpoint<'_>>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        batch: &[Record],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
         let err = |e| StoreError::sql(&self.describe(), "appending events", e);
         let fresh = first_of_each_id(batch);
         let mut conn = self.pool.acquire().await.map_err(err)?;
@@ -166,6 +182,34 @@ impl EventStore for SqliteStore {
             });
             q.push(APPEND);
             stored += q.build().execute(&mut *tx).await.map_err(err)?.rows_affected();
+        }
+        let changes = first_of_each_key(changes);
+        let mut relation_ids = HashMap::new();
+        for description in relations_of(&changes) {
+            sqlx::query("INSERT INTO relations (description) VALUES (?) ON CONFLICT DO NOTHING")
+                .bind(&description)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let id: i64 = sqlx::query_scalar("SELECT id FROM relations WHERE description = ?")
+                .bind(&description)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+            relation_ids.insert(description, id);
+        }
+        for part in changes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH batch (seq, key, lsn, time_us, relation, change) AS (");
+            q.push_values(part, |mut row, (seq, c)| {
+                row.push_bind(*seq)
+                    .push_bind(c.key.as_str())
+                    .push_bind(c.lsn as i64)
+                    .push_bind(c.time_micros)
+                    .push_bind(relation_ids[&c.relation])
+                    .push_bind(c.change.as_str());
+            });
+            q.push(ARCHIVE);
+            q.build().execute(&mut *tx).await.map_err(err)?;
         }
         if let Some(c) = checkpoint {
             sqlx::query(
@@ -220,6 +264,35 @@ impl EventStore for SqliteStore {
             .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))
     }
 
+    async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT position, relation, change FROM changes WHERE position > ");
+        q.push_bind(after);
+        let bounds = filter.bounds();
+        push_filter(&mut q, &bounds);
+        q.push(" ORDER BY position LIMIT ").push_bind(limit);
+        let rows: Vec<(i64, i64, String)> = q
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "reading archived changes", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, relation, change)| StoredChange {
+                position,
+                relation,
+                change,
+            })
+            .collect())
+    }
+
+    async fn relation(&self, id: i64) -> Result<String, StoreError> {
+        sqlx::query_scalar("SELECT description FROM relations WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::sql(&self.describe(), "reading an archived relation", e))
+    }
+
     async fn end(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(&self.pool)
@@ -239,3 +312,11 @@ SELECT (SELECT coalesce(max(position), 0) FROM events) + row_number() OVER (ORDE
          + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
        time_us, lsn, event
 FROM fresh f ORDER BY seq";
+
+/// The rest of an archive statement, after the batch's VALUES: leaves out archived keys, numbers
+/// the rest after the last position.
+const ARCHIVE: &str = ")
+INSERT INTO changes (position, key, lsn, time_us, relation, change)
+SELECT (SELECT coalesce(max(position), 0) FROM changes) + row_number() OVER (ORDER BY seq),
+       key, lsn, time_us, relation, change
+FROM batch b WHERE NOT EXISTS (SELECT 1 FROM changes c WHERE c.key = b.key) ORDER BY seq";

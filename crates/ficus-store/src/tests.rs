@@ -49,7 +49,7 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
             .map(|n| record(n, "public.orders", if n.is_multiple_of(2) { "a" } else { "b" }))
             .collect();
         let checkpoint = Checkpoint { slot: "s", lsn: 0x2000 };
-        let appended = store.append(&batch, Some(checkpoint)).await.unwrap();
+        let appended = store.append(&batch, &[], Some(checkpoint)).await.unwrap();
         assert_eq!(appended, Appended { stored: 5, repeated: 0 }, "{}", store.describe());
         // A repeat after a crash (ids 4 and 5 again) with new ones and a repeat inside the batch.
         let again = vec![
@@ -60,7 +60,7 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
             record(7, "public.customers", "a"),
         ];
         let appended = store
-            .append(&again, Some(Checkpoint { slot: "s", lsn: 0x1f00 }))
+            .append(&again, &[], Some(Checkpoint { slot: "s", lsn: 0x1f00 }))
             .await
             .unwrap();
         assert_eq!(appended, Appended { stored: 2, repeated: 3 }, "{}", store.describe());
@@ -88,7 +88,7 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
         assert_eq!(store.checkpoint("s").await.unwrap(), None);
         // An empty batch still moves the checkpoint.
         store
-            .append(&[], Some(Checkpoint { slot: "s", lsn: 0x3000 }))
+            .append(&[], &[], Some(Checkpoint { slot: "s", lsn: 0x3000 }))
             .await
             .unwrap();
         assert_eq!(store.checkpoint("s").await.unwrap(), Some(0x3000));
@@ -101,7 +101,7 @@ async fn read_filters_by_position_time_lsn_type_and_subject() {
         let batch: Vec<Record> = (1..=10)
             .map(|n| record(n, "public.orders", &(n % 3).to_string()))
             .collect();
-        store.append(&batch, None).await.unwrap();
+        store.append(&batch, &[], None).await.unwrap();
         let ids = |events: Vec<Stored>| events.into_iter().map(|s| s.record.id).collect::<Vec<_>>();
         let read = |filter: Filter, after: i64, limit: i64| {
             let store = &store;
@@ -151,7 +151,7 @@ async fn readers_follow_a_writer_without_skipping() {
                     let batch: Vec<Record> = (0..PER_BATCH)
                         .map(|i| record(b * PER_BATCH + i, "agg", &(i % 7).to_string()))
                         .collect();
-                    store.append(&batch, None).await.unwrap();
+                    store.append(&batch, &[], None).await.unwrap();
                 }
             })
         };
@@ -207,8 +207,9 @@ async fn a_foreign_or_corrupt_sqlite_file_is_refused() {
         .err()
         .unwrap();
     assert!(
-        e.to_string()
-            .contains("a SQLite database, but not a ficus store (its tables: checkpoints, events, invoices)"),
+        e.to_string().contains(
+            "a SQLite database, but not a ficus store (its tables: changes, checkpoints, events, invoices, relations)"
+        ),
         "{e}"
     );
 
@@ -255,4 +256,56 @@ async fn a_store_with_a_missing_table_or_a_newer_version_is_refused() {
         .await;
     let e = PgStore::open(&db.url(), Mode::Create).await.err().unwrap();
     assert!(e.to_string().contains("not a ficus store's (jobs)"), "{e}");
+}
+
+#[tokio::test]
+async fn archived_changes_are_kept_once_in_order_with_their_relation() {
+    for (store, _db, _dir) in stores().await {
+        let change = |key: &str, relation: &str| ArchivedChange {
+            key: key.into(),
+            lsn: 0x100,
+            time_micros: 7,
+            relation: relation.into(),
+            change: format!(r#"{{"key":"{key}"}}"#),
+        };
+        let first = [
+            change("a", "orders v1"),
+            change("b", "orders v1"),
+            change("c", "customers v1"),
+        ];
+        store.append(&[record(1, "x", "1")], &first, None).await.unwrap();
+        // A repeat after a crash, a repeat within the batch, and a new version of the orders table.
+        let again = [
+            change("b", "orders v1"),
+            change("d", "orders v2"),
+            change("d", "orders v2"),
+        ];
+        store.append(&[], &again, None).await.unwrap();
+        let read = store.read_changes(&Filter::default(), 0, 100).await.unwrap();
+        let got: Vec<(i64, String, String)> = {
+            let mut got = Vec::new();
+            for c in &read {
+                got.push((c.position, c.change.clone(), store.relation(c.relation).await.unwrap()));
+            }
+            got
+        };
+        assert_eq!(
+            got,
+            vec![
+                (1, r#"{"key":"a"}"#.into(), "orders v1".into()),
+                (2, r#"{"key":"b"}"#.into(), "orders v1".into()),
+                (3, r#"{"key":"c"}"#.into(), "customers v1".into()),
+                (4, r#"{"key":"d"}"#.into(), "orders v2".into()),
+            ],
+            "{}",
+            store.describe()
+        );
+        assert_eq!(read[0].relation, read[1].relation, "one description, one row");
+        let from_three = Filter {
+            from: Some(3),
+            types: vec!["ignored for changes".into()],
+            ..Filter::default()
+        };
+        assert_eq!(store.read_changes(&from_three, 0, 100).await.unwrap().len(), 2);
+    }
 }

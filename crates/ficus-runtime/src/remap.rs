@@ -1,0 +1,167 @@
+//! `ficus remap`: the archived row changes through the current mappings, into one sink.
+//!
+//! Each change is mapped as it was live — with the relation as it was described then, in the
+//! source's identity of then — so unchanged mappings give exactly the events the live run gave
+//! (same ids, same order), and a new mapping, or a new version of one, gives its events for the
+//! whole archive.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ficus_mapping::{Bound, Compiled, EventContext};
+use ficus_sinks::Sink;
+use ficus_store::{EventStore, Filter, Mode, Store, StoreError};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::archive::{self, RelationDescription};
+use crate::config::Config;
+use crate::replay::open_target;
+use crate::{RunError, load_mappings};
+
+/// Archived changes read at a time.
+const PAGE: i64 = 1_000;
+
+/// What to remap, with which mappings, and where.
+#[derive(Clone, Debug, Default)]
+pub struct RemapOptions {
+    /// Which changes (positions in the archive, commit times and LSNs) and which of the events
+    /// made of them (types, subjects).
+    pub filter: Filter,
+    /// A directory of mapping files to use instead of the config's.
+    pub mappings: Option<PathBuf>,
+    /// The name of the sink to write to.
+    pub to_sink: String,
+}
+
+/// What a remap did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemapReport {
+    /// Archived changes read.
+    pub changes: u64,
+    /// Events written.
+    pub events: u64,
+}
+
+/// One archived relation, bound to the mappings.
+struct Described {
+    ctx: EventContext,
+    relation: Arc<ficus_model::Relation>,
+    /// `None` when no current mapping reads the table.
+    bound: Option<Bound>,
+}
+
+/// Remaps the config's archive into the sink `options.to_sink` names.
+pub async fn remap(
+    config: &Config,
+    options: &RemapOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RemapReport, RunError> {
+    let location = config.store_location().ok_or_else(|| {
+        RunError::Config(
+            "the config has no store sink: there is no archive to remap\nhint: add [[sink]] type = \"store\" with archive = true (docs/store.md)"
+                .into(),
+        )
+    })?;
+    let compiled = compile(config, options)?;
+    let mut sink = open_target(config, &options.to_sink)?;
+    let store = Store::open(&location, Mode::Existing).await?;
+    let result = remap_from(&store, &compiled, &mut sink, options, config.archives(), shutdown).await;
+    store.close().await;
+    result
+}
+
+/// The mappings to remap with: `--mappings DIR`, else the config's; checked offline (the archive
+/// has the relations).
+fn compile(config: &Config, options: &RemapOptions) -> Result<Compiled, RunError> {
+    let loaded = match &options.mappings {
+        None => load_mappings(config)?,
+        Some(dir) => {
+            let dir = std::path::absolute(dir).map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?;
+            let mut source = config.source.clone();
+            source.mappings = vec![dir.join("*.toml").to_string_lossy().into_owned()];
+            load_mappings(&Config {
+                source,
+                sinks: vec![],
+                dir: config.dir.clone(),
+            })?
+        }
+    };
+    loaded.compile(None)
+}
+
+async fn remap_from(
+    store: &Store,
+    compiled: &Compiled,
+    sink: &mut Sink,
+    options: &RemapOptions,
+    archiving: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RemapReport, RunError> {
+    let filter = &options.filter;
+    let mut after = filter.from.map_or(0, |f| f - 1);
+    let mut report = RemapReport::default();
+    let mut described: HashMap<i64, Described> = HashMap::new();
+    let mut line = Vec::new();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let page = store.read_changes(filter, after, PAGE).await?;
+        if page.is_empty() && after == 0 && report.changes == 0 && filter.from.is_none() {
+            let hint = if archiving {
+                "ficus archives the row changes it streams from now on; remap maps them once there are some"
+            } else {
+                "set archive = true on the store sink: ficus archives the row changes it streams from then on"
+            };
+            return Err(StoreError::new(format!("{} holds no archived row changes", store.describe()), hint).into());
+        }
+        for stored in &page {
+            after = stored.position;
+            report.changes += 1;
+            let d = match described.entry(stored.relation) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let text = store.relation(stored.relation).await?;
+                    let d: RelationDescription =
+                        serde_json::from_str(&text).map_err(|e| damaged(store, stored.position, e))?;
+                    let ctx = EventContext::new(&d.source, &d.identity);
+                    let relation = Arc::new(d.relation);
+                    let bound = compiled.bind(relation.clone(), &ctx)?;
+                    e.insert(Described { ctx, relation, bound })
+                }
+            };
+            let Some(bound) = &d.bound else { continue };
+            let change =
+                archive::decode(&stored.change, &d.relation).map_err(|e| damaged(store, stored.position, e))?;
+            for event in bound.apply(&change, &d.ctx)? {
+                let wanted = (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
+                    && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject));
+                if wanted {
+                    line.clear();
+                    serde_json::to_writer(&mut line, &event).expect("an event always serializes");
+                    sink.write(&line)?;
+                    report.events += 1;
+                }
+            }
+        }
+        sink.flush()?;
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    info!(changes = report.changes, events = report.events, "remapped");
+    Ok(report)
+}
+
+fn damaged(store: &Store, position: i64, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        format!(
+            "{}: the archived change at position {position} does not read back: {e}",
+            store.describe()
+        ),
+        "the archive was damaged: restore the store from a backup, or remap from a later position (--from)",
+    )
+}
