@@ -2,7 +2,8 @@
 # Quickstart: starts a throwaway Postgres (wal_level=logical), applies the shop's
 # schema (with a customer from before ficus), backfills the existing rows (which
 # creates the slot), runs the workload, and prints the domain events ficus makes
-# of it all; then replays order 1's history from the event store (ficus.db).
+# of it all; then replays order 1's history from the event store (ficus.db), and
+# builds a read model (customers, orders, paid) from nothing but the replayed events.
 # Needs the Postgres server binaries (PG_BIN, else the
 # newest under /usr/lib/postgresql). Cleans up after itself.
 set -euo pipefail
@@ -10,9 +11,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
 if [ -z "${FICUS:-}" ]; then
-  (cd "$root" && cargo build --release --quiet --bin ficus)
+  (cd "$root" && cargo build --release --quiet --bin ficus --bin shop-read-model)
   FICUS="$root/target/release/ficus"
 fi
+READ_MODEL=${READ_MODEL:-$(dirname "$FICUS")/shop-read-model}
 source "$root/scripts/pg-throwaway.sh"
 rm -rf "$here/.ficus" "$here"/ficus.db*   # left by an interrupted run
 
@@ -30,5 +32,9 @@ echo "--- domain events:" >&2
 "$FICUS" run --until-caught-up      # prints them, one CloudEvent per line; stores them in ficus.db
 echo "--- order 1's history, replayed from the store:" >&2
 "$FICUS" replay --to-sink stdout --subject 1 --type OrderPlaced --type OrderPaid --type OrderShipped
+echo "--- a read model built only from the replayed events (examples/read-model):" >&2
+model=$(mktemp -d)
+"$FICUS" replay --to-sink stdout 2>/dev/null | "$READ_MODEL" "$model/read-model.db"
+rm -rf "$model"
 "$FICUS" teardown >&2
 rm -rf "$here/.ficus" "$here"/ficus.db*   # the backfill's checkpoints and the store, of this throwaway run

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 
 use crate::support::{Project, redacted};
 
-const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop");
+pub(crate) const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop");
 
-async fn shop() -> Project {
+/// The quickstart's shop: its schema and mappings, streaming into events.jsonl.
+pub(crate) async fn shop() -> Project {
     let schema = std::fs::read_to_string(format!("{SHOP}/schema.sql")).unwrap();
     let p = Project::new(&schema).await;
     for file in ["customers.toml", "orders.toml"] {
