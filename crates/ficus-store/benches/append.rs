@@ -103,9 +103,11 @@ async fn main() {
     let ficus = append_all(&store, &events).await;
     store.close().await;
     let mut conn = db.connect().await;
-    conn.execute("CREATE TABLE plain (id text, type text, aggregate text, subject text, time_us bigint, lsn bigint, event text)")
-        .await
-        .unwrap();
+    conn.execute(
+        "CREATE TABLE plain (id text, type text, aggregate text, subject text, time_us bigint, lsn bigint, event text)",
+    )
+    .await
+    .unwrap();
     let began = Instant::now();
     for batch in events.chunks(BATCH) {
         let col = |f: fn(&Record) -> &str| batch.iter().map(f).collect::<Vec<_>>();
