@@ -6,7 +6,7 @@ use std::time::Duration;
 use ficus_testkit::wait_for;
 use serde_json::Value;
 
-use crate::support::{Project, signal, wait_exit};
+use crate::support::{Project, insert_ticks_while_killing, signal, wait_exit};
 
 const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
 const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
@@ -38,31 +38,7 @@ async fn kill_9_and_restart_loses_nothing() {
     p.catch_up();
     const TXS: i64 = 400;
     const ROWS: i64 = 10;
-    let writer = {
-        let url = p.db.url();
-        tokio::spawn(async move {
-            use sqlx::{Connection, Executor};
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            for t in 0..TXS {
-                let sql = format!(
-                    "insert into ticks select g, {t} from generate_series({}, {}) g",
-                    t * ROWS + 1,
-                    (t + 1) * ROWS
-                );
-                conn.execute(sql.as_str()).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    let mut kills = 0;
-    while !writer.is_finished() || kills < 3 {
-        let mut child = p.spawn_run();
-        tokio::time::sleep(Duration::from_millis(400 + 150 * kills)).await;
-        signal(&child, libc::SIGKILL);
-        child.wait().unwrap();
-        kills += 1;
-    }
-    writer.await.unwrap();
+    let kills = insert_ticks_while_killing(&p, TXS, ROWS).await;
     p.catch_up();
     let events = p.events();
     assert_exactly(&events, TXS * ROWS);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ficus_testkit::{Cluster, TestDb, wait_for};
 use serde_json::Value;
 
-use crate::support::{KillOnDrop, Project, signal, wait_exit};
+use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, wait_exit};
 
 const TICKS: &str = "create table ticks (id bigint primary key, n int not null, kind text not null default 'a');";
 const TICK: &str = r#"
@@ -97,31 +97,7 @@ async fn kill_9_delivers_into_the_store_exactly_once() {
         p.catch_up();
         const TXS: i64 = 200;
         const ROWS: i64 = 10;
-        let writer = {
-            let url = p.db.url();
-            tokio::spawn(async move {
-                use sqlx::{Connection, Executor};
-                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-                for t in 0..TXS {
-                    let sql = format!(
-                        "insert into ticks (id, n) select g, {t} from generate_series({}, {}) g",
-                        t * ROWS + 1,
-                        (t + 1) * ROWS
-                    );
-                    conn.execute(sql.as_str()).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        let mut kills = 0;
-        while !writer.is_finished() || kills < 3 {
-            let mut child = p.spawn_run();
-            tokio::time::sleep(Duration::from_millis(400 + 150 * kills)).await;
-            signal(&child, libc::SIGKILL);
-            child.wait().unwrap();
-            kills += 1;
-        }
-        writer.await.unwrap();
+        let kills = insert_ticks_while_killing(&p, TXS, ROWS).await;
         p.catch_up();
         let live = p.events();
         let mut seen = HashSet::new();

@@ -182,3 +182,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Inserts `txs` transactions of `rows` rows into `ticks (id, n)` (ids from 1) while `ficus run`
+/// is started and `kill -9`ed over and over, at least 3 times; returns how many times.
+pub async fn insert_ticks_while_killing(p: &Project, txs: i64, rows: i64) -> u64 {
+    let writer = {
+        let url = p.db.url();
+        tokio::spawn(async move {
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            for t in 0..txs {
+                let sql = format!(
+                    "insert into ticks (id, n) select g, {t} from generate_series({}, {}) g",
+                    t * rows + 1,
+                    (t + 1) * rows
+                );
+                conn.execute(sql.as_str()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut kills = 0;
+    while !writer.is_finished() || kills < 3 {
+        let mut child = p.spawn_run();
+        tokio::time::sleep(Duration::from_millis(400 + 150 * kills)).await;
+        signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+        kills += 1;
+    }
+    writer.await.unwrap();
+    kills
+}

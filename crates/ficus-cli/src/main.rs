@@ -226,12 +226,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             until_caught_up,
         } => {
             let config = Config::load(&config)?;
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("stopping: finishing what is in flight");
-                let _ = tx.send(true);
-            });
+            let rx = stop_on_signal(Some("stopping: finishing what is in flight"));
             let report = ficus_runtime::run(&config, RunOptions { until_caught_up }, rx).await?;
             eprintln!(
                 "delivered {} events from {} transactions; acknowledged {}",
@@ -255,12 +250,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if status {
                 return backfill_status(&config);
             }
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("stopping: the backfill goes on from its last chunk next time");
-                let _ = tx.send(true);
-            });
+            let rx = stop_on_signal(Some("stopping: the backfill goes on from its last chunk next time"));
             let options = ficus_runtime::backfill::BackfillOptions {
                 tables,
                 filter,
@@ -302,11 +292,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             follow,
         } => {
             let config = Config::load(&config)?;
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                let _ = tx.send(true);
-            });
+            let rx = stop_on_signal(None);
             let options = ReplayOptions {
                 filter: which.filter(),
                 to_sink,
@@ -329,11 +315,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             which,
         } => {
             let config = Config::load(&config)?;
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                let _ = tx.send(true);
-            });
+            let rx = stop_on_signal(None);
             let options = ficus_runtime::remap::RemapOptions {
                 filter: which.filter(),
                 mappings,
@@ -454,6 +436,19 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A receiver that turns true at SIGINT or SIGTERM (after logging `message`).
+fn stop_on_signal(message: Option<&'static str>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        if let Some(message) = message {
+            tracing::info!("{message}");
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 async fn wait_for_signal() {

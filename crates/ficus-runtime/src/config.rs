@@ -133,6 +133,15 @@ impl SinkConfig {
         }
     }
 
+    /// Opens a stdout or jsonl sink (`None` for the store, which is not a line sink).
+    pub fn open_lines(&self, config: &Config) -> Option<Result<ficus_sinks::Sink, RunError>> {
+        match self {
+            SinkConfig::Stdout { .. } => Some(Ok(ficus_sinks::Sink::stdout())),
+            SinkConfig::Jsonl { path, .. } => Some(ficus_sinks::Sink::jsonl(&config.resolve(path)).map_err(Into::into)),
+            SinkConfig::Store { .. } => None,
+        }
+    }
+
     /// The sink's name: its `name`, else its type.
     pub fn name(&self) -> &str {
         let (name, ty) = match self {

@@ -64,12 +64,11 @@ pub(crate) fn open_target(config: &Config, name: &str) -> Result<Sink, RunError>
         names.join(", ")
     };
     let found = config.sinks.iter().find(|s| s.name() == name);
-    match found {
-        Some(SinkConfig::Jsonl { path, .. }) => Ok(Sink::jsonl(&config.resolve(path))?),
-        Some(SinkConfig::Stdout { .. }) => Ok(Sink::stdout()),
+    match found.map(|sink| sink.open_lines(config)) {
+        Some(Some(opened)) => opened,
         // With no sink configured, ficus run writes to stdout: that one is there too.
         None if name == "stdout" && config.sinks.is_empty() => Ok(Sink::stdout()),
-        Some(SinkConfig::Store { .. }) => Err(RunError::Config(format!(
+        Some(None) => Err(RunError::Config(format!(
             "sink {name:?} is the store the events are read from\nhint: name another sink (the config's sinks: {})",
             names()
         ))),

@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::RunError;
 use crate::archive::{self, RelationDescription};
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
 
 /// Every configured sink.
 pub(crate) struct Sinks {
@@ -44,10 +44,8 @@ impl Sinks {
         let mut lines = Vec::new();
         let mut store = None;
         for sink in config.sinks.iter().filter(|s| s.live()) {
-            match sink {
-                SinkConfig::Stdout { .. } => lines.push(Sink::stdout()),
-                SinkConfig::Jsonl { path, .. } => lines.push(Sink::jsonl(&config.resolve(path))?),
-                SinkConfig::Store { .. } => {}
+            if let Some(opened) = sink.open_lines(config) {
+                lines.push(opened?);
             }
         }
         if let Some(location) = config.store_location() {

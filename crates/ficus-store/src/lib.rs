@@ -127,6 +127,17 @@ pub struct StoredChange {
     pub change: String,
 }
 
+impl From<(i64, i64, String)> for StoredChange {
+    /// From a row of `position, relation, change`.
+    fn from((position, relation, change): (i64, i64, String)) -> StoredChange {
+        StoredChange {
+            position,
+            relation,
+            change,
+        }
+    }
+}
+
 /// A stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -322,26 +333,25 @@ impl EventStore for Store {
     }
 }
 
-/// The batch without repeats of an id (the first one stays), with each event's place in it.
-pub(crate) fn first_of_each_id(batch: &[Record]) -> Vec<(i64, &Record)> {
-    let mut seen = HashSet::with_capacity(batch.len());
-    batch
+/// The items without repeats of a key (the first one stays), each with its place.
+fn first_of_each<T>(items: &[T], key: impl Fn(&T) -> &str) -> Vec<(i64, &T)> {
+    let mut seen = HashSet::with_capacity(items.len());
+    items
         .iter()
         .enumerate()
-        .filter(|(_, r)| seen.insert(r.id.as_str()))
-        .map(|(i, r)| (i as i64, r))
+        .filter(|(_, item)| seen.insert(key(item)))
+        .map(|(i, item)| (i as i64, item))
         .collect()
+}
+
+/// The batch without repeats of an id, with each event's place in it.
+pub(crate) fn first_of_each_id(batch: &[Record]) -> Vec<(i64, &Record)> {
+    first_of_each(batch, |r| &r.id)
 }
 
 /// The archived changes without repeats of a key, with each one's place.
 pub(crate) fn first_of_each_key(changes: &[ArchivedChange]) -> Vec<(i64, &ArchivedChange)> {
-    let mut seen = HashSet::with_capacity(changes.len());
-    changes
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| seen.insert(c.key.as_str()))
-        .map(|(i, c)| (i as i64, c))
-        .collect()
+    first_of_each(changes, |c| &c.key)
 }
 
 /// The distinct relation descriptions of a batch of changes, in order of appearance.

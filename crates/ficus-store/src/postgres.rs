@@ -296,14 +296,7 @@ impl EventStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| StoreError::sql(&self.shown, "reading archived changes", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|(position, relation, change)| StoredChange {
-                position,
-                relation,
-                change,
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredChange::from).collect())
     }
 
     async fn relation(&self, id: i64) -> Result<String, StoreError> {
