@@ -121,6 +121,13 @@ async fn kill_9_delivers_into_the_store_exactly_once() {
     }
 }
 
+fn subjects_of(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// `ficus remap ARGS --to-sink replayed` from a fresh file; the file's text.
 fn remap(p: &Project, args: &[&str]) -> String {
     let _ = std::fs::remove_file(p.path("replayed.jsonl"));
@@ -153,6 +160,9 @@ async fn remap_with_unchanged_mappings_is_the_live_run_and_a_new_mapping_covers_
         p.db.exec("update ticks set kind = 'b' where id % 10 = 0; delete from ticks where id = 3")
             .await;
         p.catch_up();
+        // A transaction no mapping makes an event of, alone in a run: archived all the same.
+        p.db.exec("delete from ticks where id = 5").await;
+        p.catch_up();
         let live = std::fs::read_to_string(p.path("events.jsonl")).unwrap();
         assert_eq!(lines_of(&live).len(), 20 + 20 + 4, "{}", backend.name());
         assert_eq!(
@@ -175,8 +185,14 @@ async fn remap_with_unchanged_mappings_is_the_live_run_and_a_new_mapping_covers_
         );
         assert_eq!(
             counted.len(),
-            20 + 20 + 4 + 1,
+            20 + 20 + 4 + 2,
             "{}: one per archived change",
+            backend.name()
+        );
+        assert_eq!(
+            subjects_of(&counted).last().map(String::as_str),
+            Some("5/delete"),
+            "{}: a change that gave no event live is archived too",
             backend.name()
         );
         let subjects: Vec<&str> = counted.iter().map(|e| e["subject"].as_str().unwrap()).collect();

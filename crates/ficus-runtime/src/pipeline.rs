@@ -405,7 +405,9 @@ impl Session<'_> {
                         b.track(&change);
                     }
                     let events = bound.apply(&change, &self.ctx)?;
-                    self.sinks.archive(&change, &self.ctx);
+                    // Archived changes count as unflushed: a transaction that gave no event must
+                    // still be in the store before the slot moves past it.
+                    self.unflushed += self.sinks.archive(&change, &self.ctx);
                     let written = write_events(self.sinks, &mut line, events)?;
                     self.unflushed += written;
                     self.report.events += written as u64;
@@ -884,8 +886,8 @@ fn emit_snapshot_rows(
             Ok(part) => part,
             Err(e) => return Ok(Err(e)),
         };
+        *out.unflushed += events + changes.len();
         out.sinks.write_block(&lines, records, changes)?;
-        *out.unflushed += events;
         *out.events += events as u64;
         emitted += rows;
     }

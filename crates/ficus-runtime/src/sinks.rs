@@ -76,10 +76,11 @@ impl Sinks {
         self.store.as_ref().is_some_and(|s| s.archive)
     }
 
-    /// Archives a row change (when the store archives), before the events made of it.
-    pub(crate) fn archive(&mut self, change: &RowChange, ctx: &EventContext) {
+    /// Archives a row change (when the store archives), before the events made of it; returns how
+    /// many changes it buffered (0 or 1), which want a flush as much as events do.
+    pub(crate) fn archive(&mut self, change: &RowChange, ctx: &EventContext) -> usize {
         let Some(s) = self.store.as_mut().filter(|s| s.archive) else {
-            return;
+            return 0;
         };
         let description = match s.descriptions.iter().find(|(r, _)| Arc::ptr_eq(r, &change.relation)) {
             Some((_, d)) => d.clone(),
@@ -93,6 +94,7 @@ impl Sinks {
             }
         };
         s.changes.push(archive::encode(change, &description));
+        1
     }
 
     /// The store's checkpoint for the config's slot.
