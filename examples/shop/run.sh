@@ -3,7 +3,8 @@
 # schema (with a customer from before ficus), backfills the existing rows (which
 # creates the slot), runs the workload, and prints the domain events ficus makes
 # of it all; then replays order 1's history from the event store (ficus.db), and
-# builds a read model (customers, orders, paid) from nothing but the replayed events.
+# builds a read model (customers, orders, paid) from nothing but the replayed events;
+# then remaps the archived row changes through a new version of a mapping.
 # Needs the Postgres server binaries (PG_BIN, else the
 # newest under /usr/lib/postgresql). Cleans up after itself.
 set -euo pipefail
@@ -36,5 +37,21 @@ echo "--- a read model built only from the replayed events (examples/read-model)
 model=$(mktemp -d)
 "$FICUS" replay --to-sink stdout 2>/dev/null | "$READ_MODEL" "$model/read-model.db"
 rm -rf "$model"
+echo "--- month three: OrderShipped should carry the total. Version 2, remapped over all of history:" >&2
+next=$(mktemp -d)
+cp mappings/*.toml "$next/"
+cat >> "$next/orders.toml" <<'TOML'
+
+[[event]]
+name    = "OrderShipped"
+version = 2
+table   = "public.orders"
+on      = ["update"]
+when    = "old.status == 'paid' && new.status == 'shipped'"
+key     = "new.id"
+data    = { order_id = "new.id", customer_id = "new.customer_id", total = "new.total" }
+TOML
+"$FICUS" remap --mappings "$next" --to-sink stdout --type OrderShipped
+rm -rf "$next"
 "$FICUS" teardown >&2
 rm -rf "$here/.ficus" "$here"/ficus.db*   # the backfill's checkpoints and the store, of this throwaway run
