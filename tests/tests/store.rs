@@ -75,8 +75,13 @@ async fn project(backend: &Backend) -> Project {
 
 /// `ficus replay ARGS --to-sink replayed` from a fresh file; the file's text.
 fn replay(p: &Project, args: &[&str]) -> String {
+    into_replayed(p, "replay", args)
+}
+
+/// `ficus COMMAND ARGS --to-sink replayed` from a fresh file; the file's text.
+fn into_replayed(p: &Project, command: &str, args: &[&str]) -> String {
     let _ = std::fs::remove_file(p.path("replayed.jsonl"));
-    let mut all = vec!["replay", "--to-sink", "replayed"];
+    let mut all = vec![command, "--to-sink", "replayed"];
     all.extend_from_slice(args);
     p.ok(&all);
     std::fs::read_to_string(p.path("replayed.jsonl")).unwrap_or_default()
@@ -130,11 +135,7 @@ fn subjects_of(events: &[Value]) -> Vec<String> {
 
 /// `ficus remap ARGS --to-sink replayed` from a fresh file; the file's text.
 fn remap(p: &Project, args: &[&str]) -> String {
-    let _ = std::fs::remove_file(p.path("replayed.jsonl"));
-    let mut all = vec!["remap", "--to-sink", "replayed"];
-    all.extend_from_slice(args);
-    p.ok(&all);
-    std::fs::read_to_string(p.path("replayed.jsonl")).unwrap_or_default()
+    into_replayed(p, "remap", args)
 }
 
 /// The ticks' mappings with one more: a new event, for the whole archive.
