@@ -6,5 +6,6 @@ mod support;
 mod backfill;
 mod bad_input;
 mod crash;
+mod gaps;
 mod pipeline;
 mod store;

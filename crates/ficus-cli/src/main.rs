@@ -37,6 +37,8 @@ enum Command {
         /// Stop once everything committed before the start is delivered and acknowledged.
         #[arg(long)]
         until_caught_up: bool,
+        #[command(flatten)]
+        recovery: Recovery,
     },
     /// Check the config and the mappings; against the live schema when the source is reachable.
     ///
@@ -84,6 +86,8 @@ enum Command {
         /// Show what the backfills did and what is left, and exit.
         #[arg(long)]
         status: bool,
+        #[command(flatten)]
+        recovery: Recovery,
     },
     /// Re-deliver stored events, in their original order and with their original ids, to a sink.
     ///
@@ -132,6 +136,39 @@ enum Command {
         config: PathBuf,
     },
 }
+
+/// What a streaming command does when the slot is lost or the source is away.
+#[derive(clap::Args)]
+struct Recovery {
+    /// Repair a gap (the slot was dropped, invalidated or moved, the publication dropped, the source
+    /// restored): a new slot, a backfill of every table with a snapshot mapping, and a `ficus.gap`
+    /// event first. Without a gap, streams as usual.
+    #[arg(long)]
+    resync: bool,
+    /// Give up, exiting 1, once the source has been unreachable this long (default: 60 with
+    /// --until-caught-up and for `ficus backfill`, else retry for ever).
+    #[arg(long, value_name = "SECONDS")]
+    give_up_after: Option<u64>,
+}
+
+impl Recovery {
+    /// The run's options; `until_caught_up` runs give up after a minute unless told otherwise.
+    fn options(&self, until_caught_up: bool) -> RunOptions {
+        let give_up_after = match self.give_up_after {
+            Some(secs) => Some(std::time::Duration::from_secs(secs)),
+            None if until_caught_up => Some(DEFAULT_GIVE_UP),
+            None => None,
+        };
+        RunOptions {
+            until_caught_up,
+            resync: self.resync,
+            give_up_after,
+        }
+    }
+}
+
+/// How long runs that end by themselves wait for an unreachable source.
+const DEFAULT_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Which stored events (or archived changes) a command reads. Bounds are inclusive.
 #[derive(clap::Args)]
@@ -224,10 +261,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             config,
             until_caught_up,
+            recovery,
         } => {
             let config = Config::load(&config)?;
             let rx = stop_on_signal(Some("stopping: finishing what is in flight"));
-            let report = ficus_runtime::run(&config, RunOptions { until_caught_up }, rx).await?;
+            let report = ficus_runtime::run(&config, recovery.options(until_caught_up), rx).await?;
             eprintln!(
                 "delivered {} events from {} transactions; acknowledged {}",
                 report.events, report.transactions, report.acknowledged
@@ -245,12 +283,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             allow_full_scan,
             no_wait,
             status,
+            recovery,
         } => {
             let config = Config::load(&config)?;
             if status {
                 return backfill_status(&config);
             }
             let rx = stop_on_signal(Some("stopping: the backfill goes on from its last chunk next time"));
+            if recovery.resync {
+                // The resync's backfill is of every table with a snapshot mapping.
+                let report = ficus_runtime::run(&config, recovery.options(true), rx).await?;
+                eprintln!(
+                    "delivered {} events from {} transactions; acknowledged {}",
+                    report.events, report.transactions, report.acknowledged
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let options = ficus_runtime::backfill::BackfillOptions {
                 tables,
                 filter,
@@ -259,7 +307,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 allow_full_scan,
                 max_rate,
             };
-            match ficus_runtime::request::backfill(&config, &options, no_wait, rx).await? {
+            match ficus_runtime::request::backfill(&config, &options, no_wait, &recovery.options(true), rx).await? {
                 Outcome::Done(state) => {
                     eprintln!("backfill {} is complete and its events are delivered", state.id);
                     eprint!("{}", describe_backfill(&state));

@@ -43,6 +43,11 @@ impl EventContext {
     pub fn identity(&self) -> &str {
         &self.identity
     }
+
+    /// The deterministic id of the event named `name` in this source: the same name, the same id.
+    pub fn event_id(&self, name: &str) -> String {
+        Uuid::new_v5(&self.id_namespace, name.as_bytes()).to_string()
+    }
 }
 
 /// Why a row change could not be mapped. Every variant is definite: the
@@ -352,7 +357,7 @@ impl Bound {
             };
             events.push(Event {
                 specversion: "1.0",
-                id: Uuid::new_v5(&ctx.id_namespace, id_name.as_bytes()).to_string(),
+                id: ctx.event_id(&id_name),
                 source: self.source.clone(),
                 ty: m.name.clone(),
                 aggregate: m.aggregate.clone(),

@@ -30,6 +30,20 @@ impl FromStr for Lsn {
     }
 }
 
+/// Written `X/Y`, as Postgres writes it.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +55,7 @@ mod tests {
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert!("16B374D848".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
+        assert_eq!(serde_json::to_string(&lsn).unwrap(), "\"16/B374D848\"");
+        assert_eq!(serde_json::from_str::<Lsn>("\"16/B374D848\"").unwrap(), lsn);
     }
 }

@@ -18,4 +18,4 @@ pub mod slot;
 
 pub use conninfo::SourceUrl;
 pub use error::SourceError;
-pub use replication::{ExportedSlot, ReplicationStream, SourceEvent};
+pub use replication::{ExportedSlot, ReplicationStream, SourceEvent, SystemInfo, identify};

@@ -57,6 +57,63 @@ pub enum SourceEvent {
     },
 }
 
+/// What the source says of itself over the replication protocol (`IDENTIFY_SYSTEM`): any user
+/// with the REPLICATION attribute may ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The cluster's system identifier.
+    pub system_id: String,
+    /// The cluster's current timeline: a restore or a promotion starts a new one.
+    pub timeline: u32,
+    /// Where its WAL is flushed up to.
+    pub wal_end: Lsn,
+    /// For each earlier timeline, where the history left it: `(timeline, switch point)`.
+    pub history: Vec<(u32, Lsn)>,
+}
+
+impl SystemInfo {
+    /// Where the WAL of `timeline` stopped being this cluster's history (`None` when it still is,
+    /// being the current timeline, or is unknown).
+    pub fn left_timeline_at(&self, timeline: u32) -> Option<Lsn> {
+        self.history.iter().find(|(t, _)| *t == timeline).map(|(_, at)| *at)
+    }
+}
+
+/// Asks the source who it is and where its WAL ends.
+pub async fn identify(url: &SourceUrl, slot: &str, publication: &str) -> Result<SystemInfo, SourceError> {
+    let mut session = ReplicationClient::connect_gated(url.replication_config(slot, publication))
+        .await
+        .map_err(SourceError::from_pgwire)?;
+    let system = session.identify_system().await.map_err(SourceError::from_pgwire)?;
+    let history = if system.timeline > 1 {
+        let file = session
+            .timeline_history(system.timeline)
+            .await
+            .map_err(SourceError::from_pgwire)?;
+        parse_history(&String::from_utf8_lossy(&file.content))
+    } else {
+        vec![]
+    };
+    Ok(SystemInfo {
+        system_id: system.system_id,
+        timeline: system.timeline,
+        wal_end: Lsn(system.xlogpos.as_u64()),
+        history,
+    })
+}
+
+/// A timeline history file: `parent_timeline<TAB>switch_point<TAB>reason` per line.
+fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let timeline = fields.next()?.trim().parse().ok()?;
+            let at = fields.next()?.trim().parse().ok()?;
+            Some((timeline, at))
+        })
+        .collect()
+}
+
 /// A slot just created over the replication protocol, with the snapshot it
 /// exported: the source exactly as of the slot's consistent point, every later
 /// change being in the slot. The snapshot can be imported
@@ -345,5 +402,24 @@ impl ReplicationStream {
             replica_identity: raw.replica_identity,
             columns,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_history_says_where_each_timeline_was_left() {
+        let history = parse_history("1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tat restore point\n");
+        assert_eq!(history, vec![(1, Lsn(0x300_0060)), (2, Lsn(0x500_0000))]);
+        let info = SystemInfo {
+            system_id: "7".into(),
+            timeline: 3,
+            wal_end: Lsn(0x600_0000),
+            history,
+        };
+        assert_eq!(info.left_timeline_at(2), Some(Lsn(0x500_0000)));
+        assert_eq!(info.left_timeline_at(3), None);
     }
 }

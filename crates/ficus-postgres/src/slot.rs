@@ -86,51 +86,85 @@ fn with_hint(e: SourceError, hint: String) -> SourceError {
     }
 }
 
-/// The slot's state.
-#[derive(Debug, Clone)]
-pub struct SlotState {
-    /// Whether ficus created it just now.
-    pub created: bool,
-    /// Its confirmed position: everything before it was acknowledged.
+/// The slot as the server describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Everything before it was acknowledged.
     pub confirmed_flush: Lsn,
+    /// `pg_replication_slots.wal_status`: `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// The process streaming from it, if any.
+    pub active_pid: Option<i32>,
 }
 
-/// Creates the slot (`pgoutput`) when absent; checks it when present.
-pub async fn ensure_slot(pool: &PgPool, name: &str, database: &str) -> Result<SlotState, SourceError> {
+impl SlotInfo {
+    /// Whether the server removed WAL the slot needs: it cannot stream any more.
+    pub fn is_invalidated(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// The slot, `None` when there is none; a slot that is not a `pgoutput` slot of
+/// `database` is an error (it is not ficus's).
+pub async fn inspect(pool: &PgPool, name: &str, database: &str) -> Result<Option<SlotInfo>, SourceError> {
     let row = sqlx::query(
-        "select plugin::text, database::text, confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+        "select plugin::text, database::text, confirmed_flush_lsn::text, wal_status, active_pid
+         from pg_replication_slots where slot_name = $1",
     )
     .bind(name)
     .fetch_optional(pool)
     .await
     .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
-    if let Some(row) = row {
-        let (plugin, db, confirmed): (Option<String>, Option<String>, Option<String>) =
-            (row.get(0), row.get(1), row.get(2));
-        if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
-            return Err(SourceError::definite(
-                format!(
-                    "slot {name} exists but is not a pgoutput slot of database {database} (plugin {plugin:?}, database {db:?})"
-                ),
-                "give ficus a slot of its own ([source] slot = \"...\")",
-            ));
-        }
-        let confirmed_flush = confirmed.and_then(|c| c.parse().ok()).unwrap_or_default();
-        return Ok(SlotState {
-            created: false,
-            confirmed_flush,
-        });
+    let Some(row) = row else { return Ok(None) };
+    let (plugin, db, confirmed): (Option<String>, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
+        return Err(SourceError::definite(
+            format!(
+                "slot {name} exists but is not a pgoutput slot of database {database} (plugin {plugin:?}, database {db:?})"
+            ),
+            "give ficus a slot of its own ([source] slot = \"...\")",
+        ));
     }
+    let confirmed_flush = match confirmed.as_deref().map(str::parse::<Lsn>) {
+        Some(Ok(lsn)) => lsn,
+        Some(Err(e)) => return Err(SourceError::definite(e.to_string(), "report this as a bug")),
+        None => Lsn(0),
+    };
+    Ok(Some(SlotInfo {
+        confirmed_flush,
+        wal_status: row.get(3),
+        active_pid: row.get(4),
+    }))
+}
+
+/// Creates the slot (`pgoutput`); returns where it starts.
+pub async fn create(pool: &PgPool, name: &str) -> Result<Lsn, SourceError> {
     let lsn: String = sqlx::query_scalar("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')")
         .bind(name)
         .fetch_one(pool)
         .await
         .map_err(|e| SourceError::from_sqlx(&format!("creating slot {name}"), e))?;
     info!(slot = name, lsn = %lsn, "created slot");
-    Ok(SlotState {
-        created: true,
-        confirmed_flush: lsn.parse().unwrap_or_default(),
-    })
+    lsn.parse()
+        .map_err(|e: ficus_model::lsn::ParseLsnError| SourceError::definite(e.to_string(), "report this as a bug"))
+}
+
+/// Drops the slot, which nobody may be streaming from.
+pub async fn drop(pool: &PgPool, name: &str) -> Result<(), SourceError> {
+    if let Some(pid) = active_pid(pool, name).await? {
+        return Err(SourceError::definite(
+            format!("slot {name} is in use by process {pid}"),
+            "stop the ficus that streams from it first",
+        ));
+    }
+    sqlx::query("select pg_drop_replication_slot($1)")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&format!("dropping slot {name}"), e))?;
+    info!(slot = name, "dropped slot");
+    Ok(())
 }
 
 /// Whether the slot exists.
@@ -167,28 +201,11 @@ pub async fn active_pid(pool: &PgPool, name: &str) -> Result<Option<i32>, Source
 /// Drops the slot and the publication; what is absent is skipped.
 pub async fn teardown(pool: &PgPool, slot: &str, publication: &str) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
-    let active: Option<Option<i32>> =
-        sqlx::query_scalar("select active_pid from pg_replication_slots where slot_name = $1")
-            .bind(slot)
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| SourceError::from_sqlx("reading the slot", e))?;
-    match active {
-        Some(Some(pid)) => {
-            return Err(SourceError::definite(
-                format!("slot {slot} is in use by process {pid}"),
-                "stop the ficus that streams from it first",
-            ));
-        }
-        Some(None) => {
-            sqlx::query("select pg_drop_replication_slot($1)")
-                .bind(slot)
-                .execute(pool)
-                .await
-                .map_err(|e| SourceError::from_sqlx("dropping the slot", e))?;
-            done.push(format!("dropped slot {slot}"));
-        }
-        None => done.push(format!("no slot {slot}")),
+    if exists(pool, slot).await? {
+        self::drop(pool, slot).await?;
+        done.push(format!("dropped slot {slot}"));
+    } else {
+        done.push(format!("no slot {slot}"));
     }
     let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_publication where pubname = $1)")
         .bind(publication)

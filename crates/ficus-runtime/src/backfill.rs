@@ -206,19 +206,10 @@ impl BackfillState {
         Ok(all)
     }
 
-    /// Writes the backfill's file durably (write, fsync, rename).
+    /// Writes the backfill's file durably.
     pub fn save(&self, config_dir: &Path) -> Result<(), RunError> {
         let path = BackfillState::path(config_dir, &self.id);
-        let io = |e: std::io::Error| RunError::Config(format!("writing {}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(self).expect("state serializes");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, &text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        crate::state::write_durably(&path, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 
     /// Whether every table is done.

@@ -24,6 +24,19 @@ pub enum RunError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] ficus_store::StoreError),
+    /// Changes were lost: the slot or the publication is not what ficus streamed from.
+    #[error(transparent)]
+    Gap(Box<crate::position::Gap>),
+    /// The source stayed unreachable too long (`--give-up-after`).
+    #[error("{what} failed for {after:?}; giving up: {error}")]
+    GaveUp {
+        /// What was tried.
+        what: String,
+        /// For how long.
+        after: std::time::Duration,
+        /// The last error.
+        error: SourceError,
+    },
 }
 
 impl RunError {
@@ -36,6 +49,12 @@ impl RunError {
                 "make room or fix permissions, then start ficus again: nothing undelivered was acknowledged".into(),
             ),
             RunError::Store(e) => Some(e.hint().to_owned()),
+            RunError::Gap(gap) => Some(gap.repair()),
+            RunError::GaveUp { error, .. } => Some(match error.hint() {
+                Some(hint) => hint.to_owned(),
+                None => "check that the source is up and reachable from here; `ficus run` without                          --until-caught-up retries until it is, and --give-up-after sets how long the others wait"
+                    .to_owned(),
+            }),
             _ => None,
         }
     }

@@ -13,13 +13,16 @@ mod archive;
 pub mod backfill;
 pub mod config;
 mod error;
-mod pipeline;
+pub mod gap;
+pub mod position;
 pub mod remap;
 pub mod replay;
 pub mod request;
+mod run;
 mod sinks;
+mod state;
 pub mod watermark;
 
 pub use config::{Config, Loaded, load_mappings};
 pub use error::RunError;
-pub use pipeline::{RunOptions, RunReport, check_live, run, teardown};
+pub use run::{RunOptions, RunReport, check_live, run, teardown};

@@ -22,7 +22,7 @@ use tracing::info;
 
 use crate::backfill::{self, BackfillOptions, BackfillState, Progress, REQUEST_PREFIX};
 use crate::config::Config;
-use crate::pipeline::{RunOptions, check_live, run};
+use crate::run::{RunOptions, check_live, run};
 use crate::{RunError, load_mappings};
 
 /// How often a waiting `ficus backfill` looks at the backfill's file.
@@ -45,10 +45,13 @@ pub enum Outcome {
 
 /// Runs `ficus backfill`: checks the backfill can run, records it, then hands it
 /// to the `ficus run` holding the slot, or runs it here when none does.
+/// Without a `ficus run` to hand it to, it streams itself like `ficus run --until-caught-up`
+/// with `running`'s other options (`--resync`, `--give-up-after`).
 pub async fn backfill(
     config: &Config,
     opts: &BackfillOptions,
     no_wait: bool,
+    running: &RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, RunError> {
     let files = load_mappings(config)?;
@@ -76,7 +79,11 @@ pub async fn backfill(
             }
             // Nobody streams (or the ficus run stopped while we waited): do it here.
             info!(id = %state.id, "backfill: running it here");
-            run(config, RunOptions { until_caught_up: true }, shutdown.clone()).await?;
+            let options = RunOptions {
+                until_caught_up: true,
+                ..running.clone()
+            };
+            run(config, options, shutdown.clone()).await?;
             return finished_or_stopped(&path, state);
         };
         if !requested {

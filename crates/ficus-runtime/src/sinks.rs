@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ficus_mapping::EventContext;
 use ficus_model::{Event, Lsn, Relation, RowChange};
 use ficus_sinks::Sink;
-use ficus_store::{ArchivedChange, Checkpoint, EventStore, Mode, Record, Store};
+use ficus_store::{ArchivedChange, Checkpoint, EventStore, Mode, Record, SavedCheckpoint, Store};
 use tracing::info;
 
 use crate::RunError;
@@ -98,11 +98,32 @@ impl Sinks {
     }
 
     /// The store's checkpoint for the config's slot.
-    pub(crate) async fn checkpoint(&self) -> Result<Option<Lsn>, RunError> {
+    pub(crate) async fn checkpoint(&self) -> Result<Option<SavedCheckpoint>, RunError> {
         match &self.store {
-            Some(s) => Ok(s.store.checkpoint(&s.slot).await?.map(Lsn)),
+            Some(s) => Ok(s.store.checkpoint(&s.slot).await?),
             None => Ok(None),
         }
+    }
+
+    /// Forgets the store's checkpoint for the config's slot (the slot is gone).
+    pub(crate) async fn forget_checkpoint(&self) -> Result<(), RunError> {
+        if let Some(s) = &self.store {
+            s.store.forget_checkpoint(&s.slot).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a position in the store's checkpoint alone (`source`: what is known of the source).
+    pub(crate) async fn record(&mut self, lsn: Lsn, source: &str) -> Result<(), RunError> {
+        if let Some(s) = &mut self.store {
+            let checkpoint = Checkpoint {
+                slot: &s.slot,
+                lsn: lsn.0,
+                source: Some(source),
+            };
+            s.store.append(&[], &[], Some(checkpoint)).await?;
+        }
+        Ok(())
     }
 
     /// Writes one event, serialized as `line` (without its newline); may buffer.
@@ -135,25 +156,27 @@ impl Sinks {
     }
 
     /// Makes every written event durable in every sink; the store records `checkpoint` (the last
-    /// commit whose events are all written) in the same transaction.
-    pub(crate) async fn flush(&mut self, checkpoint: Option<Lsn>) -> Result<(), RunError> {
+    /// commit whose events are all written, with what is known of the source) in the same
+    /// transaction. Returns whether it did (it does when it appended anything).
+    pub(crate) async fn flush(&mut self, checkpoint: Option<(Lsn, &str)>) -> Result<bool, RunError> {
         for sink in &mut self.lines {
             sink.flush()?;
         }
-        if let Some(s) = &mut self.store {
-            let checkpoint = checkpoint.map(|lsn| Checkpoint {
+        if let Some(s) = &mut self.store
+            && (!s.batch.is_empty() || !s.changes.is_empty())
+        {
+            let checkpoint = checkpoint.map(|(lsn, source)| Checkpoint {
                 slot: &s.slot,
                 lsn: lsn.0,
+                source: Some(source),
             });
-            // A checkpoint alone is not worth a transaction: events are deduplicated by id, and a
-            // checkpoint only spares the stream from reading again what is stored.
-            if !s.batch.is_empty() || !s.changes.is_empty() {
-                s.store.append(&s.batch, &s.changes, checkpoint).await?;
-                s.batch.clear();
-                s.changes.clear();
-            }
+            let recorded = checkpoint.is_some();
+            s.store.append(&s.batch, &s.changes, checkpoint).await?;
+            s.batch.clear();
+            s.changes.clear();
+            return Ok(recorded);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Closes the store's connections.

@@ -41,6 +41,7 @@ async fn append_all(store: &Store, events: &[Record]) -> Duration {
         let checkpoint = Checkpoint {
             slot: "bench",
             lsn: n as u64,
+            source: None,
         };
         store.append(batch, &[], Some(checkpoint)).await.unwrap();
     }

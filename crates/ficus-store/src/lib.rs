@@ -28,7 +28,10 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The store format's version, written in the store; a store of a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// Format versions: 1, the first; 2 adds `checkpoints.source` (what the runtime knows of the
+/// source at the checkpoint). A writer upgrades a store of version 1 in place; a reader reads both.
+const FIRST_WITH_SOURCE: i64 = 2;
 /// The value of `format` in a store's metadata: how ficus knows a store from a foreign database.
 pub const FORMAT: &str = "ficus-store";
 
@@ -163,8 +166,19 @@ pub struct Appended {
 pub struct Checkpoint<'a> {
     /// The slot the LSN is a position of.
     pub slot: &'a str,
-    /// The last commit LSN whose events are all stored.
+    /// The last position whose events are all stored.
     pub lsn: u64,
+    /// What the runtime knows of the source there (opaque to the store), kept with the LSN.
+    pub source: Option<&'a str>,
+}
+
+/// A checkpoint as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    /// The last position whose events are all stored.
+    pub lsn: u64,
+    /// What the runtime recorded of the source with it (`None` from stores of format version 1).
+    pub source: Option<String>,
 }
 
 /// Which stored events to read. Bounds are inclusive; empty lists mean all.
@@ -226,7 +240,7 @@ pub trait EventStore {
     fn relation(&self, id: i64) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// The slot's checkpoint, if any.
-    fn checkpoint(&self, slot: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    fn checkpoint(&self, slot: &str) -> impl Future<Output = Result<Option<SavedCheckpoint>, StoreError>> + Send;
 
     /// Forgets the slot's checkpoint (the slot was dropped); the events stay.
     fn forget_checkpoint(&self, slot: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -304,7 +318,7 @@ impl EventStore for Store {
         }
     }
 
-    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
+    async fn checkpoint(&self, slot: &str) -> Result<Option<SavedCheckpoint>, StoreError> {
         match self {
             Store::Sqlite(s) => s.checkpoint(slot).await,
             Store::Postgres(s) => s.checkpoint(slot).await,
@@ -433,8 +447,8 @@ where
 #[cfg(test)]
 mod tests;
 
-/// Checks a store's metadata: ficus's format, a version this ficus reads.
-pub(crate) fn check_meta(store: &str, meta: &[(String, String)]) -> Result<(), StoreError> {
+/// Checks a store's metadata: ficus's format, a version this ficus reads; returns the version.
+pub(crate) fn check_meta(store: &str, meta: &[(String, String)]) -> Result<i64, StoreError> {
     let get = |key: &str| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     if get("format") != Some(FORMAT) {
         return Err(StoreError::new(
@@ -443,7 +457,7 @@ pub(crate) fn check_meta(store: &str, meta: &[(String, String)]) -> Result<(), S
         ));
     }
     match get("schema_version").and_then(|v| v.parse::<i64>().ok()) {
-        Some(v) if v <= SCHEMA_VERSION => Ok(()),
+        Some(v) if v <= SCHEMA_VERSION => Ok(v),
         Some(v) => Err(StoreError::new(
             format!("{store} is a ficus store of format version {v}; this ficus reads up to {SCHEMA_VERSION}"),
             "use the ficus release that wrote the store, or a newer one",
@@ -461,4 +475,9 @@ pub(crate) fn missing_table(store: &str, table: &str) -> StoreError {
         format!("{store} is a ficus store, but its table {table} is missing"),
         "restore the store from a backup; ficus does not create the table again, so that no history is silently lost",
     )
+}
+
+/// Whether a store of this format version has `checkpoints.source`.
+pub(crate) fn has_source(version: i64) -> bool {
+    version >= FIRST_WITH_SOURCE
 }

@@ -11,8 +11,8 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::{
     Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION,
-    StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter, relations_of,
-    stored_from,
+    SavedCheckpoint, StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter,
+    relations_of, stored_from,
 };
 
 const SCHEMA: &[&str] = &[
@@ -30,7 +30,7 @@ const SCHEMA: &[&str] = &[
         event     text NOT NULL,
         UNIQUE (aggregate, subject, version)
     )",
-    "CREATE TABLE ficus.checkpoints (slot text PRIMARY KEY, lsn bigint NOT NULL, updated_us bigint NOT NULL)",
+    "CREATE TABLE ficus.checkpoints (slot text PRIMARY KEY, lsn bigint NOT NULL, updated_us bigint NOT NULL, source text)",
     "CREATE TABLE ficus.relations (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, description text NOT NULL UNIQUE)",
     "CREATE TABLE ficus.changes (
         position bigint PRIMARY KEY,
@@ -46,6 +46,8 @@ const SCHEMA: &[&str] = &[
 pub struct PgStore {
     shown: String,
     pub(crate) pool: PgPool,
+    /// Whether `checkpoints` has its `source` column (format version 2 on).
+    source_column: bool,
 }
 
 impl PgStore {
@@ -75,7 +77,11 @@ impl PgStore {
                     "check the store sink's url, and that its server runs",
                 )
             })?;
-        let store = PgStore { shown, pool };
+        let mut store = PgStore {
+            shown,
+            pool,
+            source_column: true,
+        };
         let err = |e| StoreError::sql(&store.shown, "opening the store", e);
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -108,11 +114,15 @@ impl PgStore {
             .fetch_all(&store.pool)
             .await
             .map_err(err)?;
-        crate::check_meta(&store.shown, &meta)?;
+        let version = crate::check_meta(&store.shown, &meta)?;
         for table in crate::TABLES {
             if !tables.iter().any(|t| t == table) {
                 return Err(crate::missing_table(&store.shown, &format!("ficus.{table}")));
             }
+        }
+        store.source_column = crate::has_source(version);
+        if !store.source_column && mode == Mode::Create {
+            store.upgrade().await?;
         }
         Ok(store)
     }
@@ -142,6 +152,24 @@ impl PgStore {
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)
+    }
+
+    /// Brings a store of format version 1 to the current one: `checkpoints.source`.
+    async fn upgrade(&mut self) -> Result<(), StoreError> {
+        let err = |e| StoreError::sql(&self.shown, "upgrading the store's format", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        sqlx::query("ALTER TABLE ficus.checkpoints ADD COLUMN IF NOT EXISTS source text")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::query("UPDATE ficus.meta SET value = $1 WHERE key = 'schema_version'")
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        self.source_column = true;
+        Ok(())
     }
 
     /// How the store is named in messages.
@@ -232,13 +260,15 @@ impl EventStore for PgStore {
         }
         if let Some(c) = checkpoint {
             sqlx::query(
-                "INSERT INTO ficus.checkpoints (slot, lsn, updated_us) VALUES ($1, $2, $3)
+                "INSERT INTO ficus.checkpoints (slot, lsn, updated_us, source) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (slot) DO UPDATE
-                 SET lsn = greatest(ficus.checkpoints.lsn, excluded.lsn), updated_us = excluded.updated_us",
+                 SET lsn = greatest(ficus.checkpoints.lsn, excluded.lsn), updated_us = excluded.updated_us,
+                     source = coalesce(excluded.source, ficus.checkpoints.source)",
             )
             .bind(c.slot)
             .bind(c.lsn as i64)
             .bind(now_micros())
+            .bind(c.source)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -250,13 +280,21 @@ impl EventStore for PgStore {
         })
     }
 
-    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
-        let lsn: Option<i64> = sqlx::query_scalar("SELECT lsn FROM ficus.checkpoints WHERE slot = $1")
+    async fn checkpoint(&self, slot: &str) -> Result<Option<SavedCheckpoint>, StoreError> {
+        let sql = if self.source_column {
+            "SELECT lsn, source FROM ficus.checkpoints WHERE slot = $1"
+        } else {
+            "SELECT lsn, NULL::text FROM ficus.checkpoints WHERE slot = $1"
+        };
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(sql)
             .bind(slot)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| StoreError::sql(&self.shown, "reading the checkpoint", e))?;
-        Ok(lsn.map(|l| l as u64))
+        Ok(row.map(|(lsn, source)| SavedCheckpoint {
+            lsn: lsn as u64,
+            source,
+        }))
     }
 
     async fn forget_checkpoint(&self, slot: &str) -> Result<(), StoreError> {

@@ -11,8 +11,8 @@ use sqlx::{Connection, QueryBuilder, Sqlite};
 
 use crate::{
     Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, Mode, Record, SCHEMA_VERSION,
-    StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter, relations_of,
-    stored_from,
+    SavedCheckpoint, StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros, push_filter,
+    relations_of, stored_from,
 };
 
 /// Rows per INSERT statement: 8 parameters each, under SQLite's 32,766.
@@ -32,7 +32,7 @@ const SCHEMA: &[&str] = &[
         event     TEXT NOT NULL,
         UNIQUE (aggregate, subject, version)
     )",
-    "CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL)",
+    "CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL, source TEXT)",
     "CREATE TABLE relations (id INTEGER PRIMARY KEY, description TEXT NOT NULL UNIQUE)",
     "CREATE TABLE changes (
         position INTEGER PRIMARY KEY,
@@ -48,6 +48,8 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteStore {
     path: PathBuf,
     pub(crate) pool: SqlitePool,
+    /// Whether `checkpoints` has its `source` column (format version 2 on).
+    source_column: bool,
 }
 
 impl SqliteStore {
@@ -91,9 +93,10 @@ impl SqliteStore {
                 .fetch_all(&pool)
                 .await
                 .map_err(not_a_store)?;
-        let store = SqliteStore {
+        let mut store = SqliteStore {
             path: path.to_owned(),
             pool,
+            source_column: true,
         };
         if tables.is_empty() {
             if mode == Mode::Existing {
@@ -118,11 +121,15 @@ impl SqliteStore {
             .fetch_all(&store.pool)
             .await
             .map_err(not_a_store)?;
-        crate::check_meta(&shown, &meta)?;
+        let version = crate::check_meta(&shown, &meta)?;
         for table in crate::TABLES {
             if !tables.iter().any(|t| t == table) {
                 return Err(crate::missing_table(&shown, table));
             }
+        }
+        store.source_column = crate::has_source(version);
+        if !store.source_column && mode == Mode::Create {
+            store.upgrade().await?;
         }
         Ok(store)
     }
@@ -141,6 +148,25 @@ impl SqliteStore {
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)
+    }
+
+    /// Brings a store of format version 1 to the current one: `checkpoints.source`.
+    async fn upgrade(&mut self) -> Result<(), StoreError> {
+        let err = |e| StoreError::sql(&self.describe(), "upgrading the store's format", e);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        sqlx::query("ALTER TABLE checkpoints ADD COLUMN source TEXT")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::query("UPDATE ficus_meta SET value = ? WHERE key = 'schema_version'")
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        self.source_column = true;
+        Ok(())
     }
 
     /// How the store is named in messages.
@@ -213,12 +239,14 @@ impl EventStore for SqliteStore {
         }
         if let Some(c) = checkpoint {
             sqlx::query(
-                "INSERT INTO checkpoints (slot, lsn, updated_us) VALUES (?, ?, ?)
-                 ON CONFLICT (slot) DO UPDATE SET lsn = max(lsn, excluded.lsn), updated_us = excluded.updated_us",
+                "INSERT INTO checkpoints (slot, lsn, updated_us, source) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (slot) DO UPDATE SET lsn = max(lsn, excluded.lsn), updated_us = excluded.updated_us,
+                 source = coalesce(excluded.source, source)",
             )
             .bind(c.slot)
             .bind(c.lsn as i64)
             .bind(now_micros())
+            .bind(c.source)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -230,13 +258,21 @@ impl EventStore for SqliteStore {
         })
     }
 
-    async fn checkpoint(&self, slot: &str) -> Result<Option<u64>, StoreError> {
-        let lsn: Option<i64> = sqlx::query_scalar("SELECT lsn FROM checkpoints WHERE slot = ?")
+    async fn checkpoint(&self, slot: &str) -> Result<Option<SavedCheckpoint>, StoreError> {
+        let sql = if self.source_column {
+            "SELECT lsn, source FROM checkpoints WHERE slot = ?"
+        } else {
+            "SELECT lsn, NULL FROM checkpoints WHERE slot = ?"
+        };
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(sql)
             .bind(slot)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| StoreError::sql(&self.describe(), "reading the checkpoint", e))?;
-        Ok(lsn.map(|l| l as u64))
+        Ok(row.map(|(lsn, source)| SavedCheckpoint {
+            lsn: lsn as u64,
+            source,
+        }))
     }
 
     async fn forget_checkpoint(&self, slot: &str) -> Result<(), StoreError> {

@@ -48,7 +48,11 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
         let batch: Vec<Record> = (1..=5)
             .map(|n| record(n, "public.orders", if n.is_multiple_of(2) { "a" } else { "b" }))
             .collect();
-        let checkpoint = Checkpoint { slot: "s", lsn: 0x2000 };
+        let checkpoint = Checkpoint {
+            slot: "s",
+            lsn: 0x2000,
+            source: Some("source 1"),
+        };
         let appended = store.append(&batch, &[], Some(checkpoint)).await.unwrap();
         assert_eq!(appended, Appended { stored: 5, repeated: 0 }, "{}", store.describe());
         // A repeat after a crash (ids 4 and 5 again) with new ones and a repeat inside the batch.
@@ -60,7 +64,15 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
             record(7, "public.customers", "a"),
         ];
         let appended = store
-            .append(&again, &[], Some(Checkpoint { slot: "s", lsn: 0x1f00 }))
+            .append(
+                &again,
+                &[],
+                Some(Checkpoint {
+                    slot: "s",
+                    lsn: 0x1f00,
+                    source: None,
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(appended, Appended { stored: 2, repeated: 3 }, "{}", store.describe());
@@ -81,17 +93,31 @@ async fn append_numbers_positions_and_stream_versions_and_skips_repeats() {
         );
         assert_eq!(all[0].record, batch[0], "{}: stored as appended", store.describe());
         assert_eq!(store.end().await.unwrap(), 7);
-        // The checkpoint never goes back.
-        assert_eq!(store.checkpoint("s").await.unwrap(), Some(0x2000));
+        // The checkpoint never goes back, and keeps the source it was given last.
+        let saved = |lsn: u64, source: &str| {
+            Some(SavedCheckpoint {
+                lsn,
+                source: Some(source.into()),
+            })
+        };
+        assert_eq!(store.checkpoint("s").await.unwrap(), saved(0x2000, "source 1"));
         assert_eq!(store.checkpoint("other").await.unwrap(), None);
         store.forget_checkpoint("s").await.unwrap();
         assert_eq!(store.checkpoint("s").await.unwrap(), None);
         // An empty batch still moves the checkpoint.
         store
-            .append(&[], &[], Some(Checkpoint { slot: "s", lsn: 0x3000 }))
+            .append(
+                &[],
+                &[],
+                Some(Checkpoint {
+                    slot: "s",
+                    lsn: 0x3000,
+                    source: Some("source 2"),
+                }),
+            )
             .await
             .unwrap();
-        assert_eq!(store.checkpoint("s").await.unwrap(), Some(0x3000));
+        assert_eq!(store.checkpoint("s").await.unwrap(), saved(0x3000, "source 2"));
     }
 }
 
@@ -307,5 +333,73 @@ async fn archived_changes_are_kept_once_in_order_with_their_relation() {
             ..Filter::default()
         };
         assert_eq!(store.read_changes(&from_three, 0, 100).await.unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_store_of_format_version_1_is_read_as_it_is_and_upgraded_by_a_writer() {
+    for (store, db, dir) in stores().await {
+        let checkpoint = Checkpoint {
+            slot: "s",
+            lsn: 0x10,
+            source: None,
+        };
+        store
+            .append(&[record(1, "a", "1")], &[], Some(checkpoint))
+            .await
+            .unwrap();
+        // What a store of format version 1 looks like: no checkpoints.source.
+        let location = match &store {
+            Store::Sqlite(s) => {
+                sqlx::query("ALTER TABLE checkpoints DROP COLUMN source")
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE ficus_meta SET value = '1' WHERE key = 'schema_version'")
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                Location::Sqlite(dir.path().join("ficus.db"))
+            }
+            Store::Postgres(s) => {
+                sqlx::query("ALTER TABLE ficus.checkpoints DROP COLUMN source")
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE ficus.meta SET value = '1' WHERE key = 'schema_version'")
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                Location::Postgres(db.as_ref().unwrap().url())
+            }
+        };
+        store.close().await;
+        let reader = Store::open(&location, Mode::Existing).await.unwrap();
+        let old = Some(SavedCheckpoint {
+            lsn: 0x10,
+            source: None,
+        });
+        assert_eq!(reader.checkpoint("s").await.unwrap(), old, "{}", reader.describe());
+        reader.close().await;
+        let writer = Store::open(&location, Mode::Create).await.unwrap();
+        assert_eq!(writer.checkpoint("s").await.unwrap(), old);
+        let checkpoint = Checkpoint {
+            slot: "s",
+            lsn: 0x20,
+            source: Some("known"),
+        };
+        writer.append(&[], &[], Some(checkpoint)).await.unwrap();
+        assert_eq!(
+            writer.checkpoint("s").await.unwrap(),
+            Some(SavedCheckpoint {
+                lsn: 0x20,
+                source: Some("known".into())
+            }),
+            "{}",
+            writer.describe()
+        );
+        assert_eq!(writer.read(&Filter::default(), 0, 10).await.unwrap().len(), 1);
+        writer.close().await;
+        drop(db);
     }
 }

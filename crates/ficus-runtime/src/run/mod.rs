@@ -1,0 +1,315 @@
+//! `ficus run`: the streaming loop, with acknowledgements, reconnects and shutdown. This file
+//! only wires: starting is `startup`, the stream `session`, writing and the rule that moves the
+//! slot `delivery`, the backfill in a new slot's snapshot `exported`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ficus_mapping::{Compiled, EventContext};
+use ficus_model::Lsn;
+use ficus_postgres::{ReplicationStream, SourceError, SourceUrl, catalog, slot};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::backfill::Backfills;
+use crate::config::{Config, Loaded};
+use crate::gap::GapRecord;
+use crate::position::{Cause, Gap};
+use crate::sinks::Sinks;
+use crate::{RunError, load_mappings};
+
+mod delivery;
+mod exported;
+mod session;
+mod startup;
+
+pub(crate) use delivery::{Output, Positions, emit_snapshot_rows, flush_sinks, write_events};
+use session::Session;
+pub(crate) use startup::retrying;
+
+/// Flush sinks and acknowledge at least this often while events flow.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// ...or after this many unflushed events.
+const FLUSH_EVENTS: usize = 20_000;
+/// The prefix of the logical decoding message `--until-caught-up` writes to find the end.
+const CAUGHT_UP_PREFIX: &str = "ficus.caught-up";
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop once everything committed before the start is delivered and
+    /// acknowledged, and no backfill is left.
+    pub until_caught_up: bool,
+    /// Repair a gap (a lost slot): a new slot, a backfill of the mapped tables, a `ficus.gap`
+    /// event. Without a gap, stream as usual.
+    pub resync: bool,
+    /// Give up once the source has been unreachable this long (`None`: retry for ever).
+    pub give_up_after: Option<Duration>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Events written to the sinks.
+    pub events: u64,
+    /// Row changes of mapped tables read.
+    pub changes: u64,
+    /// Transactions committed.
+    pub transactions: u64,
+    /// The last acknowledged position.
+    pub acknowledged: Lsn,
+    /// Reconnects after transient errors.
+    pub reconnects: u64,
+}
+
+/// Compiles the mappings against the live schema of the source.
+pub async fn check_live(loaded: &Loaded, pool: &PgPool) -> Result<Compiled, RunError> {
+    let schema = catalog::tables(pool).await?;
+    loaded.compile(Some(&schema))
+}
+
+/// Streams the source into the sinks until shutdown (or, with
+/// `until_caught_up`, until everything committed before the start is delivered).
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, RunError> {
+    let files = load_mappings(config)?;
+    let url = SourceUrl::parse(&config.url()?)?;
+    let mut report = RunReport::default();
+    // The sinks first: a sink that cannot take events must not get a slot created for it.
+    let mut sinks = Sinks::open(config).await?;
+    let prepared = retrying(
+        "connecting to the source",
+        &mut shutdown,
+        &mut report.reconnects,
+        options.give_up_after,
+        || startup::prepare(config, &url, &files, &options, &sinks),
+    )
+    .await;
+    let prepared = match prepared {
+        Ok(Some(prepared)) => prepared,
+        Ok(None) => {
+            sinks.close().await;
+            return Ok(report);
+        }
+        Err(e) => {
+            sinks.close().await;
+            return Err(e);
+        }
+    };
+    let startup::Prepared {
+        pool,
+        compiled,
+        source,
+        from,
+        recorded,
+        exported,
+        target,
+    } = prepared;
+    // Backfills in progress go on, whoever started them (the start may have queued some);
+    // `--until-caught-up` finishes them before it stops.
+    let mut backfills = Backfills::load(&config.dir)?;
+    for state in &backfills.queue {
+        if options.until_caught_up {
+            info!(id = %state.id, "a backfill is in progress: finishing it first");
+        } else {
+            info!(id = %state.id, "a backfill is in progress: going on with it");
+        }
+    }
+    let mut positions = Positions::new(config, source.clone(), recorded, sinks.has_store());
+    report.acknowledged = from;
+    let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
+    let ctx = EventContext::new(&source_name, &source.identity());
+    // Closed however streaming ends: SQLite folds its WAL into the file.
+    let result = async {
+        // Where ficus is, before anything is streamed: from now on the slot is known to be its own.
+        positions.record(&mut sinks, from, true).await?;
+        deliver_gaps(config, &ctx, from, &mut sinks).await?;
+        if let Some(exported) = exported {
+            exported::backfill_in_exported_snapshot(
+                &pool,
+                &compiled,
+                &ctx,
+                &mut backfills,
+                exported,
+                &mut sinks,
+                &mut positions,
+                &mut report,
+            )
+            .await?;
+        }
+        info!(slot = %config.source.slot, publication = %config.source.publication, %from, mappings = compiled.mappings().len(), "streaming");
+
+        let mut reached_target = false;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let acknowledged = report.acknowledged;
+            let started = retrying(
+                "starting replication",
+                &mut shutdown,
+                &mut report.reconnects,
+                options
+                    .give_up_after
+                    .map(|limit| limit.saturating_sub(failing_since.map_or(Duration::ZERO, |t| t.elapsed()))),
+                || async {
+                    Ok(ReplicationStream::start(
+                        &url,
+                        pool.clone(),
+                        &config.source.slot,
+                        &config.source.publication,
+                        acknowledged,
+                    )
+                    .await?)
+                },
+            )
+            .await
+            .map_err(|e| as_gap(e, config, positions.recorded()))?;
+            let Some(mut stream) = started else { return Ok(std::mem::take(&mut report)) };
+            let mut session = Session {
+                pool: &pool,
+                compiled: &compiled,
+                ctx: ctx.clone(),
+                sinks: &mut sinks,
+                positions: &mut positions,
+                bound: HashMap::new(),
+                report: &mut report,
+                pending: None,
+                wanted: acknowledged,
+                unflushed: 0,
+                in_tx: false,
+                last_flush: Instant::now(),
+                target,
+                reached_target: &mut reached_target,
+                current_xid: 0,
+                backfills: &mut backfills,
+            };
+            let began = Instant::now();
+            let outcome = session.stream(&mut stream, &mut shutdown).await;
+            let acked = session.report.acknowledged;
+            match outcome {
+                Ok(()) => {
+                    confirm(&pool, &config.source.slot, acked).await;
+                    stream.stop();
+                    info!(events = report.events, transactions = report.transactions, acknowledged = %report.acknowledged, "stopped");
+                    return Ok(std::mem::take(&mut report));
+                }
+                Err(RunError::Source(e)) if e.is_transient() => {
+                    if began.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(100); // a session that ran a while starts the backoff over
+                        failing_since = None;
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if let Some(limit) = options.give_up_after
+                        && since.elapsed() >= limit
+                    {
+                        return Err(RunError::GaveUp {
+                            what: "streaming".into(),
+                            after: limit,
+                            error: e,
+                        });
+                    }
+                    warn!(error = %e, retry_in = ?backoff, "lost the source; resuming from the slot");
+                    drop(stream);
+                    report.reconnects += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    confirm(&pool, &config.source.slot, acked).await;
+                    stream.stop();
+                    return Err(as_gap(e, config, positions.recorded()));
+                }
+            }
+        }
+    }
+    .await;
+    sinks.close().await;
+    result
+}
+
+/// A lost slot or publication, as the gap it makes: everything after what ficus recorded.
+fn as_gap(e: RunError, config: &Config, recorded: Lsn) -> RunError {
+    let cause = match &e {
+        RunError::Source(SourceError::SlotMissing { .. }) => Cause::SlotMissing,
+        RunError::Source(SourceError::SlotInvalidated { .. }) => Cause::SlotInvalidated,
+        RunError::Source(SourceError::PublicationMissing { publication, .. }) => Cause::PublicationDropped {
+            publication: publication.clone(),
+        },
+        _ => return e,
+    };
+    RunError::Gap(Box::new(Gap {
+        slot: config.source.slot.clone(),
+        cause,
+        after: recorded,
+        before: None,
+    }))
+}
+
+/// Delivers the `ficus.gap` events of the gaps a resync repaired, now that the new slot starts
+/// at `from`: before any event of the new slot, the backfill's first.
+async fn deliver_gaps(config: &Config, ctx: &EventContext, from: Lsn, sinks: &mut Sinks) -> Result<(), RunError> {
+    for mut gap in GapRecord::undelivered(&config.dir, &config.source.slot)? {
+        gap.resumed_at.get_or_insert(from);
+        gap.save(&config.dir)?;
+        let mut line = Vec::new();
+        write_events(sinks, &mut line, vec![gap.event(ctx)])?;
+        sinks.flush(None).await?;
+        gap.delivered = true;
+        gap.save(&config.dir)?;
+        warn!(slot = %gap.slot, lost_after = %gap.lost_after, resumed_at = %from, backfill = ?gap.backfill, "resync: delivered the ficus.gap event");
+    }
+    Ok(())
+}
+
+/// Waits (briefly) until the server has taken the acknowledgement, so that a
+/// clean stop does not deliver the same events again on the next start.
+async fn confirm(pool: &PgPool, slot_name: &str, acked: Lsn) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match slot::confirmed_flush(pool, slot_name).await {
+            Ok(Some(lsn)) if lsn >= acked => return,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "could not read the slot's position");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warn!(slot = slot_name, lsn = %acked, "the server did not confirm the last acknowledgement in time; the next start may repeat events (with the same ids)");
+}
+
+/// Drops the slot and the publication, and forgets where ficus was in them.
+pub async fn teardown(config: &Config) -> Result<Vec<String>, RunError> {
+    let url = SourceUrl::parse(&config.url()?)?;
+    let pool = catalog::connect(&url).await?;
+    let mut done = slot::teardown(&pool, &config.source.slot, &config.source.publication).await?;
+    // The store's checkpoint is a position of the dropped slot: a new slot starts elsewhere.
+    if let Some(location) = config.store_location()
+        && let Ok(store) = ficus_store::Store::open(&location, ficus_store::Mode::Existing).await
+    {
+        use ficus_store::EventStore;
+        if store.checkpoint(&config.source.slot).await?.is_some() {
+            store.forget_checkpoint(&config.source.slot).await?;
+            done.push(format!(
+                "forgot the store's checkpoint for slot {} (its events stay)",
+                config.source.slot
+            ));
+        }
+        store.close().await;
+    }
+    let file = crate::position::file(&config.dir, &config.source.slot);
+    if std::fs::remove_file(&file).is_ok() {
+        done.push(format!("forgot the position recorded in {}", file.display()));
+    }
+    Ok(done)
+}

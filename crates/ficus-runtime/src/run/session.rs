@@ -1,0 +1,415 @@
+//! The stream session: one replication connection's events, mapped and written, the backfill's
+//! chunks emitted at their watermarks, and acknowledgements (through the position record).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ficus_mapping::{Bound, Compiled, EventContext};
+use ficus_model::Lsn;
+use ficus_postgres::{ReplicationStream, SourceError, SourceEvent};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{CAUGHT_UP_PREFIX, FLUSH_EVENTS, FLUSH_INTERVAL, Output, Positions, RunReport};
+use super::{emit_snapshot_rows, flush_sinks, write_events};
+use crate::RunError;
+use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash};
+use crate::sinks::Sinks;
+use crate::watermark::VersionVerdict;
+
+pub(super) struct Session<'a> {
+    pub pool: &'a PgPool,
+    pub compiled: &'a Compiled,
+    pub ctx: EventContext,
+    pub sinks: &'a mut Sinks,
+    /// What is recorded of the position: the slot is acknowledged up to it only.
+    pub positions: &'a mut Positions,
+    /// Bound mappings per relation OID; `None` for relations no mapping reads.
+    pub bound: HashMap<u32, Option<Bound>>,
+    pub report: &'a mut RunReport,
+    /// A commit whose events are written but not yet flushed.
+    pub pending: Option<Lsn>,
+    /// Everything up to here is durable in every sink: the slot may move here once it is recorded.
+    pub wanted: Lsn,
+    pub unflushed: usize,
+    pub in_tx: bool,
+    pub last_flush: Instant,
+    pub target: Option<Lsn>,
+    /// Whether the stream passed the target (kept across reconnects).
+    pub reached_target: &'a mut bool,
+    pub current_xid: u32,
+    pub backfills: &'a mut Backfills,
+}
+
+/// What woke the session up.
+enum Step {
+    Event(Option<SourceEvent>),
+    Flush,
+    Shutdown,
+    Chunk(Option<ChunkRead>),
+}
+
+impl Session<'_> {
+    /// Streams until shutdown, caught up, or an error. On a definite error, the
+    /// commits completed before the failing change are still flushed and
+    /// acknowledged: a restart repeats as little as possible, and nothing after.
+    pub async fn stream(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RunError> {
+        match self.stream_events(stream, shutdown).await {
+            Ok(()) => self.stop_and_ack(stream).await,
+            Err(e) if matches!(&e, RunError::Source(s) if s.is_transient()) => Err(e),
+            Err(e) => {
+                if let Err(flush) = self.stop_and_ack(stream).await {
+                    warn!(error = %flush, "could not flush the sinks after the error");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stream_events(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RunError> {
+        let mut line = Vec::with_capacity(1024);
+        self.next_backfill().await?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let flush_due = self.pending.is_some() || self.wanted > self.report.acknowledged;
+            let step = {
+                let chunks = self.backfills.running().filter(|b| b.pending.is_none());
+                tokio::select! {
+                    ev = stream.next() => Step::Event(ev?),
+                    _ = tokio::time::sleep(FLUSH_INTERVAL), if flush_due => Step::Flush,
+                    _ = shutdown.changed() => Step::Shutdown,
+                    read = async {
+                        match chunks {
+                            Some(b) => b.chunks.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Step::Chunk(read),
+                }
+            };
+            let ev = match step {
+                Step::Event(ev) => ev,
+                Step::Flush => {
+                    self.flush_and_ack(stream).await?;
+                    continue;
+                }
+                Step::Shutdown => continue,
+                Step::Chunk(Some(read)) => {
+                    if let Some(b) = self.backfills.running() {
+                        b.pending = Some(read);
+                    }
+                    continue;
+                }
+                Step::Chunk(None) => {
+                    self.coordinator_stopped().await?;
+                    continue;
+                }
+            };
+            let Some(ev) = ev else {
+                return Err(SourceError::Transient("the server ended the replication stream".into()).into());
+            };
+            match ev {
+                SourceEvent::Relation(relation) => {
+                    // Partitions are described too (before their root), though their
+                    // changes come under the root's OID: an unmapped relation is only
+                    // a problem when a change of it arrives.
+                    debug!(table = %relation.table, "relation");
+                    let bound = self.compiled.bind(relation.clone(), &self.ctx)?;
+                    self.bound.insert(relation.oid, bound);
+                }
+                SourceEvent::Begin(tx) => {
+                    self.in_tx = true;
+                    self.current_xid = tx.xid;
+                }
+                SourceEvent::Change(change) => {
+                    let Some(Some(bound)) = self.bound.get(&change.relation.oid) else {
+                        // The publication holds only mapped tables: a change of a table no
+                        // mapping names means one was renamed (or added by hand). Skipping it
+                        // would lose its events.
+                        return Err(SourceError::definite(
+                            format!(
+                                "{} is in the publication, but no mapping reads it: was a mapped table renamed?",
+                                change.relation.table
+                            ),
+                            "point the mappings at the table's new name (ficus check), then start ficus again: the slot stays where it is",
+                        )
+                        .into());
+                    };
+                    self.report.changes += 1;
+                    if let Some(b) = self.backfills.running() {
+                        b.track(&change);
+                    }
+                    let events = bound.apply(&change, &self.ctx)?;
+                    // Archived changes count as unflushed: a transaction that gave no event must
+                    // still be in the store before the slot moves past it.
+                    self.unflushed += self.sinks.archive(&change, &self.ctx);
+                    let written = write_events(self.sinks, &mut line, events)?;
+                    self.unflushed += written;
+                    self.report.events += written as u64;
+                }
+                SourceEvent::Commit { end_lsn, .. } => {
+                    self.in_tx = false;
+                    if let Some(b) = self.backfills.running() {
+                        b.committed(self.current_xid);
+                    }
+                    // Between transactions: where a backfill may start tracking.
+                    self.next_backfill().await?;
+                    self.report.transactions += 1;
+                    self.pending = Some(end_lsn);
+                    if self.unflushed == 0
+                        || self.unflushed >= FLUSH_EVENTS
+                        || self.last_flush.elapsed() >= FLUSH_INTERVAL
+                    {
+                        self.flush_and_ack(stream).await?;
+                    }
+                    if self.finished_at(end_lsn) {
+                        self.flush_and_ack(stream).await?;
+                        return Ok(());
+                    }
+                }
+                SourceEvent::KeepAlive { wal_end } => {
+                    if !self.in_tx {
+                        self.next_backfill().await?;
+                        self.flush_and_ack(stream).await?;
+                        self.ack(stream, wal_end).await?;
+                        if self.finished_at(wal_end) {
+                            return Ok(());
+                        }
+                    }
+                }
+                SourceEvent::Message { prefix, content, lsn } => {
+                    if prefix == backfill::REQUEST_PREFIX {
+                        match serde_json::from_slice::<BackfillState>(&content) {
+                            Ok(state) => self.backfills.request(state)?,
+                            Err(e) => warn!(error = %e, %lsn, "ignoring a backfill request that does not parse"),
+                        }
+                    }
+                    if prefix == backfill::MESSAGE_PREFIX {
+                        self.high_watermark(stream, &String::from_utf8_lossy(&content), lsn)
+                            .await?;
+                    }
+                    if (prefix == CAUGHT_UP_PREFIX || prefix == backfill::MESSAGE_PREFIX)
+                        && !self.in_tx
+                        && self.finished_at(lsn)
+                    {
+                        self.ack(stream, lsn).await?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether to stop at `lsn`: the target is reached (now or before) and no
+    /// backfill is left.
+    fn finished_at(&mut self, lsn: Lsn) -> bool {
+        if self.target.is_some_and(|t| lsn >= t) {
+            *self.reached_target = true;
+        }
+        *self.reached_target && self.backfills.idle()
+    }
+
+    /// Starts the next backfill when none runs. Call it between transactions
+    /// only: a backfill must track whole transactions.
+    async fn next_backfill(&mut self) -> Result<(), RunError> {
+        if self.backfills.running().is_some() {
+            return Ok(());
+        }
+        self.backfills.current = None;
+        while let Some(state) = self.backfills.queue.pop_front() {
+            let config_dir = self.backfills.config_dir.clone();
+            match BackfillSession::start(self.pool, self.compiled, &self.ctx, &config_dir, state.clone()).await {
+                Ok(session) => {
+                    self.backfills.current = Some(session);
+                    break;
+                }
+                Err(RunError::Source(e)) if e.is_transient() => {
+                    self.backfills.queue.push_front(state);
+                    return Err(e.into());
+                }
+                Err(e) => self.backfills.fail(state, &e),
+            }
+        }
+        Ok(())
+    }
+
+    /// At a backfill's high watermark: emit the chunk read before it, except
+    /// the rows the stream changed since, then flush, acknowledge, checkpoint.
+    async fn high_watermark(&mut self, stream: &ReplicationStream, marker: &str, at: Lsn) -> Result<(), RunError> {
+        let Some(b) = self.backfills.running() else {
+            return Ok(());
+        };
+        if !marker.starts_with(&b.marker_prefix) || b.delivered.contains(marker) {
+            // A marker of an earlier run, or one the stream repeats after a reconnect.
+            return Ok(());
+        }
+        b.delivered.insert(marker.to_owned());
+        let read = match b.pending.take() {
+            Some(read) => read,
+            None => match b.chunks.recv().await {
+                Some(read) => read,
+                None => return self.coordinator_stopped().await,
+            },
+        };
+        if read.marker != marker {
+            return Err(SourceError::definite(
+                format!("backfill marker {marker} arrived, {} was expected", read.marker),
+                "report this as a bug",
+            )
+            .into());
+        }
+        let Some(b) = self.backfills.current.as_mut() else {
+            return Ok(());
+        };
+        let plan = &b.plans[read.table];
+        let tracker = &mut b.trackers[read.table];
+        let unseen = tracker.unseen(&read.snapshot, &read.committed_xip);
+        if !unseen.is_empty() {
+            debug!(
+                ?unseen,
+                "backfill: transactions committed before tracking started; reading the chunk again"
+            );
+            let _ = b.verdicts.send(Verdict::Again).await;
+            return Ok(());
+        }
+        // A full scan's rows are known by their place and content: each row's verdict.
+        let verdicts: Vec<VersionVerdict> = if plan.keyset.is_full_scan() {
+            let removed = tracker.removed_unseen(&read.snapshot);
+            read.versions
+                .iter()
+                .zip(&read.rows)
+                .map(|(v, row)| tracker.version(&read.snapshot, &removed, v.xmin, v.xmax, row_hash(row)))
+                .collect()
+        } else {
+            vec![]
+        };
+        if verdicts.contains(&VersionVerdict::ReadAgain) {
+            debug!("backfill: the stream deleted or updated rows the chunk still has; reading it again");
+            let _ = b.verdicts.send(Verdict::Again).await;
+            return Ok(());
+        }
+        let read_rows = read.rows.len() as u64;
+        let truncated = !tracker.keeps(&read.snapshot, backfill::TRUNCATED);
+        let full_scan = plan.keyset.is_full_scan();
+        let mut versions = read.versions.into_iter().zip(verdicts);
+        let keep = read.rows.into_iter().filter_map(|row| {
+            let key = if full_scan {
+                // Left out: rows the stream carried.
+                match versions.next() {
+                    Some((v, VersionVerdict::Emit)) => v.ctid,
+                    _ => return None,
+                }
+            } else {
+                match key_text(&row, &plan.key_positions) {
+                    Some(key) if tracker.keeps(&read.snapshot, &key) => key,
+                    _ => return None,
+                }
+            };
+            (!truncated).then_some((row, key))
+        });
+        let keep: Vec<_> = keep.collect();
+        let mut out = Output {
+            sinks: self.sinks,
+            unflushed: &mut self.unflushed,
+            events: &mut self.report.events,
+        };
+        let emitted = match emit_snapshot_rows(&mut out, self.compiled, &plan.relation, &b.id, &self.ctx, keep, at)? {
+            Ok(n) => n,
+            Err(e) => {
+                // A row the mappings cannot map stops the backfill, not the stream: the
+                // chunk is not checkpointed, so running the backfill again repeats it.
+                if let Some(b) = self.backfills.current.take() {
+                    self.backfills.fail(b.state, &e);
+                }
+                return Ok(());
+            }
+        };
+        tracker.prune(&read.snapshot);
+        // Durable before the checkpoint: a crash in between reads the chunk again.
+        flush_sinks(self.sinks, self.positions, &mut self.unflushed, self.pending).await?;
+        let table = &mut b.state.tables[read.table];
+        table.chunk_delivered(read_rows, emitted, read.exhausted, read.last_key);
+        b.progress.update(read.table, table);
+        b.state.save(&b.config_dir)?;
+        b.finished = b.state.finished();
+        if b.finished {
+            info!(id = %b.id, "backfill: done");
+        }
+        let _ = b.verdicts.send(Verdict::Next).await;
+        self.flush_and_ack(stream).await?;
+        self.ack(stream, at).await?;
+        Ok(())
+    }
+
+    /// The running backfill's coordinator stopped early: a transient error
+    /// puts the backfill back in the queue and reconnects; any other stops the
+    /// backfill (recorded in its file), not the stream.
+    async fn coordinator_stopped(&mut self) -> Result<(), RunError> {
+        let Some(mut b) = self.backfills.current.take() else {
+            return Ok(());
+        };
+        let error: RunError = match b.task.take() {
+            Some(task) => match task.await {
+                Ok(Err(e)) if e.is_transient() => {
+                    self.backfills.queue.push_front(b.state);
+                    return Err(e.into());
+                }
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(())) => {
+                    SourceError::definite("the backfill ended before its last chunk", "report this as a bug").into()
+                }
+                Err(e) => SourceError::definite(format!("the backfill failed: {e}"), "report this as a bug").into(),
+            },
+            None => SourceError::definite("the backfill stopped", "report this as a bug").into(),
+        };
+        self.backfills.fail(b.state, &error);
+        Ok(())
+    }
+
+    /// Makes every written event durable, then acknowledges the last commit.
+    async fn flush_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
+        flush_sinks(self.sinks, self.positions, &mut self.unflushed, self.pending).await?;
+        self.last_flush = Instant::now();
+        let lsn = self.pending.take().unwrap_or(self.wanted);
+        self.ack(stream, lsn).await
+    }
+
+    /// Before stopping: everything flushed, recorded, and acknowledged.
+    async fn stop_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
+        self.flush_and_ack(stream).await?;
+        self.positions.record(self.sinks, self.wanted, true).await?;
+        self.acknowledge_recorded(stream);
+        Ok(())
+    }
+
+    /// `lsn` is durable in every sink: the slot moves there once the position is recorded (at
+    /// once, or at the next flush when a record was written a moment ago).
+    async fn ack(&mut self, stream: &ReplicationStream, lsn: Lsn) -> Result<(), RunError> {
+        self.wanted = self.wanted.max(lsn);
+        if self.wanted > self.report.acknowledged {
+            self.positions.record(self.sinks, self.wanted, false).await?;
+            self.acknowledge_recorded(stream);
+        }
+        Ok(())
+    }
+
+    /// The one place the slot moves: up to what is both durable and recorded.
+    fn acknowledge_recorded(&mut self, stream: &ReplicationStream) {
+        let lsn = self.wanted.min(self.positions.recorded());
+        if lsn > self.report.acknowledged {
+            stream.acknowledge(lsn);
+            self.report.acknowledged = lsn;
+            debug!(lsn = %lsn, "acknowledged");
+        }
+    }
+}
