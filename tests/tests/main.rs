@@ -8,4 +8,5 @@ mod bad_input;
 mod crash;
 mod gaps;
 mod pipeline;
+mod publication;
 mod store;

@@ -58,9 +58,12 @@ async fn a_second_slot_gives_the_same_ids() {
         .await;
     p.catch_up();
     p.ok(&["run", "-c", "second.toml", "--until-caught-up"]);
+    // The first slot's first start backfilled the customer from before ficus; the second slot,
+    // starting on a publication that has the tables already, did not.
     let ids = |events: Vec<serde_json::Value>| {
         events
             .iter()
+            .filter(|e| e.get("backfill").is_none())
             .map(|e| e["id"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };

@@ -472,7 +472,7 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Err(e) if e.is_transient() => return offline(format!("could not reach the source ({e})")),
         Err(e) => return Err(RunError::from(e).into()),
     };
-    let compiled = ficus_runtime::check_live(&files, &pool).await?;
+    let compiled = ficus_runtime::check_live(&files, &pool, &config.source.publication).await?;
     println!(
         "{} mapping(s) of {} table(s) check out against {}",
         compiled.mappings().len(),

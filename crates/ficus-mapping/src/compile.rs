@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-use ficus_model::{Op, Relation, ReplicaIdentity, TableRef};
+use ficus_model::{CatalogTable, Op, Relation, ReplicaIdentity, TableRef, Unseen};
 use toml::Spanned;
 
 use crate::cel_value;
@@ -13,7 +13,7 @@ use crate::expr::{self, Cols, ColumnRef, Expr, Reads, Var};
 use crate::file::{MappingFile, RawData, RawEvent};
 
 /// The live schema of the mapped tables, for checking mappings against it.
-pub type Schema = BTreeMap<TableRef, Relation>;
+pub type Schema = BTreeMap<TableRef, CatalogTable>;
 
 /// The default schema version of an event.
 pub const DEFAULT_VERSION: u32 = 1;
@@ -33,6 +33,10 @@ pub struct Mapping {
     pub ops: Vec<Op>,
     /// Where it is written, `file:line`.
     pub origin: String,
+    /// The columns it reads of the row after the change (`new`).
+    pub reads_new: ColumnsRead,
+    /// The columns it reads of the row before the change (`old`).
+    pub reads_old: ColumnsRead,
     pub(crate) when: Option<Expr>,
     pub(crate) key: Expr,
     pub(crate) data: Data,
@@ -43,6 +47,44 @@ impl Mapping {
     /// Whether the mapping reads `old` values beyond what every replica identity sends.
     pub fn reads_old(&self) -> bool {
         !self.reads.old.is_none() || self.reads.changed
+    }
+
+    /// Whether it reads the column, in `new` or `old`.
+    pub fn reads(&self, column: &str) -> bool {
+        self.reads_new.contains(column) || self.reads_old.contains(column)
+    }
+}
+
+/// The columns of its table a mapping reads, of one row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnsRead {
+    /// Every column but these (`data = "new"` with `exclude`, or an expression that reads the
+    /// whole row).
+    AllBut(BTreeSet<String>),
+    /// Only these.
+    Only(BTreeSet<String>),
+}
+
+impl ColumnsRead {
+    /// Whether the column is read.
+    pub fn contains(&self, column: &str) -> bool {
+        match self {
+            ColumnsRead::AllBut(except) => !except.contains(column),
+            ColumnsRead::Only(columns) => columns.contains(column),
+        }
+    }
+
+    /// What expressions read of a row, and the whole row but `exclude` when it is the data.
+    fn of(exprs: &Cols, whole_row_but: Option<&[String]>) -> ColumnsRead {
+        match (exprs, whole_row_but) {
+            (Cols::All, _) => ColumnsRead::AllBut(BTreeSet::new()),
+            (Cols::Some(read), Some(exclude)) => {
+                ColumnsRead::AllBut(exclude.iter().filter(|c| !read.contains(*c)).cloned().collect())
+            }
+            (Cols::None, Some(exclude)) => ColumnsRead::AllBut(exclude.iter().cloned().collect()),
+            (Cols::Some(read), None) => ColumnsRead::Only(read.clone()),
+            (Cols::None, None) => ColumnsRead::Only(BTreeSet::new()),
+        }
     }
 }
 
@@ -298,6 +340,15 @@ impl Checker<'_> {
                 );
             }
         }
+        let excluded: Vec<String> = exclude.iter().map(|e| e.get_ref().clone()).collect();
+        // `changed` compares every column of both rows.
+        let (exprs_new, exprs_old) = if reads.changed {
+            (Cols::All, Cols::All)
+        } else {
+            (reads.new.clone(), reads.old.clone())
+        };
+        let reads_new = ColumnsRead::of(&exprs_new, (row == Some(Var::New)).then_some(&excluded[..]));
+        let reads_old = ColumnsRead::of(&exprs_old, (row == Some(Var::Old)).then_some(&excluded[..]));
         if let Some(var) = row {
             let mut cols = Cols::All;
             std::mem::swap(
@@ -359,6 +410,8 @@ impl Checker<'_> {
             table,
             ops,
             origin,
+            reads_new,
+            reads_old,
             when,
             key,
             data,
@@ -379,7 +432,7 @@ impl Checker<'_> {
         when: Option<&Located>,
         env: &Arc<cel::Env>,
     ) {
-        let Some(relation) = schema.get(table) else {
+        let Some(catalog) = schema.get(table) else {
             let known: Vec<String> = schema.keys().map(|t| t.to_string()).collect();
             let hint = if known.is_empty() {
                 "no table is visible to this user".to_owned()
@@ -389,6 +442,7 @@ impl Checker<'_> {
             self.error(&raw.table.span(), format!("unknown table {table}"), hint);
             return;
         };
+        let relation = &catalog.relation;
         if relation.replica_identity != ReplicaIdentity::Full && !relation.columns.iter().any(|c| c.identity) {
             self.error(
                 &raw.table.span(),
@@ -421,7 +475,13 @@ impl Checker<'_> {
                 match relation.columns.iter().find(|c| &c.name == name) {
                     None => {
                         all_known = false;
-                        self.error(&at, format!("unknown column {name:?} in {table}"), columns_hint());
+                        match catalog.unseen(name) {
+                            Some(why) => {
+                                let (message, hint) = unseen_message(catalog, name, why);
+                                self.error(&at, message, hint);
+                            }
+                            None => self.error(&at, format!("unknown column {name:?} in {table}"), columns_hint()),
+                        }
                     }
                     Some(col)
                         if *var == Var::Old
@@ -447,8 +507,27 @@ impl Checker<'_> {
                 );
             }
         }
+        // The whole row: every column but the excluded ones, so one the stream does not send must
+        // be excluded, or the event would silently lack it.
+        if let Some(data) = &raw.data
+            && matches!(data.get_ref(), RawData::Row(_))
+        {
+            for u in &catalog.unseen {
+                if !exclude.iter().any(|e| e.get_ref() == &u.name) {
+                    let (message, hint) = unseen_message(catalog, &u.name, &u.why);
+                    self.error(
+                        &data.span(),
+                        format!("the whole row would lack {}: {message}", u.name),
+                        format!(
+                            "add {:?} to exclude to say so, or map the row field by field; {hint}",
+                            u.name
+                        ),
+                    );
+                }
+            }
+        }
         for ex in exclude {
-            if relation.column_index(ex.get_ref()).is_none() {
+            if relation.column_index(ex.get_ref()).is_none() && catalog.unseen(ex.get_ref()).is_none() {
                 self.error(
                     &ex.span(),
                     format!("unknown column {:?} in {table}", ex.get_ref()),
@@ -523,6 +602,63 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Why a mapping cannot read a column the stream does not send, and what to do instead.
+fn unseen_message(catalog: &CatalogTable, column: &str, why: &Unseen) -> (String, String) {
+    let table = &catalog.relation.table;
+    match why {
+        Unseen::Generated { expression } => (
+            format!(
+                "{column} is a generated column of {table} (GENERATED ALWAYS AS {expression}), and logical replication does not send generated columns"
+            ),
+            match generated_in_cel(expression, &catalog.relation) {
+                Some(cel) => format!("compute it from the columns it is made of: \"{cel}\""),
+                None => format!("compute it in CEL from the columns {expression} reads (new.column)"),
+            },
+        ),
+        Unseen::NotPublished { publication, fix } => (
+            format!("{column} of {table} is left out by the column list of publication {publication}"),
+            format!("publish every column of the table: {fix}"),
+        ),
+    }
+}
+
+/// A generated column's SQL expression as CEL over `new`, when it is simple enough to be the same
+/// expression in both (`(price * qty)` is `new.price * new.qty`).
+fn generated_in_cel(sql: &str, relation: &Relation) -> Option<String> {
+    let mut cel = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, cel: &mut String| -> Option<()> {
+        if word.is_empty() {
+            return Some(());
+        }
+        if word.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            cel.push_str(word);
+        } else if relation.column_index(word).is_some() {
+            cel.push_str("new.");
+            cel.push_str(word);
+        } else {
+            return None; // a function or keyword of SQL: not the same in CEL
+        }
+        word.clear();
+        Some(())
+    };
+    for c in sql.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && word.chars().all(|d| d.is_ascii_digit())) {
+            word.push(c);
+            continue;
+        }
+        flush(&mut word, &mut cel)?;
+        if "+-*/%() ".contains(c) {
+            cel.push(c);
+        } else {
+            return None;
+        }
+    }
+    flush(&mut word, &mut cel)?;
+    let cel = cel.trim();
+    expr::parse(cel).ok().map(|_| cel.to_owned())
 }
 
 fn columns_types_hint(relation: &Relation) -> String {

@@ -22,6 +22,6 @@ mod expr;
 mod file;
 
 pub use apply::{Bound, EvalError, EventContext, MapError};
-pub use compile::{Compiled, Mapping, Schema, compile};
+pub use compile::{ColumnsRead, Compiled, Mapping, Schema, compile};
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, parse_file};

@@ -123,7 +123,10 @@ fn shop_relations() -> (Arc<Relation>, Arc<Relation>) {
 
 fn shop_schema() -> Schema {
     let (c, o) = shop_relations();
-    BTreeMap::from([(c.table.clone(), (*c).clone()), (o.table.clone(), (*o).clone())])
+    BTreeMap::from([
+        (c.table.clone(), (*c).clone().into()),
+        (o.table.clone(), (*o).clone().into()),
+    ])
 }
 
 fn shop_mappings() -> Vec<(String, String)> {
@@ -281,7 +284,7 @@ fn types_numeric_time_bytea_json_arrays() {
         ],
     );
     let mut schema = Schema::new();
-    schema.insert(rel.table.clone(), (*rel).clone());
+    schema.insert(rel.table.clone(), (*rel).clone().into());
     let compiled = compile_files(
         &[(
             "kinds.toml",
@@ -518,7 +521,7 @@ fn bad_mappings() {
                 ("meta", PgType::Json, false),
             ],
         );
-        s.insert(plain.table.clone(), (*plain).clone());
+        s.insert(plain.table.clone(), (*plain).clone().into());
         s
     };
     insta::glob!("fixtures/bad/*.toml", |path| {
@@ -577,4 +580,97 @@ fn snapshot_rows_map_like_inserts_with_ids_of_their_own() {
         key: "7".into(),
     };
     assert_ne!(apply(&compiled, &[other])[0].id, events[1].id);
+}
+
+#[test]
+fn columns_the_stream_does_not_send_are_errors_with_what_to_do_instead() {
+    let lines = relation(
+        16950,
+        "public.lines",
+        ReplicaIdentity::Default,
+        &[
+            ("id", PgType::Int, true),
+            ("price", PgType::Numeric, false),
+            ("qty", PgType::Int, false),
+        ],
+    );
+    let mut table = ficus_model::CatalogTable::from((*lines).clone());
+    table.unseen = vec![
+        ficus_model::UnseenColumn {
+            name: "total".into(),
+            why: ficus_model::Unseen::Generated {
+                expression: "(price * qty)".into(),
+            },
+        },
+        ficus_model::UnseenColumn {
+            name: "secret".into(),
+            why: ficus_model::Unseen::NotPublished {
+                publication: "ficus".into(),
+                fix: "ALTER PUBLICATION \"ficus\" SET TABLE \"public\".\"lines\";".into(),
+            },
+        },
+    ];
+    let schema = Schema::from([(lines.table.clone(), table)]);
+    let errors = compile_files(
+        &[(
+            "lines.toml",
+            r#"[[event]]
+name = "LinePriced"
+table = "lines"
+on = ["insert"]
+key = "new.id"
+data = { total = "new.total", secret = "new.secret" }
+
+[[event]]
+name = "LineSeen"
+table = "lines"
+on = ["insert"]
+key = "new.id"
+data = "new"
+exclude = ["secret"]
+"#,
+        )],
+        Some(&schema),
+    )
+    .err()
+    .unwrap();
+    insta::assert_snapshot!(errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n"));
+    // Excluded, or not read: fine.
+    let compiled = compile_files(
+        &[(
+            "lines.toml",
+            "[[event]]\nname = \"LineSeen\"\ntable = \"lines\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = \"new\"\nexclude = [\"secret\", \"total\"]\n",
+        )],
+        Some(&schema),
+    )
+    .unwrap();
+    let m = &compiled.mappings()[0];
+    assert!(m.reads("price") && m.reads("id") && !m.reads("total") && !m.reads("secret"));
+}
+
+#[test]
+fn a_mapping_says_which_columns_it_reads() {
+    let files = shop_mappings();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let compiled = compile_files(&files, Some(&shop_schema())).unwrap();
+    let by_name = |n: &str| compiled.mappings().iter().find(|m| &*m.name == n).unwrap().clone();
+    let registered = by_name("CustomerRegistered");
+    assert_eq!(
+        registered.reads_new,
+        ficus_mapping::ColumnsRead::AllBut(["password_hash".to_owned()].into())
+    );
+    let paid = by_name("OrderPaid");
+    assert_eq!(
+        paid.reads_new,
+        ficus_mapping::ColumnsRead::Only(["id", "paid_at", "status", "total"].map(String::from).into())
+    );
+    assert_eq!(
+        paid.reads_old,
+        ficus_mapping::ColumnsRead::Only(["status".to_owned()].into())
+    );
+    // `changed` compares every column.
+    assert_eq!(
+        by_name("CustomerEmailChanged").reads_old,
+        ficus_mapping::ColumnsRead::AllBut(Default::default())
+    );
 }

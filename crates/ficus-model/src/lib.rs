@@ -18,4 +18,4 @@ pub mod value;
 pub use change::{Cell, Op, Origin, Row, RowChange, TxMeta, text_of};
 pub use event::Event;
 pub use lsn::Lsn;
-pub use relation::{Column, PgType, Relation, ReplicaIdentity, TableRef};
+pub use relation::{CatalogTable, Column, PgType, Relation, ReplicaIdentity, TableRef, Unseen, UnseenColumn};

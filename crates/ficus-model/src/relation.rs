@@ -179,3 +179,63 @@ impl Relation {
         self.columns.iter().position(|c| c.name == name)
     }
 }
+
+/// A table as the catalog describes it, for checking mappings before anything streams: the
+/// relation as the stream will describe it (the columns logical replication sends), and what the
+/// stream will not send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogTable {
+    /// The columns the stream sends, in its order.
+    pub relation: Relation,
+    /// Columns of the table the stream does not send, and why.
+    pub unseen: Vec<UnseenColumn>,
+    /// Columns whose values may be TOASTed (kept out of line): an update that leaves such a value
+    /// unchanged does not send it.
+    pub toastable: std::collections::BTreeSet<String>,
+    /// Whether the table is partitioned (its partitions publish through it).
+    pub partitioned: bool,
+}
+
+/// A column of a table that logical replication does not send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnseenColumn {
+    /// The column.
+    pub name: String,
+    /// Why the stream does not send it.
+    pub why: Unseen,
+}
+
+/// Why the stream does not send a column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// A generated column (`GENERATED ALWAYS AS (...) STORED`): Postgres 15 does not send them.
+    Generated {
+        /// Its generation expression, in SQL.
+        expression: String,
+    },
+    /// The publication's column list leaves it out.
+    NotPublished {
+        /// The publication.
+        publication: String,
+        /// The statement that publishes every column of its tables.
+        fix: String,
+    },
+}
+
+impl CatalogTable {
+    /// Why the stream does not send the column, if it does not.
+    pub fn unseen(&self, column: &str) -> Option<&Unseen> {
+        self.unseen.iter().find(|u| u.name == column).map(|u| &u.why)
+    }
+}
+
+impl From<Relation> for CatalogTable {
+    fn from(relation: Relation) -> CatalogTable {
+        CatalogTable {
+            relation,
+            unseen: vec![],
+            toastable: Default::default(),
+            partitioned: false,
+        }
+    }
+}

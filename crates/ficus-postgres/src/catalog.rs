@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ficus_model::{Column, PgType, Relation, ReplicaIdentity, TableRef};
+use ficus_model::{CatalogTable, Column, PgType, Relation, ReplicaIdentity, TableRef, Unseen, UnseenColumn};
 use sqlx::{PgPool, Row};
 
 use crate::SourceError;
@@ -47,15 +47,21 @@ pub async fn preflight(pool: &PgPool) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Every user table with its columns, for checking mappings.
-pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, Relation>, SourceError> {
+/// Every user table: its relation as the stream will describe it (generated columns, which
+/// logical replication does not send, apart), which columns may be TOASTed, whether it is
+/// partitioned. For checking mappings and for the backfill, whose rows must look like streamed ones.
+pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, CatalogTable>, SourceError> {
     let rows = sqlx::query(
         "select n.nspname::text, c.relname::text, c.oid::int8, c.relreplident::text, a.attname::text, a.atttypid::int8,
                 format_type(a.atttypid, a.atttypmod),
-                coalesce(a.attnum = any(i.indkey), false)
+                coalesce(a.attnum = any(i.indkey), false),
+                a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid),
+                a.attlen = -1 and a.attstorage <> 'p',
+                c.relkind = 'p'
          from pg_class c
          join pg_namespace n on n.oid = c.relnamespace
          join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
          left join pg_index i on i.indrelid = c.oid
               and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident))
          where c.relkind in ('r', 'p') and not c.relispartition
@@ -66,20 +72,35 @@ pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, Relation>, Sourc
     .await
     .map_err(|e| SourceError::from_sqlx("reading the tables", e))?;
     let mut types = TypeCache::default();
-    let mut out: BTreeMap<TableRef, Relation> = BTreeMap::new();
+    let mut out: BTreeMap<TableRef, CatalogTable> = BTreeMap::new();
     for row in rows {
         let table = TableRef::new(row.get::<String, _>(0), row.get::<String, _>(1));
-        let oid = row.get::<i64, _>(5) as u32;
-        let ty = types.resolve(pool, oid).await?;
-        let rel = out.entry(table.clone()).or_insert_with(|| Relation {
-            oid: row.get::<i64, _>(2) as u32,
-            table,
-            replica_identity: ReplicaIdentity::from_letter(row.get::<String, _>(3).as_bytes()[0]),
-            columns: vec![],
+        let entry = out.entry(table.clone()).or_insert_with(|| {
+            let mut t = CatalogTable::from(Relation {
+                oid: row.get::<i64, _>(2) as u32,
+                table,
+                replica_identity: ReplicaIdentity::from_letter(row.get::<String, _>(3).as_bytes()[0]),
+                columns: vec![],
+            });
+            t.partitioned = row.get(11);
+            t
         });
-        rel.columns.push(Column {
-            name: row.get(4),
-            ty,
+        let name: String = row.get(4);
+        if row.get::<bool, _>(8) {
+            let expression = row.get::<Option<String>, _>(9).unwrap_or_default();
+            entry.unseen.push(UnseenColumn {
+                name,
+                why: Unseen::Generated { expression },
+            });
+            continue;
+        }
+        if row.get::<bool, _>(10) {
+            entry.toastable.insert(name.clone());
+        }
+        let oid = row.get::<i64, _>(5) as u32;
+        entry.relation.columns.push(Column {
+            name,
+            ty: types.resolve(pool, oid).await?,
             type_name: row.get(6),
             identity: row.get(7),
         });

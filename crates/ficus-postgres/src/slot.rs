@@ -1,11 +1,9 @@
-//! The slot and the publication ficus owns on the source.
+//! The slot ficus owns on the source (and the teardown of the publication with it).
 //!
 //! An abandoned slot keeps every WAL segment from its confirmed position on:
 //! the source's disk fills up. `ficus teardown` drops both.
 
-use std::collections::BTreeSet;
-
-use ficus_model::{Lsn, TableRef};
+use ficus_model::Lsn;
 use sqlx::{PgPool, Row};
 use tracing::info;
 
@@ -13,77 +11,6 @@ use crate::SourceError;
 
 fn quote(s: &str) -> String {
     ficus_model::relation::quote_ident(s)
-}
-
-/// Makes the publication cover exactly `tables`, publishing partitions through their root.
-pub async fn ensure_publication(pool: &PgPool, name: &str, tables: &BTreeSet<TableRef>) -> Result<(), SourceError> {
-    let ctx = |what: &str| format!("{what} publication {name}");
-    let existing = sqlx::query("select puballtables, pubviaroot from pg_publication where pubname = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| SourceError::from_sqlx(&ctx("reading"), e))?;
-    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
-    let hint = |sql: &str| format!("run as the owner of the tables, or have an owner run: {sql}");
-    match existing {
-        None => {
-            let sql = format!(
-                "create publication {} for table {list} with (publish_via_partition_root = true)",
-                quote(name)
-            );
-            sqlx::query(&sql)
-                .execute(pool)
-                .await
-                .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("creating"), e), hint(&sql)))?;
-            info!(publication = name, tables = %list, "created publication");
-        }
-        Some(row) => {
-            let (all, via_root): (bool, bool) = (row.get(0), row.get(1));
-            if all {
-                return Err(SourceError::definite(
-                    format!(
-                        "publication {name} is FOR ALL TABLES; ficus keeps its publication equal to the mapped tables"
-                    ),
-                    "give ficus a publication of its own ([source] publication = \"...\"), or drop this one",
-                ));
-            }
-            let current: BTreeSet<TableRef> =
-                sqlx::query("select schemaname::text, tablename::text from pg_publication_tables where pubname = $1")
-                    .bind(name)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| SourceError::from_sqlx(&ctx("reading"), e))?
-                    .iter()
-                    .map(|r| TableRef::new(r.get::<String, _>(0), r.get::<String, _>(1)))
-                    .collect();
-            if &current != tables {
-                let sql = format!("alter publication {} set table {list}", quote(name));
-                sqlx::query(&sql)
-                    .execute(pool)
-                    .await
-                    .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("updating"), e), hint(&sql)))?;
-                info!(publication = name, tables = %list, "updated publication");
-            }
-            if !via_root {
-                let sql = format!(
-                    "alter publication {} set (publish_via_partition_root = true)",
-                    quote(name)
-                );
-                sqlx::query(&sql)
-                    .execute(pool)
-                    .await
-                    .map_err(|e| with_hint(SourceError::from_sqlx(&ctx("updating"), e), hint(&sql)))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn with_hint(e: SourceError, hint: String) -> SourceError {
-    match e {
-        SourceError::Definite { message, .. } => SourceError::Definite { message, hint },
-        t => t,
-    }
 }
 
 /// The slot as the server describes it.

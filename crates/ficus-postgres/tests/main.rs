@@ -23,7 +23,7 @@ fn text(c: &Cell) -> String {
 /// Reads the whole table chunk by chunk; returns the rows as text and the number of chunks.
 async fn read_all(pool: &sqlx::PgPool, table: &str, limit: usize, filter: Option<&str>) -> (Vec<Vec<String>>, usize) {
     let table = TableRef::parse(table);
-    let relation = catalog::tables(pool).await.unwrap().remove(&table).unwrap();
+    let relation = catalog::tables(pool).await.unwrap().remove(&table).unwrap().relation;
     let keys = keyset(pool, &table, true).await.unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let (mut rows, mut chunks, mut after) = (Vec::new(), 0, None::<Vec<String>>);

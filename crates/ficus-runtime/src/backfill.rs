@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use ficus_mapping::{Compiled, EventContext};
 use ficus_model::{Cell, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
+use ficus_postgres::SourceError;
 use ficus_postgres::backfill::{Keyset, RowVersion, keyset, read_chunk};
-use ficus_postgres::{SourceError, catalog};
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
@@ -82,6 +82,10 @@ pub struct BackfillState {
     /// Why the backfill stopped for good, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its tables just entered the publication: before reading them, wait for the transactions
+    /// that were running then, whose earlier changes of them the stream does not carry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_publication_change: bool,
 }
 
 /// One table's progress.
@@ -155,7 +159,14 @@ impl BackfillState {
                 })
                 .collect(),
             error: None,
+            after_publication_change: false,
         }
+    }
+
+    /// Whether it is in progress and reads `table` (with its filter, if it has one: the rows
+    /// someone chose).
+    pub fn covers(&self, table: &str) -> bool {
+        self.in_progress() && self.tables.iter().any(|t| t.table == table)
     }
 
     /// The directory of a config's backfill files.
@@ -311,14 +322,17 @@ pub(crate) fn key_text(row: &Row, positions: &[usize]) -> Option<String> {
     values.map(|v| serde_json::to_string(&v).expect("strings serialize"))
 }
 
-/// Plans the backfill: which tables, their keys, their bound mappings.
+/// Plans the backfill: which tables, their keys, their bound mappings. Rows are read with the
+/// columns the stream sends (`publication`'s), so snapshot rows look like streamed ones.
 pub(crate) async fn plan(
     pool: &PgPool,
+    publication: &str,
     compiled: &Compiled,
     ctx: &EventContext,
     state: &BackfillState,
 ) -> Result<Vec<TablePlan>, RunError> {
-    let tables = catalog::tables(pool).await?;
+    let published = ficus_postgres::publication::read(pool, publication).await?;
+    let tables = crate::run::live_schema(pool, published.as_ref()).await?;
     let mut plans = Vec::new();
     for t in &state.tables {
         let table = TableRef::parse(&t.table);
@@ -327,7 +341,7 @@ pub(crate) async fn plan(
                 SourceError::definite(format!("unknown table {table}"), "name a mapped table (ficus check)").into(),
             );
         };
-        let relation = Arc::new(relation.clone());
+        let relation = Arc::new(relation.relation.clone());
         let keyset = keyset(pool, &table, state.allow_full_scan).await?;
         let key_positions: Vec<usize> = keyset
             .columns
@@ -394,6 +408,9 @@ pub(crate) async fn coordinate(
         .acquire()
         .await
         .map_err(|e| SourceError::from_sqlx("backfill connection", e))?;
+    if state.after_publication_change {
+        wait_for_older_transactions(&mut conn).await?;
+    }
     let mut n = 0u64;
     for (i, (relation, keys)) in tables.iter().enumerate() {
         let table_state = &mut state.tables[i];
@@ -477,6 +494,44 @@ pub(crate) async fn coordinate(
         }
     }
     Ok(())
+}
+
+/// Waits until every transaction running now has ended. A table just added to the publication
+/// has its changes streamed from the publication change on; a transaction that changed it before
+/// and commits later has those changes neither in the stream nor, if it commits after a chunk's
+/// snapshot, in the chunk. Once it has ended, every chunk's snapshot sees it.
+async fn wait_for_older_transactions(conn: &mut sqlx::PgConnection) -> Result<(), SourceError> {
+    let err = |e| SourceError::from_sqlx("backfill: waiting for older transactions", e);
+    let horizon: String = sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+    let horizon: u64 = horizon.parse().unwrap_or(0);
+    let mut said: Option<std::time::Instant> = None;
+    loop {
+        let xmin: String = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err)?;
+        if xmin.parse::<u64>().unwrap_or(u64::MAX) >= horizon {
+            return Ok(());
+        }
+        if said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+            said = Some(std::time::Instant::now());
+            let oldest: Option<(i32, String)> = sqlx::query_as(
+                "select pid, coalesce(backend_xid::text, backend_xmin::text) from pg_stat_activity
+                 where backend_xid is not null or backend_xmin is not null order by age(coalesce(backend_xid, backend_xmin)) desc limit 1",
+            )
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err)?;
+            info!(
+                ?oldest,
+                "backfill: its tables just entered the publication; waiting for the transactions older than that (pid, xid)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Builds the snapshot row changes of a chunk's rows, emitted at `at`.
@@ -574,12 +629,13 @@ impl BackfillSession {
     /// Plans a backfill and starts its coordinator.
     pub async fn start(
         pool: &PgPool,
+        publication: &str,
         compiled: &Compiled,
         ctx: &EventContext,
         config_dir: &Path,
         mut state: BackfillState,
     ) -> Result<BackfillSession, RunError> {
-        let plans = plan(pool, compiled, ctx, &state).await?;
+        let plans = plan(pool, publication, compiled, ctx, &state).await?;
         for (t, p) in state.tables.iter_mut().zip(&plans) {
             t.rows_estimated = t.rows_estimated.or(p.rows_estimated);
         }
@@ -635,18 +691,21 @@ pub(crate) struct Backfills {
     /// The ones waiting.
     pub queue: VecDeque<BackfillState>,
     pub config_dir: PathBuf,
+    /// The publication: its columns are the ones read.
+    pub publication: String,
 }
 
 impl Backfills {
     /// The backfills in progress of a config, to go on with.
-    pub fn load(config_dir: &Path) -> Result<Backfills, RunError> {
+    pub fn load(config: &crate::Config) -> Result<Backfills, RunError> {
         Ok(Backfills {
             current: None,
-            queue: BackfillState::all(config_dir)?
+            queue: BackfillState::all(&config.dir)?
                 .into_iter()
                 .filter(BackfillState::in_progress)
                 .collect(),
-            config_dir: config_dir.to_owned(),
+            config_dir: config.dir.clone(),
+            publication: config.source.publication.clone(),
         })
     }
 

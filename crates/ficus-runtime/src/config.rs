@@ -63,6 +63,10 @@ pub struct SourceConfig {
     /// The source's name in events' `source`, default the database name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Whether a mapped table that enters the publication (at the first start, or when a mapping
+    /// of it is added) is backfilled, so that its existing rows become snapshot events. Default true.
+    #[serde(default = "yes")]
+    pub backfill_new_tables: bool,
 }
 
 fn default_slot() -> String {

@@ -19,24 +19,22 @@ use crate::position::Gap;
 /// The `type` of the event that tells consumers about a gap.
 pub const EVENT_TYPE: &str = "ficus.gap";
 
-/// A gap, as recorded by the resync that repairs it.
+/// A gap, recorded when it is found. Until `--resync` repairs it, ficus refuses to stream from
+/// the slot: a publication fixed afterwards, say, does not bring back what it did not send.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapRecord {
     /// The gap's id (its event's id derives from it).
     pub id: String,
-    /// The slot.
-    pub slot: String,
-    /// What happened, in short (`slot-missing`, `slot-invalidated`, ...).
-    pub cause: String,
+    /// What was lost, and why.
+    #[serde(flatten)]
+    pub gap: Gap,
     /// What happened, in words.
     pub message: String,
-    /// Everything committed up to here was delivered.
-    pub lost_after: Lsn,
-    /// What was lost ends before here, when known when it was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost_before: Option<Lsn>,
     /// When it was found (RFC 3339).
     pub detected_at: String,
+    /// When `--resync` repaired it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired_at: Option<String>,
     /// Where the new slot starts: everything from here on is streamed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_at: Option<Lsn>,
@@ -44,25 +42,42 @@ pub struct GapRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<String>,
     /// Whether its `ficus.gap` event is delivered.
+    #[serde(default)]
     pub delivered: bool,
 }
 
+/// Now, in RFC 3339 to the microsecond.
+fn now() -> String {
+    let now = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap_or_default();
+    ficus_model::value::rfc3339(now)
+}
+
 impl GapRecord {
-    /// A record of `gap`, found now.
-    pub fn new(gap: &Gap, backfill: Option<String>) -> GapRecord {
-        let now = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap_or_default();
-        GapRecord {
-            id: format!("{:x}", now.timestamp_micros()),
-            slot: gap.slot.clone(),
-            cause: gap.cause.name().to_owned(),
-            message: gap.to_string(),
-            lost_after: gap.after,
-            lost_before: gap.before,
-            detected_at: ficus_model::value::rfc3339(now),
-            resumed_at: None,
-            backfill,
-            delivered: false,
+    /// Records a gap just found, unless one of its slot is recorded and not repaired yet (then
+    /// that one stands); returns the record that stands.
+    pub fn found(config_dir: &Path, gap: &Gap) -> Result<GapRecord, RunError> {
+        if let Some(open) = GapRecord::unrepaired(config_dir, &gap.slot)?.into_iter().next() {
+            return Ok(open);
         }
+        let record = GapRecord {
+            id: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+            gap: gap.clone(),
+            message: gap.to_string(),
+            detected_at: now(),
+            repaired_at: None,
+            resumed_at: None,
+            backfill: None,
+            delivered: false,
+        };
+        record.save(config_dir)?;
+        Ok(record)
+    }
+
+    /// Marks it repaired by a resync whose backfill (if any) is `backfill`.
+    pub fn repaired(&mut self, backfill: Option<String>, config_dir: &Path) -> Result<(), RunError> {
+        self.repaired_at = Some(now());
+        self.backfill = backfill;
+        self.save(config_dir)
     }
 
     fn dir(config_dir: &Path) -> PathBuf {
@@ -100,11 +115,19 @@ impl GapRecord {
         Ok(all)
     }
 
-    /// The gaps of `slot` whose event is not delivered yet.
+    /// The gaps of `slot` no resync has repaired.
+    pub fn unrepaired(config_dir: &Path, slot: &str) -> Result<Vec<GapRecord>, RunError> {
+        Ok(GapRecord::all(config_dir)?
+            .into_iter()
+            .filter(|g| g.gap.slot == slot && g.repaired_at.is_none())
+            .collect())
+    }
+
+    /// The gaps of `slot` repaired, whose event is not delivered yet.
     pub fn undelivered(config_dir: &Path, slot: &str) -> Result<Vec<GapRecord>, RunError> {
         Ok(GapRecord::all(config_dir)?
             .into_iter()
-            .filter(|g| g.slot == slot && !g.delivered)
+            .filter(|g| g.gap.slot == slot && g.repaired_at.is_some() && !g.delivered)
             .collect())
     }
 
@@ -116,29 +139,70 @@ impl GapRecord {
 
     /// The `ficus.gap` event: its id derives from the gap's, so a repeat is the same event.
     pub fn event(&self, ctx: &EventContext) -> Event {
-        let lost = |lsn: Option<Lsn>| lsn.map_or(serde_json::Value::Null, |l| l.to_string().into());
+        let slot = &self.gap.slot;
+        let before = self.resumed_at.or(self.gap.before);
         Event {
             specversion: "1.0",
-            id: ctx.event_id(&format!("gap/{}/{}", self.slot, self.id)),
+            id: ctx.event_id(&format!("gap/{slot}/{}", self.id)),
             source: format!("/ficus/{}", ctx.source_name).into(),
             ty: Arc::from(EVENT_TYPE),
             aggregate: Arc::from("ficus"),
-            subject: self.slot.clone(),
+            subject: slot.clone(),
             time: self.detected_at.clone().into(),
             datacontenttype: "application/json",
             eventversion: 1,
-            lsn: self.resumed_at.unwrap_or(self.lost_after).to_string().into(),
+            lsn: self.resumed_at.unwrap_or(self.gap.after).to_string().into(),
             txid: Arc::from("0"),
             backfill: None,
             data: serde_json::json!({
-                "slot": self.slot,
-                "cause": self.cause,
+                "slot": slot,
+                "cause": self.gap.cause.name(),
                 "message": self.message,
-                "lost_after": self.lost_after.to_string(),
-                "lost_before": lost(self.resumed_at.or(self.lost_before)),
+                "lost_after": self.gap.after.to_string(),
+                "lost_before": before.map(|l| l.to_string()),
                 "detected_at": self.detected_at,
                 "backfill": self.backfill,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Cause;
+
+    #[test]
+    fn a_gap_record_reads_back_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let gap = Gap {
+            slot: "ficus".into(),
+            cause: Cause::PublicationChanged {
+                publication: "p".into(),
+                what: "it does not publish update".into(),
+                fix: Some("ALTER PUBLICATION p SET (publish = 'insert, update')".into()),
+            },
+            after: Lsn(0x10),
+            before: None,
+        };
+        let found = GapRecord::found(dir.path(), &gap).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(".ficus/gaps").join(format!("{}.json", found.id))).unwrap();
+        assert!(text.contains("\"cause\": \"publication-changed\""), "{text}");
+        assert!(text.contains("\"lost_after\": \"0/10\""), "{text}");
+        assert_eq!(GapRecord::unrepaired(dir.path(), "ficus").unwrap(), vec![found.clone()]);
+        // Found again before a repair: the same record stands.
+        let again = GapRecord::found(
+            dir.path(),
+            &Gap {
+                after: Lsn(0x20),
+                ..gap
+            },
+        )
+        .unwrap();
+        assert_eq!(again, found);
+        let mut repaired = found;
+        repaired.repaired(Some("b1".into()), dir.path()).unwrap();
+        assert!(GapRecord::unrepaired(dir.path(), "ficus").unwrap().is_empty());
+        assert_eq!(GapRecord::undelivered(dir.path(), "ficus").unwrap(), vec![repaired]);
     }
 }

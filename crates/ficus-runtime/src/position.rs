@@ -131,20 +131,24 @@ pub enum Start {
 }
 
 /// Changes ficus never delivered and cannot read any more.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gap {
     /// The slot.
     pub slot: String,
     /// What happened.
+    #[serde(flatten)]
     pub cause: Cause,
     /// Everything committed up to here was delivered.
+    #[serde(rename = "lost_after")]
     pub after: Lsn,
     /// What may be lost ends before here, when that is known (else: up to the repair).
+    #[serde(rename = "lost_before", default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Lsn>,
 }
 
 /// Why changes were lost.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum Cause {
     /// The slot does not exist.
     SlotMissing,

@@ -58,10 +58,17 @@ pub async fn backfill(
     let url = SourceUrl::parse(&config.url()?)?;
     let pool = catalog::connect(&url).await?;
     catalog::preflight(&pool).await?;
-    let compiled = check_live(&files, &pool).await?;
+    let compiled = check_live(&files, &pool, &config.source.publication).await?;
     let state = backfill::choose(&config.dir, &compiled, opts)?;
     // Keys, replica identity, snapshot mappings: fail here, not in the running ficus.
-    backfill::plan(&pool, &compiled, &EventContext::new("check", "check"), &state).await?;
+    backfill::plan(
+        &pool,
+        &config.source.publication,
+        &compiled,
+        &EventContext::new("check", "check"),
+        &state,
+    )
+    .await?;
     // The slot and the publication are `ficus run`'s: it creates a new slot with
     // an exported snapshot when a backfill waits (the cheap special case).
     let path = BackfillState::path(&config.dir, &state.id);

@@ -51,7 +51,7 @@ pub(super) async fn backfill_in_exported_snapshot(
     let mut unflushed = 0;
     let mut queue = std::mem::take(&mut backfills.queue);
     'backfills: while let Some(mut state) = queue.pop_front() {
-        let plans = match backfill::plan(pool, compiled, ctx, &state).await {
+        let plans = match backfill::plan(pool, &backfills.publication, compiled, ctx, &state).await {
             Ok(plans) => plans,
             Err(RunError::Source(e)) if e.is_transient() => {
                 warn!(id = %state.id, error = %e, "backfill: lost the source; going on with watermarks");

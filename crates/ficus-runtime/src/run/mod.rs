@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ficus_mapping::{Compiled, EventContext};
-use ficus_model::Lsn;
+use ficus_mapping::{Compiled, EventContext, Schema};
+use ficus_model::{Lsn, Unseen, UnseenColumn};
+use ficus_postgres::publication::{self, Publication};
 use ficus_postgres::{ReplicationStream, SourceError, SourceUrl, catalog, slot};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -65,10 +66,39 @@ pub struct RunReport {
     pub reconnects: u64,
 }
 
-/// Compiles the mappings against the live schema of the source.
-pub async fn check_live(loaded: &Loaded, pool: &PgPool) -> Result<Compiled, RunError> {
-    let schema = catalog::tables(pool).await?;
+/// Compiles the mappings against the live schema of the source, as the publication `publication`
+/// (when it exists) will send it.
+pub async fn check_live(loaded: &Loaded, pool: &PgPool, publication: &str) -> Result<Compiled, RunError> {
+    let published = publication::read(pool, publication).await?;
+    let schema = live_schema(pool, published.as_ref()).await?;
     loaded.compile(Some(&schema))
+}
+
+/// The source's tables as the stream describes them: the catalog's, less the columns the
+/// publication's column lists leave out (they are among the columns the stream does not send).
+pub(crate) async fn live_schema(pool: &PgPool, publication: Option<&Publication>) -> Result<Schema, RunError> {
+    let mut schema = catalog::tables(pool).await?;
+    let Some(publication) = publication else {
+        return Ok(schema);
+    };
+    let fix = publication.set_every_column();
+    for (table, published) in &publication.tables {
+        let (Some(catalog), Some(columns)) = (schema.get_mut(table), &published.columns) else {
+            continue;
+        };
+        let (kept, hidden): (Vec<_>, Vec<_>) = std::mem::take(&mut catalog.relation.columns)
+            .into_iter()
+            .partition(|c| columns.contains(&c.name));
+        catalog.relation.columns = kept;
+        catalog.unseen.extend(hidden.into_iter().map(|c| UnseenColumn {
+            name: c.name,
+            why: Unseen::NotPublished {
+                publication: publication.name.clone(),
+                fix: fix.clone(),
+            },
+        }));
+    }
+    Ok(schema)
 }
 
 /// Streams the source into the sinks until shutdown (or, with
@@ -99,12 +129,13 @@ pub async fn run(
         }
         Err(e) => {
             sinks.close().await;
-            return Err(e);
+            return Err(gap_recorded(config, e));
         }
     };
     let startup::Prepared {
         pool,
         compiled,
+        needs,
         source,
         from,
         recorded,
@@ -113,7 +144,7 @@ pub async fn run(
     } = prepared;
     // Backfills in progress go on, whoever started them (the start may have queued some);
     // `--until-caught-up` finishes them before it stops.
-    let mut backfills = Backfills::load(&config.dir)?;
+    let mut backfills = Backfills::load(config)?;
     for state in &backfills.queue {
         if options.until_caught_up {
             info!(id = %state.id, "a backfill is in progress: finishing it first");
@@ -172,8 +203,11 @@ pub async fn run(
             .map_err(|e| as_gap(e, config, positions.recorded()))?;
             let Some(mut stream) = started else { return Ok(std::mem::take(&mut report)) };
             let mut session = Session {
+                config,
                 pool: &pool,
                 compiled: &compiled,
+                needs: &needs,
+                checked: (Instant::now(), acknowledged),
                 ctx: ctx.clone(),
                 sinks: &mut sinks,
                 positions: &mut positions,
@@ -233,7 +267,18 @@ pub async fn run(
     }
     .await;
     sinks.close().await;
-    result
+    result.map_err(|e| gap_recorded(config, e))
+}
+
+/// A gap is recorded where it is found: until `--resync` repairs it, every start refuses, even
+/// if what caused it was put right meanwhile (what the slot did not send stays lost).
+fn gap_recorded(config: &Config, e: RunError) -> RunError {
+    if let RunError::Gap(gap) = &e
+        && let Err(save) = GapRecord::found(&config.dir, gap)
+    {
+        warn!(error = %save, "could not record the gap");
+    }
+    e
 }
 
 /// A lost slot or publication, as the gap it makes: everything after what ficus recorded.
@@ -265,7 +310,7 @@ async fn deliver_gaps(config: &Config, ctx: &EventContext, from: Lsn, sinks: &mu
         sinks.flush(None).await?;
         gap.delivered = true;
         gap.save(&config.dir)?;
-        warn!(slot = %gap.slot, lost_after = %gap.lost_after, resumed_at = %from, backfill = ?gap.backfill, "resync: delivered the ficus.gap event");
+        warn!(slot = %gap.gap.slot, lost_after = %gap.gap.after, resumed_at = %from, backfill = ?gap.backfill, "resync: delivered the ficus.gap event");
     }
     Ok(())
 }

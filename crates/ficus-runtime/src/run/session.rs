@@ -2,10 +2,11 @@
 //! chunks emitted at their watermarks, and acknowledgements (through the position record).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ficus_mapping::{Bound, Compiled, EventContext};
 use ficus_model::Lsn;
+use ficus_postgres::publication::{self, Needs};
 use ficus_postgres::{ReplicationStream, SourceError, SourceEvent};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -15,12 +16,19 @@ use super::{CAUGHT_UP_PREFIX, FLUSH_EVENTS, FLUSH_INTERVAL, Output, Positions, R
 use super::{emit_snapshot_rows, flush_sinks, write_events};
 use crate::RunError;
 use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash};
+use crate::config::Config;
+use crate::position::{Cause, Gap};
 use crate::sinks::Sinks;
 use crate::watermark::VersionVerdict;
 
 pub(super) struct Session<'a> {
+    pub config: &'a Config,
     pub pool: &'a PgPool,
     pub compiled: &'a Compiled,
+    /// What the publication must go on sending: checked every [`PUBLICATION_CHECK`].
+    pub needs: &'a Needs,
+    /// When the publication was last found right, and what was recorded then.
+    pub checked: (Instant, Lsn),
     pub ctx: EventContext,
     pub sinks: &'a mut Sinks,
     /// What is recorded of the position: the slot is acknowledged up to it only.
@@ -42,12 +50,17 @@ pub(super) struct Session<'a> {
     pub backfills: &'a mut Backfills,
 }
 
+/// How often the publication is checked while streaming: a change to it (a table taken out, an
+/// operation or rows filtered) is caught within this long.
+const PUBLICATION_CHECK: Duration = Duration::from_secs(5);
+
 /// What woke the session up.
 enum Step {
     Event(Option<SourceEvent>),
     Flush,
     Shutdown,
     Chunk(Option<ChunkRead>),
+    CheckPublication,
 }
 
 impl Session<'_> {
@@ -88,6 +101,7 @@ impl Session<'_> {
                 tokio::select! {
                     ev = stream.next() => Step::Event(ev?),
                     _ = tokio::time::sleep(FLUSH_INTERVAL), if flush_due => Step::Flush,
+                    _ = tokio::time::sleep(PUBLICATION_CHECK.saturating_sub(self.checked.0.elapsed())) => Step::CheckPublication,
                     _ = shutdown.changed() => Step::Shutdown,
                     read = async {
                         match chunks {
@@ -104,6 +118,10 @@ impl Session<'_> {
                     continue;
                 }
                 Step::Shutdown => continue,
+                Step::CheckPublication => {
+                    self.check_publication().await?;
+                    continue;
+                }
                 Step::Chunk(Some(read)) => {
                     if let Some(b) = self.backfills.running() {
                         b.pending = Some(read);
@@ -227,8 +245,17 @@ impl Session<'_> {
         }
         self.backfills.current = None;
         while let Some(state) = self.backfills.queue.pop_front() {
-            let config_dir = self.backfills.config_dir.clone();
-            match BackfillSession::start(self.pool, self.compiled, &self.ctx, &config_dir, state.clone()).await {
+            let (config_dir, publication) = (self.backfills.config_dir.clone(), self.backfills.publication.clone());
+            match BackfillSession::start(
+                self.pool,
+                &publication,
+                self.compiled,
+                &self.ctx,
+                &config_dir,
+                state.clone(),
+            )
+            .await
+            {
                 Ok(session) => {
                     self.backfills.current = Some(session);
                     break;
@@ -374,6 +401,48 @@ impl Session<'_> {
         };
         self.backfills.fail(b.state, &error);
         Ok(())
+    }
+
+    /// Checks that the publication still sends what the mappings read; a publication dropped or
+    /// changed so that it does not is a gap from the last time it was found right.
+    async fn check_publication(&mut self) -> Result<(), RunError> {
+        let name = &self.config.source.publication;
+        let problems = match publication::read(self.pool, name).await {
+            Ok(Some(p)) => p.problems(self.needs, true),
+            Ok(None) => {
+                return Err(RunError::Gap(Box::new(Gap {
+                    slot: self.config.source.slot.clone(),
+                    cause: Cause::PublicationDropped {
+                        publication: name.clone(),
+                    },
+                    after: self.checked.1,
+                    before: None,
+                })));
+            }
+            // Reading it failed for a passing reason: the next check, or the stream, tells.
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "could not check the publication");
+                self.checked.0 = Instant::now();
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if problems.is_empty() {
+            self.checked = (Instant::now(), self.positions.recorded());
+            return Ok(());
+        }
+        let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
+        let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
+        Err(RunError::Gap(Box::new(Gap {
+            slot: self.config.source.slot.clone(),
+            cause: Cause::PublicationChanged {
+                publication: name.clone(),
+                what: what.join("; "),
+                fix: Some(fix.join(" ")),
+            },
+            after: self.checked.1,
+            before: None,
+        })))
     }
 
     /// Makes every written event durable, then acknowledges the last commit.

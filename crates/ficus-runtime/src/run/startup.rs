@@ -10,19 +10,20 @@
 
 use std::time::{Duration, Instant};
 
-use ficus_mapping::Compiled;
-use ficus_model::{Lsn, Op};
+use ficus_mapping::{Compiled, Schema};
+use ficus_model::{Lsn, Op, Unseen};
+use ficus_postgres::publication::{self, Needs, Ops};
 use ficus_postgres::{ExportedSlot, SourceError, SourceUrl, catalog, slot};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{CAUGHT_UP_PREFIX, MAX_BACKOFF, RunOptions, check_live};
+use super::{CAUGHT_UP_PREFIX, MAX_BACKOFF, RunOptions, live_schema};
 use crate::RunError;
 use crate::backfill::{BackfillOptions, BackfillState, DEFAULT_CHUNK_SIZE};
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
-use crate::position::{self, Gap, Position, Source, Start};
+use crate::position::{self, Cause, Gap, Position, Source, Start};
 use crate::sinks::Sinks;
 
 /// Retries `f` on transient errors with exponential backoff, until it succeeds, fails definitely,
@@ -70,6 +71,8 @@ where
 pub(crate) struct Prepared {
     pub pool: PgPool,
     pub compiled: Compiled,
+    /// What the publication must go on sending.
+    pub needs: Needs,
     /// The source, as it describes itself.
     pub source: Source,
     /// Where streaming starts.
@@ -93,29 +96,87 @@ pub(crate) async fn prepare(
     let slot_name = &config.source.slot;
     let pool = catalog::connect(url).await?;
     catalog::preflight(&pool).await?;
-    let compiled = check_live(files, &pool).await?;
+    let published = publication::read(&pool, &config.source.publication).await?;
+    let schema = live_schema(&pool, published.as_ref()).await?;
+    let compiled = files.compile(Some(&schema))?;
     if compiled.mappings().is_empty() {
         return Err(RunError::Config(
             "the mapping files declare no [[event]]: there is nothing to stream\nhint: see docs/mappings.md".into(),
         ));
     }
+    let needs = publication_needs(&compiled, &schema, config.archives());
     let system = ficus_postgres::identify(url, slot_name, &config.source.publication).await?;
     let source = Source::of(&system, &url.database);
     let record = load_record(config, sinks).await?;
     let found = slot::inspect(&pool, slot_name, &url.database).await?;
-    let mut start = position::judge(slot_name, record.as_ref(), found.as_ref(), &source, &system);
+    // A gap found before and not repaired stands, whatever was fixed since.
+    let mut start = match GapRecord::unrepaired(&config.dir, slot_name)?.into_iter().next() {
+        Some(open) => Start::Gap(open.gap),
+        None => position::judge(slot_name, record.as_ref(), found.as_ref(), &source, &system),
+    };
+    let problems = published
+        .as_ref()
+        .map(|p| p.problems(&needs, false))
+        .unwrap_or_default();
+    if !problems.is_empty() {
+        let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
+        let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
+        // Streamed before: the changes it did not send since are lost, fixed or not.
+        let streamed = record.is_some() || found.is_some();
+        if streamed && !matches!(start, Start::Gap(_)) {
+            start = Start::Gap(Gap {
+                slot: slot_name.clone(),
+                cause: Cause::PublicationChanged {
+                    publication: config.source.publication.clone(),
+                    what: what.join("; "),
+                    fix: Some(fix.join(" ")),
+                },
+                after: record
+                    .as_ref()
+                    .map(|r| r.lsn)
+                    .or(found.as_ref().map(|s| s.confirmed_flush))
+                    .unwrap_or_default(),
+                before: None,
+            });
+        }
+        if !streamed || options.resync {
+            return Err(SourceError::definite(
+                what.join("\n"),
+                format!(
+                    "run: {}{}",
+                    fix.join(" "),
+                    if options.resync { ", then --resync again" } else { "" }
+                ),
+            )
+            .into());
+        }
+    }
     let mut recorded = record.as_ref().filter(|r| r.source.is_some()).map_or(Lsn(0), |r| r.lsn);
     match &start {
-        Start::Gap(gap) if options.resync => {
-            resync(config, &pool, &compiled, gap, found.is_some(), sinks).await?;
+        Start::Gap(gap) => {
+            let record = GapRecord::found(&config.dir, gap)?;
+            if !options.resync {
+                return Err(RunError::Gap(Box::new(gap.clone())));
+            }
+            resync(config, &pool, &compiled, record, found.is_some(), sinks).await?;
             start = Start::Create;
             recorded = Lsn(0);
         }
-        Start::Gap(gap) => return Err(RunError::Gap(Box::new(gap.clone()))),
         _ if options.resync => info!(slot = %slot_name, "--resync: there is no gap to repair; streaming as usual"),
         _ => {}
     }
-    slot::ensure_publication(&pool, &config.source.publication, &compiled.tables()).await?;
+    // A table entering the publication: its rows from before become snapshot events. Recorded
+    // before the publication changes, so a crash in between does not forget it.
+    let publishes = |t: &ficus_model::TableRef| published.as_ref().is_some_and(|p| p.tables.contains_key(t));
+    let entering: Vec<_> = compiled.tables().into_iter().filter(|t| !publishes(t)).collect();
+    backfill_entering(config, &pool, &compiled, &entering).await?;
+    publication::ensure(
+        &pool,
+        &config.source.publication,
+        &compiled.tables(),
+        published.as_ref(),
+    )
+    .await?;
     let (from, exported) = match start {
         Start::Stream { from } => (from, None),
         // A backfill waits and the slot is new: create it with an exported snapshot, which
@@ -144,6 +205,7 @@ pub(crate) async fn prepare(
     Ok(Prepared {
         pool,
         compiled,
+        needs,
         source,
         from,
         recorded,
@@ -165,20 +227,21 @@ fn backfills_waiting(config: &Config) -> Result<bool, RunError> {
     Ok(BackfillState::all(&config.dir)?.iter().any(BackfillState::in_progress))
 }
 
-/// Repairs a gap: records it (its `ficus.gap` event is delivered once the new slot exists),
-/// queues a backfill of every table with a snapshot mapping, drops the slot if it is there and
-/// forgets the record. A resync cut short by a crash goes on with the gap it recorded.
+/// Repairs a recorded gap: queues a backfill of every table with a snapshot mapping, marks the
+/// gap repaired (its `ficus.gap` event is delivered once the new slot exists), drops the slot if
+/// it is there and forgets the old position.
 async fn resync(
     config: &Config,
     pool: &PgPool,
     compiled: &Compiled,
-    gap: &Gap,
+    mut gap: GapRecord,
     slot_exists: bool,
     sinks: &Sinks,
 ) -> Result<(), RunError> {
     let slot_name = &config.source.slot;
-    warn!(slot = %slot_name, "{gap}; --resync: repairing it");
-    if GapRecord::undelivered(&config.dir, slot_name)?.is_empty() {
+    warn!(slot = %slot_name, "{}; --resync: repairing it", gap.message);
+    // A resync cut short by a crash is repaired already: it goes on with its backfill.
+    if gap.repaired_at.is_none() {
         let mut tables: Vec<String> = Vec::new();
         for m in compiled.mappings() {
             let table = m.table.to_string();
@@ -206,7 +269,7 @@ async fn resync(
             state.save(&config.dir)?;
             Some(state.id)
         };
-        GapRecord::new(gap, backfill).save(&config.dir)?;
+        gap.repaired(backfill, &config.dir)?;
     }
     if slot_exists {
         slot::drop(pool, slot_name).await?;
@@ -218,5 +281,87 @@ async fn resync(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(RunError::Config(format!("removing {}: {e}", file.display()))),
     }
+    Ok(())
+}
+
+/// What the publication must send for the mappings (and the archive, which keeps every change of
+/// every column): their operations, and per table the columns they read and its key.
+pub(crate) fn publication_needs(compiled: &Compiled, schema: &Schema, archives: bool) -> Needs {
+    let mut needs = Needs::default();
+    for m in compiled.mappings() {
+        for op in &m.ops {
+            match op {
+                Op::Insert => needs.ops.insert = true,
+                Op::Update => needs.ops.update = true,
+                Op::Delete => needs.ops.delete = true,
+                Op::Truncate => needs.ops.truncate = true,
+                Op::Snapshot => {}
+            }
+        }
+        let needed = needs.tables.entry(m.table.clone()).or_default();
+        let Some(table) = schema.get(&m.table) else { continue };
+        needed.partitioned = table.partitioned;
+        let streamed = table.relation.columns.iter().map(|c| (c.name.as_str(), c.identity));
+        let hidden = table
+            .unseen
+            .iter()
+            .filter(|u| matches!(u.why, Unseen::NotPublished { .. }))
+            .map(|u| (u.name.as_str(), false));
+        for (column, identity) in streamed.chain(hidden) {
+            if archives || identity || m.reads(column) {
+                needed.columns.insert(column.to_owned());
+            }
+        }
+    }
+    if archives {
+        needs.ops = Ops::ALL;
+    }
+    needs
+}
+
+/// Queues a backfill of the mapped tables that are entering the publication — the first start,
+/// or a mapping of a table added — unless one in progress reads them already; warns of those
+/// whose rows from before will not become events: no mapping maps snapshot rows of them, they have
+/// no key to read them by (a full scan is the user's choice), or `backfill_new_tables = false`.
+async fn backfill_entering(
+    config: &Config,
+    pool: &PgPool,
+    compiled: &Compiled,
+    entering: &[ficus_model::TableRef],
+) -> Result<(), RunError> {
+    if entering.is_empty() {
+        return Ok(());
+    }
+    let in_progress = BackfillState::all(&config.dir)?;
+    let mut tables = Vec::new();
+    for table in entering {
+        let name = table.to_string();
+        let snapshot = compiled
+            .mappings()
+            .iter()
+            .any(|m| &m.table == table && m.ops.contains(&Op::Snapshot));
+        if !config.source.backfill_new_tables {
+            warn!(%table, "the table enters the publication, and backfill_new_tables = false: its rows from before now do not become events; `ficus backfill --table {name}` turns them into snapshot events");
+        } else if !snapshot {
+            warn!(%table, "the table enters the publication, and no mapping of it maps snapshot rows: its rows from before now do not become events; add \"snapshot\" to `on` of the mappings that should see them, then run `ficus backfill --table {name}`");
+        } else if in_progress.iter().any(|b| b.covers(&name)) {
+            // A backfill asked for reads it already.
+        } else if ficus_postgres::backfill::keyset(pool, table, false).await.is_err() {
+            warn!(%table, "the table enters the publication, and it has no primary key or unique NOT NULL index to read it by: its rows from before now do not become events; `ficus backfill --table {name} --allow-full-scan` reads it by physical position (docs/backfill.md)");
+        } else {
+            tables.push(name);
+        }
+    }
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let options = BackfillOptions {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        ..BackfillOptions::default()
+    };
+    let mut state = BackfillState::new(tables, &options);
+    state.after_publication_change = true;
+    state.save(&config.dir)?;
+    info!(id = %state.id, tables = ?state.tables.iter().map(|t| &t.table).collect::<Vec<_>>(), "backfill: the tables enter the publication, their rows from before become snapshot events");
     Ok(())
 }
