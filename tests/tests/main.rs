@@ -10,3 +10,4 @@ mod gaps;
 mod pipeline;
 mod publication;
 mod store;
+mod values;

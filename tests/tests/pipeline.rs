@@ -175,7 +175,14 @@ async fn types_keep_their_meaning() {
         "numeric is exact in the text: {line}"
     );
     assert!(line.contains(r#""i8":9223372036854775807"#), "{line}");
-    assert!(line.contains(r#""docb":{"b":{"c":12345678901234567890}}"#), "{line}");
+    assert!(
+        line.contains(r#""docb":{"b": {"c": 12345678901234567890}}"#),
+        "jsonb as Postgres writes it: {line}"
+    );
+    assert!(
+        line.contains(r#""doc":{"a": [1, 2.50, null]}"#),
+        "json as it was written: {line}"
+    );
     insta::assert_snapshot!(serde_json::to_string_pretty(&events[0]["data"]).unwrap());
 }
 

@@ -473,6 +473,9 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(RunError::from(e).into()),
     };
     let compiled = ficus_runtime::check_live(&files, &pool, &config.source.publication).await?;
+    for warning in compiled.warnings() {
+        eprintln!("warning: {warning}\n");
+    }
     println!(
         "{} mapping(s) of {} table(s) check out against {}",
         compiled.mappings().len(),

@@ -4,17 +4,17 @@ use std::sync::Arc;
 
 use cel::Value as Cel;
 use cel::objects::Key;
-use ficus_model::value::{rfc3339, to_json};
+use ficus_model::value::{rfc3339, to_field};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use ficus_model::{Cell, Event, Op, Origin, Relation, RowChange, text_of};
-use serde_json::{Map, Value as Json};
+use ficus_model::{Cell, Event, Field, Op, Origin, Relation, RowChange, text_of};
+use serde_json::Value as Json;
 use uuid::Uuid;
 
 use crate::cel_value::{cel_to_json, cel_to_subject, map, to_cel};
-use crate::compile::{Compiled, Data, Mapping};
+use crate::compile::{Compiled, Data, Mapping, UnchangedToast};
 use crate::expr::{Cols, Expr, Var};
 
 /// Where events come from: names the source in `source` and makes event ids
@@ -44,6 +44,20 @@ impl EventContext {
         &self.identity
     }
 
+    /// The events' `source`: `/ficus/{source name}`, then `/{schema}.{table}` for a table's
+    /// events, each segment percent-encoded, so that any name makes a valid URI-reference.
+    pub fn source_uri(&self, table: Option<&ficus_model::TableRef>) -> String {
+        use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+        // RFC 3986 unreserved characters stay as they are.
+        const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        let mut uri = format!("/ficus/{}", utf8_percent_encode(&self.source_name, SEGMENT));
+        if let Some(table) = table {
+            uri.push('/');
+            uri.extend(utf8_percent_encode(&table.to_string(), SEGMENT));
+        }
+        uri
+    }
+
     /// The deterministic id of the event named `name` in this source: the same name, the same id.
     pub fn event_id(&self, name: &str) -> String {
         Uuid::new_v5(&self.id_namespace, name.as_bytes()).to_string()
@@ -66,9 +80,33 @@ pub enum MapError {
         /// The column.
         column: String,
     },
+    /// An update left a TOASTed value unchanged, so the source did not send it, and the mapping
+    /// reads it (with `unchanged_toast = "stop"`, the default).
+    #[error(transparent)]
+    Unsent(Box<UnsentValue>),
     /// An expression failed on a row change.
     #[error(transparent)]
     Eval(Box<EvalError>),
+}
+
+/// A value a mapping reads that an update did not send.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{origin}: {event} reads {column} of {table}, which the update at {lsn} left unchanged ({key}): Postgres did not send the (TOASTed) value"
+)]
+pub struct UnsentValue {
+    /// The mapping's `file:line`.
+    pub origin: String,
+    /// The mapping's event name.
+    pub event: String,
+    /// The table.
+    pub table: String,
+    /// The row's replica identity.
+    pub key: String,
+    /// The column.
+    pub column: String,
+    /// The change's commit LSN.
+    pub lsn: String,
 }
 
 /// An expression that failed on a row change.
@@ -95,6 +133,10 @@ impl MapError {
     /// How to fix it.
     pub fn hint(&self) -> String {
         match self {
+            MapError::Unsent(e) => format!(
+                "run ALTER TABLE {} REPLICA IDENTITY FULL; so the old row carries the value, or set unchanged_toast = \"reselect\" (ficus reads the row again) or \"omit\" (the field is left out, listed in ficusunavailable) on the mapping; then start ficus again: the slot stays before this change",
+                ficus_model::TableRef::parse(&e.table).quoted()
+            ),
             MapError::ColumnMissing { .. } => {
                 "restore the column or change the mapping (ficus check shows what else is off), then start ficus again: the slot stays where it is".into()
             }
@@ -127,6 +169,8 @@ struct Rule {
     when: Option<BoundExpr>,
     key: BoundExpr,
     data: BoundData,
+    /// The positions of the columns it reads of `new`: an update may leave them unsent.
+    reads_new: Vec<usize>,
 }
 
 /// The mappings of one table, bound to one version of its relation.
@@ -202,6 +246,9 @@ impl Compiled {
                 when: m.when.as_ref().map(&bind).transpose()?,
                 key: bind(&m.key)?,
                 data,
+                reads_new: (0..relation.columns.len())
+                    .filter(|&i| m.reads_new.contains(&relation.columns[i].name))
+                    .collect(),
                 mapping: m.clone(),
             });
         }
@@ -220,7 +267,7 @@ impl Compiled {
             cel_new: positions(&cel_new),
             cel_old: positions(&cel_old),
             changed,
-            source: format!("/ficus/{}/{}", ctx.source_name, relation.table).into(),
+            source: ctx.source_uri(Some(&relation.table)).into(),
             tx: RefCell::new(None),
             rules,
             env: self.env.clone(),
@@ -254,6 +301,34 @@ fn cell(change: &RowChange, var: Var, index: usize) -> Option<&Cell> {
     }
 }
 
+/// Whether an update left the value of `new` at `index` unsent and the old row does not have it.
+fn unsent(change: &RowChange, index: usize) -> bool {
+    change.op == Op::Update
+        && change.new.as_ref().and_then(|r| r.get(index)) == Some(&Cell::Unsent)
+        && cell(change, Var::New, index).is_none()
+}
+
+/// The row's replica identity, `id = 42`, for messages.
+fn identity_of(relation: &Relation, change: &RowChange) -> String {
+    let parts: Vec<String> = relation
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.identity)
+        .map(
+            |(i, c)| match cell(change, Var::New, i).or_else(|| cell(change, Var::Old, i)) {
+                Some(Cell::Text(t)) => format!("{} = {}", c.name, text_of(t)),
+                _ => format!("{} = ?", c.name),
+            },
+        )
+        .collect();
+    if parts.is_empty() {
+        "(no replica identity)".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// A value on its way into an event: JSON for data, text for keys.
 enum Out<'a> {
     Missing,
@@ -263,6 +338,22 @@ enum Out<'a> {
 }
 
 impl Bound {
+    /// The columns of an update's new row that a mapping with `unchanged_toast = "reselect"`
+    /// reads and the source did not send: the runtime reads them again by the row's key and puts
+    /// them into the row change before [`apply`](Bound::apply).
+    pub fn to_reselect(&self, change: &RowChange) -> Vec<usize> {
+        let mut columns: Vec<usize> = self
+            .rules
+            .iter()
+            .filter(|r| r.mapping.unchanged_toast == UnchangedToast::Reselect && r.mapping.ops.contains(&change.op))
+            .flat_map(|r| r.reads_new.iter().copied())
+            .filter(|&i| unsent(change, i))
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        columns
+    }
+
     /// The relation the mappings are bound to.
     pub fn relation(&self) -> &Arc<Relation> {
         &self.relation
@@ -302,39 +393,64 @@ impl Bound {
                 Out::Cel(v) => cel_to_subject(&v).ok_or_else(|| fail("key", format!("gave {v:?}, not a scalar")))?,
                 Out::Null | Out::Missing => return Err(fail("key", "is null".into())),
             };
+            // A value the update did not send: stop, or leave it out and say so.
+            if m.unchanged_toast == UnchangedToast::Stop
+                && let Some(&i) = rule.reads_new.iter().find(|&&i| unsent(change, i))
+            {
+                return Err(MapError::Unsent(Box::new(UnsentValue {
+                    origin: m.origin.clone(),
+                    event: m.name.to_string(),
+                    table: self.relation.table.to_string(),
+                    key: identity_of(&self.relation, change),
+                    column: self.relation.columns[i].name.clone(),
+                    lsn: change.tx.commit_lsn.to_string(),
+                })));
+            }
+            let mut unavailable: Vec<&str> = Vec::new();
             let data = match &rule.data {
                 BoundData::Row { var, columns } => {
-                    let mut obj = Map::new();
+                    let mut obj = Vec::with_capacity(columns.len());
                     for &i in columns {
                         let col = &self.relation.columns[i];
                         match cell(change, *var, i) {
-                            Some(Cell::Text(t)) => obj.insert(col.name.clone(), to_json(&col.ty, &text_of(t))),
-                            Some(Cell::Null) => obj.insert(col.name.clone(), Json::Null),
-                            _ => None,
+                            Some(Cell::Text(t)) => obj.push((col.name.clone(), to_field(&col.ty, &text_of(t)))),
+                            Some(Cell::Null) => obj.push((col.name.clone(), Field::Json(Json::Null))),
+                            _ => {
+                                if *var == Var::New && unsent(change, i) {
+                                    unavailable.push(&col.name);
+                                }
+                            }
                         };
                     }
-                    Json::Object(obj)
+                    ficus_model::Data(obj)
                 }
                 BoundData::Fields(fields) => {
-                    let mut obj = Map::new();
+                    let mut obj = Vec::with_capacity(fields.len());
                     for (name, e) in fields {
                         let value = match self
                             .eval(e, change, &mut cel_ctx)
                             .map_err(|err| fail(&format!("data.{name}"), err))?
                         {
-                            Out::Missing => continue,
-                            Out::Null => Json::Null,
+                            Out::Missing => {
+                                if let BoundExpr::Column { var: Var::New, index } = e
+                                    && unsent(change, *index)
+                                {
+                                    unavailable.push(name);
+                                }
+                                continue;
+                            }
+                            Out::Null => Field::Json(Json::Null),
                             Out::Text(t) => match e {
-                                BoundExpr::Column { index, .. } => to_json(&self.relation.columns[*index].ty, &t),
-                                _ => Json::String(t.to_string()),
+                                BoundExpr::Column { index, .. } => to_field(&self.relation.columns[*index].ty, &t),
+                                _ => Field::Json(Json::String(t.to_string())),
                             },
-                            Out::Cel(v) => cel_to_json(&v).ok_or_else(|| {
+                            Out::Cel(v) => Field::Json(cel_to_json(&v).ok_or_else(|| {
                                 fail(&format!("data.{name}"), "gave a value with no JSON form".into())
-                            })?,
+                            })?),
                         };
-                        obj.insert(name.clone(), value);
+                        obj.push((name.clone(), value));
                     }
-                    Json::Object(obj)
+                    ficus_model::Data(obj)
                 }
             };
             let nth = events
@@ -368,6 +484,7 @@ impl Bound {
                 lsn: tx.lsn,
                 txid: tx.txid,
                 backfill,
+                unavailable: (!unavailable.is_empty()).then(|| unavailable.join(",")),
                 data,
             });
         }

@@ -18,6 +18,31 @@ pub type Schema = BTreeMap<TableRef, CatalogTable>;
 /// The default schema version of an event.
 pub const DEFAULT_VERSION: u32 = 1;
 
+/// What a mapping does with a value an update left unchanged and Postgres did not send (a TOASTed
+/// value, on a table whose replica identity is not FULL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnchangedToast {
+    /// Stop before acknowledging the change, naming table, key and column (the default).
+    #[default]
+    Stop,
+    /// Read the row again by its key (the runtime does it) and take the value from there: the
+    /// value now, which is the change's unless the row changed again since.
+    Reselect,
+    /// Leave the field out of `data`, and list it in the event's `ficusunavailable` attribute.
+    Omit,
+}
+
+impl UnchangedToast {
+    /// Its name in mapping files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnchangedToast::Stop => "stop",
+            UnchangedToast::Reselect => "reselect",
+            UnchangedToast::Omit => "omit",
+        }
+    }
+}
+
 /// One compiled `[[event]]` rule.
 #[derive(Debug)]
 pub struct Mapping {
@@ -37,6 +62,8 @@ pub struct Mapping {
     pub reads_new: ColumnsRead,
     /// The columns it reads of the row before the change (`old`).
     pub reads_old: ColumnsRead,
+    /// What it does with an unchanged value the source did not send.
+    pub unchanged_toast: UnchangedToast,
     pub(crate) when: Option<Expr>,
     pub(crate) key: Expr,
     pub(crate) data: Data,
@@ -98,12 +125,19 @@ pub(crate) enum Data {
 pub struct Compiled {
     pub(crate) mappings: Vec<Arc<Mapping>>,
     pub(crate) env: Arc<cel::Env>,
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl Compiled {
     /// The mappings, in file order.
     pub fn mappings(&self) -> &[Arc<Mapping>] {
         &self.mappings
+    }
+
+    /// What checks out but may stop ficus at run time (a TOASTed value an update does not send),
+    /// each pointing into its file.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// The tables some mapping reads: the publication's tables.
@@ -125,6 +159,7 @@ const OPS: &[(&str, Op)] = &[
 /// expressions evaluate with values of the columns' types.
 pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compiled, Vec<Diagnostic>> {
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut mappings = Vec::new();
     let env = Arc::new(cel::Env::stdlib());
     for file in files {
@@ -132,15 +167,21 @@ pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compile
             let mut checker = Checker {
                 src: &file.source,
                 errors: Vec::new(),
+                warnings: Vec::new(),
             };
             if let Some(mapping) = checker.event(raw, schema, &env) {
                 mappings.push(Arc::new(mapping));
             }
             errors.extend(checker.errors);
+            warnings.extend(checker.warnings);
         }
     }
     if errors.is_empty() {
-        Ok(Compiled { mappings, env })
+        Ok(Compiled {
+            mappings,
+            env,
+            warnings,
+        })
     } else {
         Err(errors)
     }
@@ -149,6 +190,7 @@ pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compile
 struct Checker<'a> {
     src: &'a SourceText,
     errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 /// An expression with where it was written.
@@ -340,6 +382,20 @@ impl Checker<'_> {
                 );
             }
         }
+        let unchanged_toast = match raw.unchanged_toast.as_ref().map(|t| (t.get_ref().trim(), t.span())) {
+            None => UnchangedToast::default(),
+            Some(("stop", _)) => UnchangedToast::Stop,
+            Some(("reselect", _)) => UnchangedToast::Reselect,
+            Some(("omit", _)) => UnchangedToast::Omit,
+            Some((other, span)) => {
+                self.error(
+                    &span,
+                    format!("unknown unchanged_toast {other:?}"),
+                    "unchanged_toast is \"stop\" (the default), \"reselect\" or \"omit\" (docs/mappings.md)".to_owned(),
+                );
+                UnchangedToast::default()
+            }
+        };
         let excluded: Vec<String> = exclude.iter().map(|e| e.get_ref().clone()).collect();
         // `changed` compares every column of both rows.
         let (exprs_new, exprs_old) = if reads.changed {
@@ -361,6 +417,12 @@ impl Checker<'_> {
             );
         }
 
+        if let Some(catalog) = schema.and_then(|s| s.get(&table))
+            && raw.unchanged_toast.is_none()
+            && ops.contains(&Op::Update)
+        {
+            self.toast_warning(raw, catalog, &reads_new);
+        }
         if let Some(schema) = schema {
             self.against_schema(
                 schema,
@@ -412,11 +474,45 @@ impl Checker<'_> {
             origin,
             reads_new,
             reads_old,
+            unchanged_toast,
             when,
             key,
             data,
             reads,
         })
+    }
+
+    /// A mapping of updates that reads a column whose value may be TOASTed, on a table whose
+    /// replica identity is not FULL: an update that leaves that value unchanged does not send it,
+    /// and by default ficus then stops. Said once per mapping, with the choices.
+    fn toast_warning(&mut self, raw: &RawEvent, catalog: &CatalogTable, reads_new: &ColumnsRead) {
+        let relation = &catalog.relation;
+        if relation.replica_identity == ReplicaIdentity::Full {
+            return;
+        }
+        let columns: Vec<&str> = relation
+            .columns
+            .iter()
+            .filter(|c| catalog.toastable.contains(&c.name) && reads_new.contains(&c.name) && !c.identity)
+            .map(|c| c.name.as_str())
+            .collect();
+        if columns.is_empty() {
+            return;
+        }
+        let table = &relation.table;
+        self.warnings.push(self.src.error_at(
+            &raw.name.span(),
+            format!(
+                "{} reads {} of {table} on update; such values may be TOASTed, and with REPLICA IDENTITY {} an update that leaves one unchanged does not send it: ficus then stops at that update",
+                raw.name.get_ref(),
+                columns.join(", "),
+                relation.replica_identity
+            ),
+            Some(format!(
+                "run ALTER TABLE {} REPLICA IDENTITY FULL; (the old row carries the value), or set unchanged_toast = \"reselect\" (ficus reads the row again by its key) or \"omit\" (the field is left out and listed in ficusunavailable); unchanged_toast = \"stop\" keeps the default and this warning quiet",
+                table.quoted()
+            )),
+        ));
     }
 
     #[allow(clippy::too_many_arguments)]

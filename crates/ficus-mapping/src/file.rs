@@ -45,6 +45,8 @@ pub(crate) struct RawEvent {
     pub data: Option<Spanned<RawData>>,
     #[serde(default)]
     pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub unchanged_toast: Option<Spanned<String>>,
 }
 
 /// `data = "new"` or `data = { field = "expr", ... }`.
@@ -161,7 +163,10 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
 fn toml_message(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_owned();
     let hint = if message.starts_with("unknown field") {
-        Some("an [[event]] takes name, version, table, on, when, key, aggregate, data and exclude".to_owned())
+        Some(
+            "an [[event]] takes name, version, table, on, when, key, aggregate, data, exclude and unchanged_toast"
+                .to_owned(),
+        )
     } else if message.starts_with("missing field") {
         Some("every [[event]] needs name, table, on and key".to_owned())
     } else {

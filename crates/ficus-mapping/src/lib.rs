@@ -21,7 +21,7 @@ mod diagnostic;
 mod expr;
 mod file;
 
-pub use apply::{Bound, EvalError, EventContext, MapError};
-pub use compile::{ColumnsRead, Compiled, Mapping, Schema, compile};
+pub use apply::{Bound, EvalError, EventContext, MapError, UnsentValue};
+pub use compile::{ColumnsRead, Compiled, Mapping, Schema, UnchangedToast, compile};
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, parse_file};

@@ -383,25 +383,108 @@ fn event_ids_are_deterministic() {
 }
 
 #[test]
-fn unchanged_toast_values_are_taken_from_old_or_left_out() {
+fn unchanged_toast_values_stop_ficus_or_are_left_out_with_a_trace() {
     let rel = relation(
         16600,
         "docs",
         ReplicaIdentity::Default,
-        &[("id", PgType::Int, true), ("body", PgType::Text, false)],
+        &[
+            ("id", PgType::Int, true),
+            ("title", PgType::Text, false),
+            ("body", PgType::Text, false),
+        ],
     );
-    let compiled = compile_files(
-        &[("docs.toml", "[[event]]\nname = \"DocTouched\"\ntable = \"docs\"\non = [\"update\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", body = \"new.body\" }\n")],
-        None,
+    let with = |policy: &str| {
+        let toml = format!(
+            "[[event]]\nname = \"DocTouched\"\ntable = \"docs\"\non = [\"update\"]\nkey = \"new.id\"\ndata = {{ id = \"new.id\", body = \"new.body\" }}\n{policy}\n[[event]]\nname = \"DocSeen\"\ntable = \"docs\"\non = [\"update\"]\nkey = \"new.id\"\ndata = \"new\"\n{policy}"
+        );
+        compile_files(&[("docs.toml", &toml)], None).unwrap()
+    };
+    let mut c = change(Op::Update, &rel, 1, 0x10, Some(&[Some("1"), Some("t"), None]), None);
+    c.new.as_mut().unwrap().0[2] = Cell::Unsent;
+    // By default: stop, naming the table, the key and the column.
+    let ctx = ctx();
+    let stopped = with("");
+    let bound = stopped.bind(rel.clone(), &ctx).unwrap().unwrap();
+    let err = bound.apply(&c, &ctx).err().unwrap();
+    insta::assert_snapshot!(format!("{err}\nhint: {}", err.hint()));
+    assert!(bound.to_reselect(&c).is_empty());
+    // "omit": left out, and said so in the event.
+    let events = apply(&with("unchanged_toast = \"omit\"\n"), std::slice::from_ref(&c));
+    assert_eq!(events[0].data.to_value(), serde_json::json!({"id": 1}));
+    assert_eq!(events[0].unavailable.as_deref(), Some("body"));
+    assert_eq!(events[1].data.to_value(), serde_json::json!({"id": 1, "title": "t"}));
+    assert_eq!(events[1].unavailable.as_deref(), Some("body"));
+    let line = serde_json::to_string(&events[0]).unwrap();
+    assert!(line.contains(r#""ficusunavailable":"body""#), "{line}");
+    // "reselect": the runtime is asked for the column, and maps the row it puts it in.
+    let reselecting = with("unchanged_toast = \"reselect\"\n");
+    let bound = reselecting.bind(rel.clone(), &ctx).unwrap().unwrap();
+    assert_eq!(bound.to_reselect(&c), vec![2]);
+    let mut filled = c.clone();
+    filled.new.as_mut().unwrap().0[2] = Cell::text("read again");
+    let events = bound.apply(&filled, &ctx).unwrap();
+    assert_eq!(
+        events[0].data.to_value(),
+        serde_json::json!({"id": 1, "body": "read again"})
+    );
+    assert_eq!(events[0].unavailable, None);
+    // The old row has it (REPLICA IDENTITY FULL): delivered, whatever the policy.
+    c.old = Some(row(&[Some("1"), Some("t"), Some("long text")]));
+    let events = apply(&stopped, &[c]);
+    assert_eq!(
+        events[0].data.to_value(),
+        serde_json::json!({"id": 1, "body": "long text"})
+    );
+    assert_eq!(events[0].unavailable, None);
+}
+
+#[test]
+fn check_warns_of_toastable_columns_an_update_may_not_send() {
+    let docs = relation(
+        16610,
+        "docs",
+        ReplicaIdentity::Default,
+        &[
+            ("id", PgType::Int, true),
+            ("body", PgType::Text, false),
+            ("n", PgType::Int, false),
+        ],
+    );
+    let mut table = ficus_model::CatalogTable::from((*docs).clone());
+    table.toastable.insert("body".into());
+    let schema = Schema::from([(docs.table.clone(), table)]);
+    let file = |extra: &str, data: &str| {
+        format!(
+            "[[event]]\nname = \"DocEdited\"\ntable = \"docs\"\non = [\"insert\", \"update\"]\nkey = \"new.id\"\ndata = {data}\n{extra}"
+        )
+    };
+    let warned = compile_files(&[("docs.toml", &file("", "\"new\""))], Some(&schema)).unwrap();
+    insta::assert_snapshot!(
+        warned
+            .warnings()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+    for quiet in [
+        file("unchanged_toast = \"stop\"", "\"new\""),
+        file("", "{ n = \"new.n\" }"),
+    ] {
+        let c = compile_files(&[("docs.toml", &quiet)], Some(&schema)).unwrap();
+        assert!(c.warnings().is_empty(), "{quiet}");
+    }
+    let errors = compile_files(
+        &[("docs.toml", &file("unchanged_toast = \"keep\"", "\"new\""))],
+        Some(&schema),
     )
+    .err()
     .unwrap();
-    let mut c = change(Op::Update, &rel, 1, 0x10, Some(&[Some("1"), None]), None);
-    c.new.as_mut().unwrap().0[1] = Cell::Unsent;
-    let events = apply(&compiled, std::slice::from_ref(&c));
-    assert_eq!(events[0].data, serde_json::json!({"id": 1}));
-    c.old = Some(row(&[Some("1"), Some("long text")]));
-    let events = apply(&compiled, &[c]);
-    assert_eq!(events[0].data, serde_json::json!({"id": 1, "body": "long text"}));
+    assert!(
+        errors[0].message.contains("unknown unchanged_toast \"keep\""),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -561,7 +644,7 @@ fn snapshot_rows_map_like_inserts_with_ids_of_their_own() {
     let events = apply(&compiled, &[live, snapshot.clone()]);
     assert_eq!(
         events[1].data,
-        serde_json::json!({"email": "ada@example.com", "op": "snapshot"})
+        serde_json::json!({"email": "ada@example.com", "op": "snapshot"}).into()
     );
     assert_eq!(events[1].backfill.as_deref(), Some("bf-1"));
     assert!(events[0].backfill.is_none());
@@ -672,5 +755,20 @@ fn a_mapping_says_which_columns_it_reads() {
     assert_eq!(
         by_name("CustomerEmailChanged").reads_old,
         ficus_mapping::ColumnsRead::AllBut(Default::default())
+    );
+}
+
+#[test]
+fn the_source_is_a_uri_reference_for_any_name() {
+    let ctx = EventContext::new("my shop", "7/shop");
+    let table = ficus_model::TableRef::new("Sales Dept", "Örders/2024");
+    assert_eq!(
+        ctx.source_uri(Some(&table)),
+        "/ficus/my%20shop/Sales%20Dept.%C3%96rders%2F2024"
+    );
+    assert_eq!(ctx.source_uri(None), "/ficus/my%20shop");
+    assert_eq!(
+        ctx.source_uri(Some(&ficus_model::TableRef::new("public", "orders"))),
+        "/ficus/my%20shop/public.orders"
     );
 }

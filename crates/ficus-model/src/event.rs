@@ -42,6 +42,63 @@ pub struct Event {
     /// For events of rows read by a backfill, the backfill's id (absent for live changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill: Option<Arc<str>>,
+    /// Fields of `data` the source did not send and that are left out (an unchanged TOASTed value,
+    /// with `unchanged_toast = "omit"`), comma-separated (extension `ficusunavailable`).
+    #[serde(rename = "ficusunavailable", skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
     /// The payload.
-    pub data: serde_json::Value,
+    pub data: Data,
+}
+
+/// An event's data: a JSON object whose fields keep the order they were made in. A field may be
+/// JSON text kept exactly as the source had it (a `json` column: its duplicate keys, its
+/// formatting, its numbers' digits).
+#[derive(Clone, Debug, Default)]
+pub struct Data(pub Vec<(String, Field)>);
+
+/// One field of an event's data.
+#[derive(Clone, Debug)]
+pub enum Field {
+    /// A JSON value.
+    Json(serde_json::Value),
+    /// JSON text, written as it is.
+    Raw(Box<serde_json::value::RawValue>),
+}
+
+impl Data {
+    /// The data as a JSON value (a `Raw` field parsed: duplicate keys collapse), for tests and tools.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("data serializes")
+    }
+}
+
+impl From<serde_json::Value> for Data {
+    /// An object's fields; any other value is the field `value`.
+    fn from(value: serde_json::Value) -> Data {
+        match value {
+            serde_json::Value::Object(map) => Data(map.into_iter().map(|(k, v)| (k, Field::Json(v))).collect()),
+            other => Data(vec![("value".to_owned(), Field::Json(other))]),
+        }
+    }
+}
+
+impl PartialEq for Data {
+    /// Equal when they write the same JSON.
+    fn eq(&self, other: &Data) -> bool {
+        serde_json::to_string(self).ok() == serde_json::to_string(other).ok()
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, field) in &self.0 {
+            match field {
+                Field::Json(v) => map.serialize_entry(name, v)?,
+                Field::Raw(r) => map.serialize_entry(name, r)?,
+            }
+        }
+        map.end()
+    }
 }

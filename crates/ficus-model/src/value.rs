@@ -43,6 +43,26 @@ pub fn to_json(ty: &PgType, text: &str) -> Json {
     }
 }
 
+/// A `json` or `jsonb` value as an event field: its text as it is when it is JSON a strict parser
+/// reads (RFC 8259, valid Unicode escapes), keeping duplicate keys, formatting and digits; else
+/// (a lone surrogate escape, which Postgres' `json` accepts) a JSON string of the text.
+pub fn json_field(text: &str) -> crate::Field {
+    if serde_json::from_str::<Json>(text).is_ok()
+        && let Ok(raw) = serde_json::value::RawValue::from_string(text.to_owned())
+    {
+        return crate::Field::Raw(raw);
+    }
+    crate::Field::Json(string(text))
+}
+
+/// A value's text form as an event field: [`json_field`] for `json` and `jsonb`, [`to_json`] else.
+pub fn to_field(ty: &PgType, text: &str) -> crate::Field {
+    match ty {
+        PgType::Json => json_field(text),
+        _ => crate::Field::Json(to_json(ty, text)),
+    }
+}
+
 fn string(text: &str) -> Json {
     Json::String(text.to_owned())
 }
@@ -305,6 +325,23 @@ mod tests {
             "2024-03-01 10:00:00.1234567+00",
         ] {
             assert_eq!(utc_rfc3339(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn json_keeps_its_text_or_says_it_as_a_string() {
+        let written = |text: &str| {
+            let data = crate::Data(vec![("doc".into(), json_field(text))]);
+            serde_json::to_string(&data).unwrap()
+        };
+        // Duplicate keys, formatting and digits stay as Postgres' json has them.
+        assert_eq!(written(r#"{"a": 1, "a": 2}"#), r#"{"doc":{"a": 1, "a": 2}}"#);
+        assert_eq!(written(r#"  [1.10,   2e3]  "#), r#"{"doc":[1.10,   2e3]}"#);
+        // A lone surrogate: JSON syntax, but no strict parser reads it: its text, as a string.
+        assert_eq!(written(r#"{"x": "\ud800"}"#), r#"{"doc":"{\"x\": \"\\ud800\"}"}"#);
+        // Every event stays readable by a strict parser.
+        for text in [r#"{"a": 1, "a": 2}"#, r#"{"x": "\ud800"}"#, "null", r#""é""#] {
+            serde_json::from_str::<Json>(&written(text)).unwrap();
         }
     }
 

@@ -389,6 +389,32 @@ pub fn parse_copy_line(line: &Bytes) -> Option<Row> {
     Some(Row(cells))
 }
 
+/// Reads columns of one row again, by its replica identity (`key`: column and value, as text):
+/// the values now, each `None` when NULL; `None` when the row is gone.
+pub async fn read_row(
+    pool: &PgPool,
+    relation: &Relation,
+    key: &[(String, String)],
+    columns: &[String],
+) -> Result<Option<Vec<Option<String>>>, SourceError> {
+    let select: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+    let condition: Vec<String> = key
+        .iter()
+        .map(|(c, v)| format!("{} = {}", quote_ident(c), literal(v)))
+        .collect();
+    let sql = format!(
+        "select {} from {} where {}",
+        select.join(", "),
+        relation.table.quoted(),
+        condition.join(" and ")
+    );
+    let row = sqlx::query(&sql)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| SourceError::from_sqlx(&format!("reading a row of {} again", relation.table), e))?;
+    Ok(row.map(|r| (0..columns.len()).map(|i| r.get::<Option<String>, _>(i)).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

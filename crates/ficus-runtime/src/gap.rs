@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ficus_mapping::EventContext;
-use ficus_model::{Event, Lsn};
+use ficus_model::{Data, Event, Lsn};
 use serde::{Deserialize, Serialize};
 
 use crate::RunError;
@@ -144,7 +144,7 @@ impl GapRecord {
         Event {
             specversion: "1.0",
             id: ctx.event_id(&format!("gap/{slot}/{}", self.id)),
-            source: format!("/ficus/{}", ctx.source_name).into(),
+            source: ctx.source_uri(None).into(),
             ty: Arc::from(EVENT_TYPE),
             aggregate: Arc::from("ficus"),
             subject: slot.clone(),
@@ -154,7 +154,8 @@ impl GapRecord {
             lsn: self.resumed_at.unwrap_or(self.gap.after).to_string().into(),
             txid: Arc::from("0"),
             backfill: None,
-            data: serde_json::json!({
+            unavailable: None,
+            data: Data::from(serde_json::json!({
                 "slot": slot,
                 "cause": self.gap.cause.name(),
                 "message": self.message,
@@ -162,7 +163,7 @@ impl GapRecord {
                 "lost_before": before.map(|l| l.to_string()),
                 "detected_at": self.detected_at,
                 "backfill": self.backfill,
-            }),
+            })),
         }
     }
 }

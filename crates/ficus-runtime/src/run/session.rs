@@ -149,7 +149,7 @@ impl Session<'_> {
                     self.in_tx = true;
                     self.current_xid = tx.xid;
                 }
-                SourceEvent::Change(change) => {
+                SourceEvent::Change(mut change) => {
                     let Some(Some(bound)) = self.bound.get(&change.relation.oid) else {
                         // The publication holds only mapped tables: a change of a table no
                         // mapping names means one was renamed (or added by hand). Skipping it
@@ -163,6 +163,10 @@ impl Session<'_> {
                         )
                         .into());
                     };
+                    let reselect = bound.to_reselect(&change);
+                    if !reselect.is_empty() {
+                        reselect_unsent(self.pool, &mut change, &reselect).await?;
+                    }
                     self.report.changes += 1;
                     if let Some(b) = self.backfills.running() {
                         b.track(&change);
@@ -481,4 +485,50 @@ impl Session<'_> {
             debug!(lsn = %lsn, "acknowledged");
         }
     }
+}
+
+/// Puts into an update's new row the values it did not send (unchanged TOASTed values) that a
+/// mapping with `unchanged_toast = "reselect"` reads, read again by the row's replica identity:
+/// the values now — the change's, unless the row changed again since (that change follows in the
+/// stream). A row that is gone, or has no identity, leaves them out: the mapping lists them in
+/// `ficusunavailable`.
+async fn reselect_unsent(
+    pool: &PgPool,
+    change: &mut ficus_model::RowChange,
+    columns: &[usize],
+) -> Result<(), RunError> {
+    use ficus_model::Cell;
+    let relation = change.relation.clone();
+    let key: Option<Vec<(String, String)>> = relation
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.identity)
+        .map(|(i, c)| {
+            let value = [change.new.as_ref(), change.old.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|row| match row.get(i) {
+                    Some(Cell::Text(t)) => Some(String::from_utf8_lossy(t).into_owned()),
+                    _ => None,
+                })?;
+            Some((c.name.clone(), value))
+        })
+        .collect();
+    let names: Vec<String> = columns.iter().map(|&i| relation.columns[i].name.clone()).collect();
+    let key = key.filter(|k| !k.is_empty());
+    let values = match &key {
+        Some(key) => ficus_postgres::backfill::read_row(pool, &relation, key, &names).await?,
+        None => None,
+    };
+    let Some(values) = values else {
+        warn!(table = %relation.table, key = ?key, columns = ?names, lsn = %change.tx.commit_lsn, "unchanged_toast = \"reselect\": the row is gone (or has no replica identity), so its unsent values are left out and listed in ficusunavailable");
+        return Ok(());
+    };
+    if let Some(new) = change.new.as_mut() {
+        for (&i, value) in columns.iter().zip(values) {
+            new.0[i] = value.map_or(Cell::Null, |v| Cell::Text(v.into()));
+        }
+    }
+    Ok(())
 }

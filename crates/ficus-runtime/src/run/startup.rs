@@ -99,6 +99,9 @@ pub(crate) async fn prepare(
     let published = publication::read(&pool, &config.source.publication).await?;
     let schema = live_schema(&pool, published.as_ref()).await?;
     let compiled = files.compile(Some(&schema))?;
+    for warning in compiled.warnings() {
+        warn!("{warning}");
+    }
     if compiled.mappings().is_empty() {
         return Err(RunError::Config(
             "the mapping files declare no [[event]]: there is nothing to stream\nhint: see docs/mappings.md".into(),
