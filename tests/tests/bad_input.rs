@@ -228,3 +228,125 @@ async fn scram_password_over_tls_verify_full() {
     p.ok(&["teardown"]);
     p.db.exec(&format!("drop owned by {role}; drop role {role};")).await;
 }
+
+#[tokio::test]
+async fn an_unreachable_source_is_named_and_until_caught_up_gives_up() {
+    let p = Project::new(ORDERS).await;
+    p.mapping(
+        "orders.toml",
+        "[[event]]\nname = \"OrderPlaced\"\ntable = \"orders\"\non = [\"insert\"]\nkey = \"new.id\"\n",
+    );
+    let closed = format!(
+        "postgres://postgres@127.0.0.1:{}/x?sslmode=disable",
+        ficus_testkit::free_port()
+    );
+    let check = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &closed).output().unwrap();
+    assert_eq!(check.status.code(), Some(1), "an unreachable source is not a pass");
+    assert!(stderr(&check).contains("connection refused"), "{}", stderr(&check));
+    let began = std::time::Instant::now();
+    let out = p
+        .ficus(&["run", "--until-caught-up", "--give-up-after", "2"])
+        .env("FICUS_SOURCE_URL", &closed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("connection refused: nothing listens on 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("giving up"), "{err}");
+    let unknown = p
+        .ficus(&["check"])
+        .env(
+            "FICUS_SOURCE_URL",
+            "postgres://postgres@no-such-host.invalid/x?sslmode=disable",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("host not found: no-such-host.invalid does not resolve"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[tokio::test]
+async fn a_least_privileged_role_streams_and_backfills_what_a_superuser_published() {
+    let p = Project::new(&format!(
+        "{ORDERS} create table refunds (id int primary key, amount int not null);
+         insert into orders values (1, 'placed', 9.99);"
+    ))
+    .await;
+    let role = format!("{}_reader", p.db.name);
+    p.db.exec(&format!(
+        "create role {role} login replication; grant select on orders to {role};"
+    ))
+    .await;
+    p.mapping(
+        "orders.toml",
+        "[[event]]\nname = \"OrderSeen\"\ntable = \"orders\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
+    );
+    let as_role = p.db.url().replace("postgres@", &format!("{role}@"));
+    // No publication yet, and the role may not make one: check says who must run what.
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "there is no publication ficus, and user {role} may not create it"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"have an owner of the tables run: CREATE PUBLICATION "ficus" FOR TABLE "public"."orders""#),
+        "{err}"
+    );
+    // A superuser makes it: the role checks out, streams and backfills.
+    p.db.exec("create publication ficus for table orders with (publish_via_partition_root = true)")
+        .await;
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = p
+        .ficus(&["run", "--until-caught-up"])
+        .env("FICUS_SOURCE_URL", &as_role)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(p.events().len(), 1, "the order from before, as a snapshot event");
+    p.db.exec("insert into orders values (2, 'placed', 1)").await;
+    let backfill = p
+        .ficus(&["backfill"])
+        .env("FICUS_SOURCE_URL", &as_role)
+        .output()
+        .unwrap();
+    assert!(backfill.status.success(), "{}", stderr(&backfill));
+    assert_eq!(
+        p.events().len(),
+        1 + 1 + 2,
+        "the insert, then both orders again as snapshot events"
+    );
+    // A table it may not read: named, with the GRANT.
+    p.mapping(
+        "refunds.toml",
+        "[[event]]\nname = \"RefundSeen\"\ntable = \"refunds\"\non = [\"insert\"]\nkey = \"new.id\"\n",
+    );
+    p.db.exec("alter publication ficus add table refunds").await;
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            r#"hint: run: GRANT SELECT ON "public"."refunds" TO "{role}";"#
+        )),
+        "{}",
+        stderr(&out)
+    );
+    p.ok(&["teardown"]);
+    p.db.exec(&format!("drop owned by {role}; drop role {role};")).await;
+}

@@ -7,14 +7,57 @@ use sqlx::{PgPool, Row};
 
 use crate::SourceError;
 
-/// Opens a small pool of ordinary connections to the source.
+/// How long connecting may take before the source counts as not answering.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a small pool of ordinary connections to the source. A first connection is made on its
+/// own, so that what went wrong is named (a pool would only say it timed out): nothing listens on
+/// the port, the host is not found, TLS, the password.
 pub async fn connect(url: &crate::SourceUrl) -> Result<PgPool, SourceError> {
+    use sqlx::ConnectOptions;
+    let options = url.query_options()?;
+    let at = format!("{}:{}", url.host, url.port);
+    let shown = url.redacted();
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        Ok(Err(e)) => return Err(connect_error(&shown, &at, e)),
+        Err(_) => {
+            return Err(SourceError::Transient(format!(
+                "connecting to {shown}: {at} did not answer within {CONNECT_TIMEOUT:?} (a firewall dropping packets, or the host is down)"
+            )));
+        }
+    }
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(url.query_options()?)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
         .await
-        .map_err(|e| SourceError::from_sqlx(&format!("connecting to {}", url.redacted()), e))
+        .map_err(|e| connect_error(&shown, &at, e))
+}
+
+/// A failed connection, by its cause. Refused and not found are transient (a server restarting,
+/// a DNS hiccup): `ficus run` retries them, and names them while it does.
+fn connect_error(shown: &str, at: &str, e: sqlx::Error) -> SourceError {
+    if let sqlx::Error::Io(io) = &e {
+        let text = io.to_string();
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return SourceError::Transient(format!(
+                "connecting to {shown}: connection refused: nothing listens on {at} (is Postgres running, on that port?)"
+            ));
+        }
+        if text.contains("lookup address")
+            || text.contains("Name or service not known")
+            || text.contains("nodename nor servname")
+        {
+            return SourceError::Transient(format!(
+                "connecting to {shown}: host not found: {} does not resolve ({text})",
+                at.rsplit_once(':').map_or(at, |(host, _)| host)
+            ));
+        }
+    }
+    SourceError::from_sqlx(&format!("connecting to {shown}"), e)
 }
 
 /// Checks that the source can stream: `wal_level = logical` and a user with

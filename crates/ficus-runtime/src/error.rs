@@ -52,7 +52,7 @@ impl RunError {
             RunError::Gap(gap) => Some(gap.repair()),
             RunError::GaveUp { error, .. } => Some(match error.hint() {
                 Some(hint) => hint.to_owned(),
-                None => "check that the source is up and reachable from here; `ficus run` without                          --until-caught-up retries until it is, and --give-up-after sets how long the others wait"
+                None => "check that the source is up and reachable from here; `ficus run` without --until-caught-up retries until it is, and --give-up-after sets how long the others wait"
                     .to_owned(),
             }),
             _ => None,

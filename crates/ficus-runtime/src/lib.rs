@@ -11,6 +11,7 @@
 
 mod archive;
 pub mod backfill;
+pub mod check;
 pub mod config;
 mod error;
 pub mod gap;

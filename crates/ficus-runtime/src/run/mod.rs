@@ -27,7 +27,7 @@ mod startup;
 
 pub(crate) use delivery::{Output, Positions, emit_snapshot_rows, flush_sinks, write_events};
 use session::Session;
-pub(crate) use startup::retrying;
+pub(crate) use startup::{publication_needs, retrying};
 
 /// Flush sinks and acknowledge at least this often while events flow.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);

@@ -154,7 +154,10 @@ pub(crate) async fn prepare(
             .into());
         }
     }
+    // Never streamed from: every mapped table is new to ficus, whoever published it.
+    let first_start = start == Start::Create && record.is_none();
     let mut recorded = record.as_ref().filter(|r| r.source.is_some()).map_or(Lsn(0), |r| r.lsn);
+
     match &start {
         Start::Gap(gap) => {
             let record = GapRecord::found(&config.dir, gap)?;
@@ -168,10 +171,15 @@ pub(crate) async fn prepare(
         _ if options.resync => info!(slot = %slot_name, "--resync: there is no gap to repair; streaming as usual"),
         _ => {}
     }
-    // A table entering the publication: its rows from before become snapshot events. Recorded
+    // A table entering the publication (every one, at the first start): its rows from before
+    // become snapshot events. Recorded
     // before the publication changes, so a crash in between does not forget it.
     let publishes = |t: &ficus_model::TableRef| published.as_ref().is_some_and(|p| p.tables.contains_key(t));
-    let entering: Vec<_> = compiled.tables().into_iter().filter(|t| !publishes(t)).collect();
+    let entering: Vec<_> = compiled
+        .tables()
+        .into_iter()
+        .filter(|t| first_start || !publishes(t))
+        .collect();
     backfill_entering(config, &pool, &compiled, &entering).await?;
     publication::ensure(
         &pool,
