@@ -4,7 +4,8 @@
 # creates the slot), runs the workload, and prints the domain events ficus makes
 # of it all; then replays order 1's history from the event store (ficus.db), and
 # builds a read model (customers, orders, paid) from nothing but the replayed events;
-# then remaps the archived row changes through a new version of a mapping.
+# then remaps the archived row changes through a new version of a mapping. On the way, ficus
+# verify proves the archive holds every change.
 # Needs the Postgres server binaries (PG_BIN, else the
 # newest under /usr/lib/postgresql). Cleans up after itself.
 set -euo pipefail
@@ -31,6 +32,8 @@ echo "--- the rows that were there before ficus, as snapshot events:" >&2
 sql -d shop -f "$here/workload.sql" # the monolith at work
 echo "--- domain events:" >&2
 "$FICUS" run --until-caught-up      # prints them, one CloudEvent per line; stores them in ficus.db
+echo "--- what ficus captured, compared with the source (ficus verify):" >&2
+"$FICUS" verify                     # 0 differences: every change is in the archive
 echo "--- order 1's history, replayed from the store:" >&2
 "$FICUS" replay --to-sink stdout --subject 1 --type OrderPlaced --type OrderPaid --type OrderShipped
 echo "--- a read model built only from the replayed events (examples/read-model):" >&2

@@ -11,3 +11,4 @@ mod pipeline;
 mod publication;
 mod store;
 mod values;
+mod verify;

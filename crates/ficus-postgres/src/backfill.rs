@@ -389,6 +389,41 @@ pub fn parse_copy_line(line: &Bytes) -> Option<Row> {
     Some(Row(cells))
 }
 
+/// Reads the rows of these keys (each the key columns' values, as text, in key order), in one
+/// statement through `COPY`, so that their text is the stream's. Run it in a transaction of its
+/// own to read them in one snapshot.
+pub async fn read_keys(
+    conn: &mut PgConnection,
+    relation: &Relation,
+    keyset: &Keyset,
+    keys: &[Vec<String>],
+) -> Result<Vec<Row>, SourceError> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let columns: Vec<String> = relation.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let key_columns: Vec<String> = keyset.columns.iter().map(|(c, _)| quote_ident(c)).collect();
+    let tuples: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let values: Vec<String> = key
+                .iter()
+                .zip(&keyset.columns)
+                .map(|(v, (_, ty))| format!("{}::{ty}", literal(v)))
+                .collect();
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "copy (select {} from {} where ({}) in ({})) to stdout",
+        columns.join(", "),
+        relation.table.quoted(),
+        key_columns.join(", "),
+        tuples.join(", ")
+    );
+    copy_rows(conn, relation, &sql, 0).await
+}
+
 /// Reads columns of one row again, by its replica identity (`key`: column and value, as text):
 /// the values now, each `None` when NULL; `None` when the row is gone.
 pub async fn read_row(

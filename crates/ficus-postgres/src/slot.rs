@@ -150,3 +150,42 @@ pub async fn teardown(pool: &PgPool, slot: &str, publication: &str) -> Result<Ve
     }
     Ok(done)
 }
+
+/// Whether the slot holds changes, up to `upto`, of transactions that commit at or after `after`
+/// (what a consumer that confirmed `after` has not seen yet), decoded without consuming them
+/// (`pg_logical_slot_peek_binary_changes`). `None` when someone streams from the slot meanwhile.
+pub async fn holds_changes_after(
+    pool: &PgPool,
+    name: &str,
+    publication: &str,
+    after: Lsn,
+    upto: Lsn,
+) -> Result<Option<bool>, SourceError> {
+    let rows: Result<Vec<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
+        "select data from pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, null,
+             'proto_version', '1', 'publication_names', $3)",
+    )
+    .bind(name)
+    .bind(upto.to_string())
+    .bind(publication)
+    .fetch_all(pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(e)) if e.message().contains("is active for PID") => return Ok(None),
+        Err(e) => return Err(SourceError::from_sqlx(&format!("reading what slot {name} holds"), e)),
+    };
+    let mut commits_after = false;
+    for data in rows {
+        match data.first() {
+            // Begin: the transaction's commit LSN follows the tag.
+            Some(b'B') if data.len() >= 9 => {
+                let commit = u64::from_be_bytes(data[1..9].try_into().expect("8 bytes"));
+                commits_after = commit >= after.0;
+            }
+            Some(b'I' | b'U' | b'D' | b'T') if commits_after => return Ok(Some(true)),
+            _ => {}
+        }
+    }
+    Ok(Some(false))
+}

@@ -22,6 +22,7 @@ pub mod request;
 mod run;
 mod sinks;
 mod state;
+pub mod verify;
 pub mod watermark;
 
 pub use config::{Config, Loaded, load_mappings};

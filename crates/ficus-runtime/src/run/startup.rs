@@ -347,11 +347,20 @@ async fn backfill_entering(
     let mut tables = Vec::new();
     for table in entering {
         let name = table.to_string();
+        // An empty table has no rows from before to warn about (one that cannot be read: warn).
+        // It is still backfilled: a transaction that wrote it before it entered the publication
+        // may commit later, and the backfill waits for it.
+        let empty: bool = sqlx::query_scalar(&format!("select not exists (select from {})", table.quoted()))
+            .fetch_one(pool)
+            .await
+            .unwrap_or(false);
         let snapshot = compiled
             .mappings()
             .iter()
             .any(|m| &m.table == table && m.ops.contains(&Op::Snapshot));
-        if !config.source.backfill_new_tables {
+        if empty && !(snapshot && config.source.backfill_new_tables) {
+            // Nothing from before to lose.
+        } else if !config.source.backfill_new_tables {
             warn!(%table, "the table enters the publication, and backfill_new_tables = false: its rows from before now do not become events; `ficus backfill --table {name}` turns them into snapshot events");
         } else if !snapshot {
             warn!(%table, "the table enters the publication, and no mapping of it maps snapshot rows: its rows from before now do not become events; add \"snapshot\" to `on` of the mappings that should see them, then run `ficus backfill --table {name}`");
