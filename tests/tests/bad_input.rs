@@ -2,13 +2,9 @@
 
 use ficus_testkit::Cluster;
 
-use crate::support::Project;
+use crate::support::{Project, stderr};
 
 const ORDERS: &str = "create table orders (id int primary key, status text not null, total numeric not null);";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[tokio::test]
 async fn check_reports_three_mistakes_with_their_lines() {

@@ -6,16 +6,12 @@ use std::time::Duration;
 use ficus_testkit::{Cluster, wait_for};
 use serde_json::Value;
 
-use crate::support::{KillOnDrop, Project, wait_exit};
+use crate::support::{KillOnDrop, Project, refused, stderr, wait_exit};
 
 const ITEMS: &str = "create table items (id int primary key, name text not null);";
 const ITEM_SEEN: &str = "[[event]]\nname = \"ItemSeen\"\ntable = \"items\"\non = [\"insert\", \"update\", \"snapshot\"]\nkey = \"new.id\"\ndata = \"new\"\n";
 /// A store beside events.jsonl, and a jsonl sink for replays.
 const WITH_STORE: &str = "\n[[sink]]\ntype = \"store\"\n\n[[sink]]\ntype = \"jsonl\"\nname = \"replayed\"\nlive = false\npath = \"replayed.jsonl\"\n";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A project streaming `items` into events.jsonl and the store, with two rows delivered.
 async fn items_delivered(cluster: &'static Cluster) -> Project {
@@ -27,13 +23,6 @@ async fn items_delivered(cluster: &'static Cluster) -> Project {
     p.catch_up();
     assert_eq!(p.events().len(), 2);
     p
-}
-
-/// `ficus run --until-caught-up`, which must fail: its stderr.
-fn refused(p: &Project) -> String {
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    stderr(&out)
 }
 
 /// Repairs with `--resync`; checks the `ficus.gap` event and the snapshot events after it, in

@@ -6,11 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{KillOnDrop, Project, wait_exit};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::support::{KillOnDrop, Project, refused, wait_exit};
 
 const ORDERS: &str = "create table orders (id int primary key, status text not null);";
 const ORDER_MAPPINGS: &str = r#"
@@ -92,13 +88,6 @@ async fn a_table_mapped_while_stopped_is_backfilled() {
     p.db.exec("update refunds set amount = 0 where id = 300").await;
     p.wait_events(1 + 301 + 1).await;
     assert_eq!(folded(&p.events(), "RefundSeen")["300"]["amount"], 0);
-}
-
-/// `ficus run --until-caught-up`, which must fail: its stderr.
-fn refused(p: &Project) -> String {
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    stderr(&out)
 }
 
 /// The statement the hint says to run.

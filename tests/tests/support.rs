@@ -129,6 +129,18 @@ impl Project {
     }
 }
 
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ficus run --until-caught-up`, which must fail with exit 1: its stderr.
+pub fn refused(p: &Project) -> String {
+    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    stderr(&out)
+}
+
 pub fn read_events(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     // A line cut off by kill -9 is not an event; everything before it is.

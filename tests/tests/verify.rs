@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{KillOnDrop, Project, signal, wait_exit};
+use crate::support::{KillOnDrop, Project, signal, stderr, wait_exit};
 
 const ACCOUNTS: &str = "create table accounts (id int primary key, balance int not null, note text);
      insert into accounts select g, g % 100, 'n' || g from generate_series(1, 3000) g;";
@@ -23,10 +23,6 @@ table = "accounts"
 on = ["delete"]
 key = "old.id"
 "#;
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `ficus verify --json`: its exit code and report.
 fn verify(p: &Project) -> (Option<i32>, Value) {

@@ -144,6 +144,24 @@ impl Compiled {
     pub fn tables(&self) -> BTreeSet<TableRef> {
         self.mappings.iter().map(|m| m.table.clone()).collect()
     }
+
+    /// Whether some mapping of the table maps snapshot rows (a backfill has events to make).
+    pub fn maps_snapshots(&self, table: &TableRef) -> bool {
+        self.mappings
+            .iter()
+            .any(|m| &m.table == table && m.ops.contains(&Op::Snapshot))
+    }
+
+    /// The tables some mapping maps snapshot rows of, in the order of the mappings, each once.
+    pub fn snapshot_tables(&self) -> Vec<TableRef> {
+        let mut tables: Vec<TableRef> = Vec::new();
+        for m in &self.mappings {
+            if m.ops.contains(&Op::Snapshot) && !tables.contains(&m.table) {
+                tables.push(m.table.clone());
+            }
+        }
+        tables
+    }
 }
 
 const OPS: &[(&str, Op)] = &[

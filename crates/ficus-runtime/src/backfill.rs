@@ -42,7 +42,7 @@ pub const REQUEST_PREFIX: &str = "ficus.backfill.request";
 pub const DEFAULT_CHUNK_SIZE: usize = 10_000;
 
 /// What `ficus backfill` was asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackfillOptions {
     /// Tables to backfill; every table with a `snapshot` mapping when empty.
     pub tables: Vec<String>,
@@ -56,6 +56,20 @@ pub struct BackfillOptions {
     pub allow_full_scan: bool,
     /// Read at most this many rows per second, on average.
     pub max_rate: Option<u64>,
+}
+
+impl Default for BackfillOptions {
+    /// Every table with a snapshot mapping, every row, chunks of [`DEFAULT_CHUNK_SIZE`], no pause.
+    fn default() -> BackfillOptions {
+        BackfillOptions {
+            tables: vec![],
+            filter: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            pause: Duration::ZERO,
+            allow_full_scan: false,
+            max_rate: None,
+        }
+    }
 }
 
 /// The checkpoint of a backfill, one file per backfill under `.ficus/backfills/`
@@ -181,39 +195,14 @@ impl BackfillState {
 
     /// Reads a backfill file, `None` when there is none.
     pub fn load(path: &Path) -> Result<Option<BackfillState>, RunError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                RunError::Config(format!(
-                    "{}: {e}\nhint: remove it to start the backfill over",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RunError::Config(format!("{}: {e}", path.display()))),
-        }
+        crate::state::load(path, "remove it to start the backfill over")
     }
 
     /// Every backfill of a config, oldest first.
     pub fn all(config_dir: &Path) -> Result<Vec<BackfillState>, RunError> {
-        let dir = BackfillState::dir(config_dir);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(RunError::Config(format!("{}: {e}", dir.display()))),
-        };
-        let mut all = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?
-                .path();
-            if path.extension().is_some_and(|e| e == "json")
-                && let Some(state) = BackfillState::load(&path)?
-            {
-                all.push(state);
-            }
-        }
-        // Ids are hex timestamps: shorter is older.
-        all.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+        let mut all: Vec<BackfillState> =
+            crate::state::load_all(&BackfillState::dir(config_dir), "remove it to start the backfill over")?;
+        crate::state::oldest_first(&mut all, |b| &b.id);
         Ok(all)
     }
 
@@ -368,11 +357,7 @@ pub(crate) async fn plan(
                 SourceError::definite(format!("no mapping reads {table}"), "backfill mapped tables only").into(),
             );
         }
-        if !compiled
-            .mappings()
-            .iter()
-            .any(|m| m.table == table && m.ops.contains(&Op::Snapshot))
-        {
+        if !compiled.maps_snapshots(&table) {
             return Err(RunError::Config(format!(
                 "no mapping of {table} maps snapshot rows\nhint: add \"snapshot\" to `on` of the mappings that should see existing rows"
             )));
@@ -763,12 +748,7 @@ impl Backfills {
 /// id), else a new one.
 pub fn choose(config_dir: &Path, compiled: &Compiled, opts: &BackfillOptions) -> Result<BackfillState, RunError> {
     let mut tables: Vec<String> = if opts.tables.is_empty() {
-        compiled
-            .mappings()
-            .iter()
-            .filter(|m| m.ops.contains(&Op::Snapshot))
-            .map(|m| m.table.to_string())
-            .collect()
+        compiled.snapshot_tables().iter().map(TableRef::to_string).collect()
     } else {
         opts.tables.iter().map(|t| TableRef::parse(t).to_string()).collect()
     };

@@ -86,32 +86,11 @@ impl GapRecord {
 
     /// Every gap recorded next to a config, oldest first.
     pub fn all(config_dir: &Path) -> Result<Vec<GapRecord>, RunError> {
-        let dir = GapRecord::dir(config_dir);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(RunError::Config(format!("{}: {e}", dir.display()))),
-        };
-        let mut all = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?
-                .path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
-            let record = serde_json::from_str(&text).map_err(|e| {
-                RunError::Config(format!(
-                    "{}: {e}\nhint: it records a gap ficus repaired; restore it or remove it",
-                    path.display()
-                ))
-            })?;
-            all.push(record);
-        }
-        // Ids are hex timestamps: shorter is older.
-        all.sort_by(|a: &GapRecord, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+        let mut all: Vec<GapRecord> = crate::state::load_all(
+            &GapRecord::dir(config_dir),
+            "it records a gap ficus found; restore it, or remove it to forget the gap",
+        )?;
+        crate::state::oldest_first(&mut all, |g| &g.id);
         Ok(all)
     }
 

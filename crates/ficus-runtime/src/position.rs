@@ -202,6 +202,27 @@ impl Cause {
 }
 
 impl Gap {
+    /// The publication does not send what the mappings read (`problems`), since after `after`.
+    pub fn publication_changed(
+        slot: &str,
+        publication: &str,
+        problems: &[ficus_postgres::publication::Problem],
+        after: Lsn,
+    ) -> Gap {
+        let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
+        let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
+        Gap {
+            slot: slot.to_owned(),
+            cause: Cause::PublicationChanged {
+                publication: publication.to_owned(),
+                what: what.join("; "),
+                fix: Some(fix.join(" ")),
+            },
+            after,
+            before: None,
+        }
+    }
+
     /// The lost range, in words.
     pub fn range(&self) -> String {
         match self.before {

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
+
 use crate::RunError;
 
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
@@ -17,4 +19,41 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// Reads a state file, `None` when there is none; `hint` says what to do with one that is damaged.
+pub(crate) fn load<T: DeserializeOwned>(path: &Path, hint: &str) -> Result<Option<T>, RunError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| RunError::Config(format!("{}: {e}\nhint: {hint}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RunError::Config(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Reads every state file (`*.json`) of a directory; none when it does not exist.
+pub(crate) fn load_all<T: DeserializeOwned>(dir: &Path, hint: &str) -> Result<Vec<T>, RunError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(RunError::Config(format!("{}: {e}", dir.display()))),
+    };
+    let mut all = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?
+            .path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Some(item) = load(&path, hint)?
+        {
+            all.push(item);
+        }
+    }
+    Ok(all)
+}
+
+/// Sorts by id, oldest first: ids are hex timestamps, so a shorter one is older.
+pub(crate) fn oldest_first<T>(items: &mut [T], id: impl Fn(&T) -> &str) {
+    items.sort_by(|a, b| (id(a).len(), id(a)).cmp(&(id(b).len(), id(b))));
 }

@@ -435,18 +435,12 @@ impl Session<'_> {
             self.checked = (Instant::now(), self.positions.recorded());
             return Ok(());
         }
-        let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
-        let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
-        Err(RunError::Gap(Box::new(Gap {
-            slot: self.config.source.slot.clone(),
-            cause: Cause::PublicationChanged {
-                publication: name.clone(),
-                what: what.join("; "),
-                fix: Some(fix.join(" ")),
-            },
-            after: self.checked.1,
-            before: None,
-        })))
+        Err(RunError::Gap(Box::new(Gap::publication_changed(
+            &self.config.source.slot,
+            name,
+            &problems,
+            self.checked.1,
+        ))))
     }
 
     /// Makes every written event durable, then acknowledges the last commit.

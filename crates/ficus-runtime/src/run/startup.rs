@@ -20,10 +20,10 @@ use tracing::{info, warn};
 
 use super::{CAUGHT_UP_PREFIX, MAX_BACKOFF, RunOptions, live_schema};
 use crate::RunError;
-use crate::backfill::{BackfillOptions, BackfillState, DEFAULT_CHUNK_SIZE};
+use crate::backfill::{BackfillOptions, BackfillState};
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
-use crate::position::{self, Cause, Gap, Position, Source, Start};
+use crate::position::{self, Gap, Position, Source, Start};
 use crate::sinks::Sinks;
 
 /// Retries `f` on transient errors with exponential backoff, until it succeeds, fails definitely,
@@ -122,27 +122,23 @@ pub(crate) async fn prepare(
         .map(|p| p.problems(&needs, false))
         .unwrap_or_default();
     if !problems.is_empty() {
-        let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
-        let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
         // Streamed before: the changes it did not send since are lost, fixed or not.
         let streamed = record.is_some() || found.is_some();
         if streamed && !matches!(start, Start::Gap(_)) {
-            start = Start::Gap(Gap {
-                slot: slot_name.clone(),
-                cause: Cause::PublicationChanged {
-                    publication: config.source.publication.clone(),
-                    what: what.join("; "),
-                    fix: Some(fix.join(" ")),
-                },
-                after: record
-                    .as_ref()
-                    .map(|r| r.lsn)
-                    .or(found.as_ref().map(|s| s.confirmed_flush))
-                    .unwrap_or_default(),
-                before: None,
-            });
+            let after = record
+                .as_ref()
+                .map(|r| r.lsn)
+                .or(found.as_ref().map(|s| s.confirmed_flush));
+            start = Start::Gap(Gap::publication_changed(
+                slot_name,
+                &config.source.publication,
+                &problems,
+                after.unwrap_or_default(),
+            ));
         }
         if !streamed || options.resync {
+            let what: Vec<&str> = problems.iter().map(|p| p.what.as_str()).collect();
+            let fix: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
             return Err(SourceError::definite(
                 what.join("\n"),
                 format!(
@@ -253,15 +249,9 @@ async fn resync(
     warn!(slot = %slot_name, "{}; --resync: repairing it", gap.message);
     // A resync cut short by a crash is repaired already: it goes on with its backfill.
     if gap.repaired_at.is_none() {
-        let mut tables: Vec<String> = Vec::new();
-        for m in compiled.mappings() {
-            let table = m.table.to_string();
-            if m.ops.contains(&Op::Snapshot) && !tables.contains(&table) {
-                tables.push(table);
-            }
-        }
+        let tables: Vec<String> = compiled.snapshot_tables().iter().map(|t| t.to_string()).collect();
         for table in compiled.tables() {
-            if !tables.contains(&table.to_string()) {
+            if !compiled.maps_snapshots(&table) {
                 warn!(
                     %table,
                     "--resync: no mapping of this table maps snapshot rows, so its current rows will not become \
@@ -272,11 +262,7 @@ async fn resync(
         let backfill = if tables.is_empty() {
             None
         } else {
-            let options = BackfillOptions {
-                chunk_size: DEFAULT_CHUNK_SIZE,
-                ..BackfillOptions::default()
-            };
-            let state = BackfillState::new(tables, &options);
+            let state = BackfillState::new(tables, &BackfillOptions::default());
             state.save(&config.dir)?;
             Some(state.id)
         };
@@ -354,10 +340,7 @@ async fn backfill_entering(
             .fetch_one(pool)
             .await
             .unwrap_or(false);
-        let snapshot = compiled
-            .mappings()
-            .iter()
-            .any(|m| &m.table == table && m.ops.contains(&Op::Snapshot));
+        let snapshot = compiled.maps_snapshots(table);
         if empty && !(snapshot && config.source.backfill_new_tables) {
             // Nothing from before to lose.
         } else if !config.source.backfill_new_tables {
@@ -375,11 +358,7 @@ async fn backfill_entering(
     if tables.is_empty() {
         return Ok(());
     }
-    let options = BackfillOptions {
-        chunk_size: DEFAULT_CHUNK_SIZE,
-        ..BackfillOptions::default()
-    };
-    let mut state = BackfillState::new(tables, &options);
+    let mut state = BackfillState::new(tables, &BackfillOptions::default());
     state.after_publication_change = true;
     state.save(&config.dir)?;
     info!(id = %state.id, tables = ?state.tables.iter().map(|t| &t.table).collect::<Vec<_>>(), "backfill: the tables enter the publication, their rows from before become snapshot events");
