@@ -26,10 +26,12 @@ struct Cli {
 enum Command {
     /// Stream row changes of the mapped tables as events into the configured sinks.
     ///
-    /// Creates the publication and the slot when they are absent, then streams
-    /// from the slot's confirmed position. The slot moves only after the events
-    /// of a commit are durable in every sink. SIGINT or SIGTERM: finish what is in
-    /// flight, acknowledge, exit 0.
+    /// Creates the publication and the slot on the first start (and backfills the mapped tables'
+    /// rows from before), then streams from where it was. The slot moves only after the events
+    /// of a commit are durable in every sink and the position is recorded. A gap — the slot
+    /// dropped, invalidated or re-created, the publication dropped or narrowed, the source
+    /// restored — stops it with the lost range: --resync repairs it. SIGINT or SIGTERM: finish
+    /// what is in flight, acknowledge, exit 0.
     Run {
         /// The config file.
         #[arg(short, long, default_value = "ficus.toml")]
