@@ -14,7 +14,7 @@ fn parity_rows() -> i64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000)
 }
-const MAPPINGS: &str = r#"
+pub(crate) const MAPPINGS: &str = r#"
 [[event]]
 name = "AccountSeen"
 table = "accounts"
@@ -50,7 +50,7 @@ async fn wait_chunks(p: &Project, n: u64) {
 }
 
 /// A project whose `accounts` table has `rows` rows, mapped by [`MAPPINGS`].
-async fn accounts(rows: i64) -> Project {
+pub(crate) async fn accounts(rows: i64) -> Project {
     let p = Project::new(&format!(
         "create table accounts (id int primary key, balance int not null, note text);
          insert into accounts select g, g % 1000, 'n' || g from generate_series(1, {rows}) g;
@@ -110,7 +110,7 @@ async fn table_now(p: &Project) -> BTreeMap<i64, Value> {
 }
 
 /// Random inserts, updates and deletes of the same keys, in small transactions, until stopped.
-fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>, rows: i64) -> tokio::task::JoinHandle<u64> {
+pub(crate) fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>, rows: i64) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         use sqlx::{Connection, Executor};
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();

