@@ -573,7 +573,7 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
     let findings = ficus_runtime::check::source(&config, &pool, &compiled).await?;
     for finding in &findings {
-        eprintln!("error: {}\nhint: run: {}\n", finding.message, finding.fix);
+        eprintln!("error: {}\nhint: {}\n", finding.message, finding.hint);
     }
     if !findings.is_empty() {
         eprintln!(

@@ -63,31 +63,39 @@ fn connect_error(shown: &str, at: &str, e: sqlx::Error) -> SourceError {
 /// Checks that the source can stream: `wal_level = logical` and a user with
 /// the REPLICATION attribute.
 pub async fn preflight(pool: &PgPool) -> Result<(), SourceError> {
-    let wal_level: String = sqlx::query_scalar("show wal_level")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| SourceError::from_sqlx("reading wal_level", e))?;
+    match preflight_problems(pool).await?.into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Everything [`preflight`] checks, every problem at once (for `ficus check`).
+pub async fn preflight_problems(pool: &PgPool) -> Result<Vec<SourceError>, SourceError> {
+    let row = sqlx::query(
+        "select current_setting('wal_level'), rolsuper, rolreplication, current_user::text
+         from pg_roles where rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading wal_level and the user's attributes", e))?;
+    let (wal_level, superuser, replication, user): (String, bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let mut problems = Vec::new();
     if wal_level != "logical" {
-        return Err(SourceError::definite(
+        problems.push(SourceError::definite(
             format!("the source has wal_level = {wal_level}, and logical replication needs wal_level = logical"),
             "run ALTER SYSTEM SET wal_level = logical; then restart Postgres (on a managed service, turn on its logical replication setting)",
         ));
     }
-    let row =
-        sqlx::query("select rolsuper, rolreplication, current_user::text from pg_roles where rolname = current_user")
-            .fetch_one(pool)
-            .await
-            .map_err(|e| SourceError::from_sqlx("reading the user's attributes", e))?;
-    let (superuser, replication, user): (bool, bool, String) = (row.get(0), row.get(1), row.get(2));
     if !superuser && !replication {
-        return Err(SourceError::definite(
+        problems.push(SourceError::definite(
             format!("user {user} may not stream changes: it lacks the REPLICATION attribute"),
             format!(
                 "run ALTER ROLE {user} WITH REPLICATION; as a superuser (on a managed service, grant its replication role)"
             ),
         ));
     }
-    Ok(())
+    Ok(problems)
 }
 
 /// Every user table: its relation as the stream will describe it (generated columns, which

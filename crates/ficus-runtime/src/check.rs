@@ -9,7 +9,7 @@
 
 use ficus_mapping::Compiled;
 use ficus_model::relation::quote_ident;
-use ficus_postgres::{SourceError, publication};
+use ficus_postgres::{SourceError, catalog, publication};
 use sqlx::{PgPool, Row};
 
 use crate::RunError;
@@ -21,61 +21,39 @@ use crate::run::{live_schema, publication_needs};
 pub struct Finding {
     /// What is missing, and what it stops.
     pub message: String,
-    /// The statement (or step) that provides it.
-    pub fix: String,
+    /// How to provide it: the statement to run, or the step to take.
+    pub hint: String,
 }
 
 /// Everything the source lacks for the compiled mappings: settings, privileges, the publication.
 pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Result<Vec<Finding>, RunError> {
     let err = |what: &'static str| move |e| SourceError::from_sqlx(what, e);
+    let mut found: Vec<Finding> = catalog::preflight_problems(pool)
+        .await?
+        .into_iter()
+        .map(|problem| Finding {
+            message: problem.to_string(),
+            hint: problem.hint().unwrap_or_default().to_owned(),
+        })
+        .collect();
     let row = sqlx::query(
-        "select current_user::text, r.rolsuper, r.rolreplication, current_setting('wal_level'),
-                current_database()::text, has_database_privilege(current_database(), 'CREATE'),
+        "select current_user::text, r.rolsuper, current_database()::text,
+                has_database_privilege(current_database(), 'CREATE'),
                 has_function_privilege('pg_logical_emit_message(boolean,text,text)', 'EXECUTE')
          from pg_roles r where r.rolname = current_user",
     )
     .fetch_one(pool)
     .await
     .map_err(err("reading the user's privileges"))?;
-    let (user, superuser, replication, wal_level, database, create, emit): (
-        String,
-        bool,
-        bool,
-        String,
-        String,
-        bool,
-        bool,
-    ) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
+    let (user, superuser, database, create, emit): (String, bool, String, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     let role = quote_ident(&user);
-    let mut found = Vec::new();
-    if wal_level != "logical" {
-        found.push(Finding {
-            message: format!("the source has wal_level = {wal_level}, and logical replication needs wal_level = logical"),
-            fix: "ALTER SYSTEM SET wal_level = logical; then restart Postgres (on a managed service, turn on its logical replication setting)".into(),
-        });
-    }
-    if !superuser && !replication {
-        found.push(Finding {
-            message: format!("user {user} may not stream changes: it lacks the REPLICATION attribute"),
-            fix: format!(
-                "ALTER ROLE {role} WITH REPLICATION; (as a superuser; on a managed service, grant its replication role)"
-            ),
-        });
-    }
     if !superuser && !emit {
         found.push(Finding {
             message: format!(
                 "user {user} may not write logical decoding messages, which backfill watermarks and --until-caught-up need"
             ),
-            fix: format!("GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO {role};"),
+            hint: format!("run: GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO {role};"),
         });
     }
     let mut owns_every_table = true;
@@ -93,7 +71,7 @@ pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Resu
         if !select {
             found.push(Finding {
                 message: format!("user {user} may not read {table}: a backfill (and TOAST's reselect) reads its rows"),
-                fix: format!("GRANT SELECT ON {} TO {role};", table.quoted()),
+                hint: format!("run: GRANT SELECT ON {} TO {role};", table.quoted()),
             });
         }
     }
@@ -109,7 +87,7 @@ pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Resu
             for problem in p.problems(&needs, false) {
                 found.push(Finding {
                     message: problem.what,
-                    fix: problem.fix,
+                    hint: format!("run: {}", problem.fix),
                 });
             }
             let missing: Vec<String> = needs
@@ -124,7 +102,10 @@ pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Resu
                         "publication {name} does not publish {}, and user {user} may not add it (it must own the tables)",
                         missing.join(", ")
                     ),
-                    fix: format!("have an owner of the tables run: ALTER PUBLICATION {} SET TABLE {tables};", quote_ident(name)),
+                    hint: format!(
+                        "have an owner of the tables run: ALTER PUBLICATION {} SET TABLE {tables};",
+                        quote_ident(name)
+                    ),
                 });
             }
         }
@@ -143,8 +124,8 @@ pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Resu
                         _ => "it must own the mapped tables".to_owned(),
                     }
                 ),
-                fix: if owns_every_table {
-                    format!("GRANT CREATE ON DATABASE {} TO {role};", quote_ident(&database))
+                hint: if owns_every_table {
+                    format!("run: GRANT CREATE ON DATABASE {} TO {role};", quote_ident(&database))
                 } else {
                     format!("have an owner of the tables run: {fix}")
                 },

@@ -195,8 +195,7 @@ impl Session<'_> {
                         self.flush_and_ack(stream).await?;
                     }
                     if self.finished_at(end_lsn) {
-                        self.flush_and_ack(stream).await?;
-                        return Ok(());
+                        return Ok(()); // `stream` flushes and acknowledges on the way out
                     }
                 }
                 SourceEvent::KeepAlive { wal_end } => {
