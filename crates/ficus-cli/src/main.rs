@@ -42,13 +42,17 @@ enum Command {
         #[command(flatten)]
         recovery: Recovery,
     },
-    /// Check the config and the mappings; against the live schema when the source is reachable.
+    /// Check the config and the mappings; against the live schema when the source is reachable;
+    /// and every sink (reachable, credentials accepted, its target there).
     ///
     /// Reports every error at once, each with file, line, column and a hint.
     Check {
         /// The config file.
         #[arg(short, long, default_value = "ficus.toml")]
         config: PathBuf,
+        /// Check the files only: connect neither to the source nor to the sinks.
+        #[arg(long)]
+        offline: bool,
     },
     /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
     ///
@@ -298,7 +302,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => check(&config).await,
+        Command::Check { config, offline } => check(&config, offline).await,
         Command::Backfill {
             config,
             tables,
@@ -547,14 +551,36 @@ fn describe_backfill(state: &BackfillState) -> String {
     out
 }
 
-async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let files = ficus_runtime::load_mappings(&config)?;
+    if offline {
+        let compiled = files.compile(None)?;
+        println!("{} mapping(s) check out offline", compiled.mappings().len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The sinks, whatever the source says: each problem with the sink's name.
+    let sink_problems = ficus_runtime::check::sinks(&config).await;
+    for finding in &sink_problems {
+        eprintln!("error: {}\nhint: {}\n", finding.message, finding.hint);
+    }
+    let sinks_ok = || {
+        if sink_problems.is_empty() {
+            println!("{} sink(s) can take events", config.sinks.len().max(1));
+            ExitCode::SUCCESS
+        } else {
+            eprintln!(
+                "{} problem(s) of the sinks: ficus run would stop on them",
+                sink_problems.len()
+            );
+            ExitCode::FAILURE
+        }
+    };
     let Ok(url) = config.url() else {
         let compiled = files.compile(None)?;
         println!("{} mapping(s) check out offline", compiled.mappings().len());
         eprintln!("note: no source url; tables and columns were not checked");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(sinks_ok());
     };
     let url = ficus_postgres::SourceUrl::parse(&url)?;
     let pool = match ficus_postgres::catalog::connect(&url).await {
@@ -580,6 +606,7 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             "{} problem(s) of the source: ficus run and ficus backfill would stop on them",
             findings.len()
         );
+        sinks_ok();
         return Ok(ExitCode::FAILURE);
     }
     println!(
@@ -588,7 +615,7 @@ async fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         compiled.tables().len(),
         url.redacted()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(sinks_ok())
 }
 
 /// A receiver that turns true at SIGINT or SIGTERM (after logging `message`).

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use cel::Value as Cel;
 use cel::objects::Key;
-use ficus_model::value::{rfc3339, to_field};
+use ficus_model::value::to_field;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use ficus_model::{Cell, Event, Field, Op, Origin, Relation, RowChange, text_of};
+use ficus_model::{Cell, Event, Field, Op, Origin, Relation, RowChange, Time, text_of};
 use serde_json::Value as Json;
 use uuid::Uuid;
 
@@ -187,13 +187,11 @@ pub struct Bound {
     tx: RefCell<Option<TxAttributes>>,
 }
 
-/// `time`, `lsn` and `txid` of one transaction, formatted once.
+/// The time of one transaction, formatted once.
 struct TxAttributes {
     /// The transaction the attributes are of (a backfill's chunks share an LSN, not a time).
     tx: ficus_model::TxMeta,
-    time: Arc<str>,
-    lsn: Arc<str>,
-    txid: Arc<str>,
+    time: Time,
 }
 
 impl Compiled {
@@ -481,8 +479,8 @@ impl Bound {
                 time: tx.time,
                 datacontenttype: "application/json",
                 eventversion: m.version,
-                lsn: tx.lsn,
-                txid: tx.txid,
+                lsn: change.tx.commit_lsn,
+                txid: change.tx.xid,
                 backfill,
                 unavailable: (!unavailable.is_empty()).then(|| unavailable.join(",")),
                 data,
@@ -498,20 +496,13 @@ impl Bound {
         if fresh {
             *cache = Some(TxAttributes {
                 tx: change.tx.clone(),
-                time: chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros)
-                    .map(rfc3339)
-                    .unwrap_or_default()
-                    .into(),
-                lsn: change.tx.commit_lsn.to_string().into(),
-                txid: change.tx.xid.to_string().into(),
+                time: Time::from_micros(change.tx.commit_time_micros),
             });
         }
         let c = cache.as_ref().expect("filled above");
         TxAttributes {
             tx: c.tx.clone(),
             time: c.time.clone(),
-            lsn: c.lsn.clone(),
-            txid: c.txid.clone(),
         }
     }
 

@@ -1,13 +1,19 @@
-//! Domain events, written as CloudEvents 1.0 (structured JSON mode).
+//! Domain events, and the one place they are written as CloudEvents 1.0: the structured JSON
+//! line ([`Event::write_json`]), and for the binary mode of the protocol bindings, the data alone
+//! ([`Event::write_data`]) and the other attributes ([`Event::attributes`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::Lsn;
 
 /// A domain event: a business fact with a name, a version, a key and data.
 ///
 /// The attributes shared by many events (source, type, transaction) are shared
-/// strings: an event costs its id, subject and data.
+/// strings: an event costs its id, subject and data. Positions and times stay typed until the
+/// event is written.
 ///
 /// Serializes to one CloudEvent in structured JSON mode; the extensions
 /// `eventversion`, `lsn` and `txid` say which schema version it follows and
@@ -29,16 +35,17 @@ pub struct Event {
     pub aggregate: Arc<str>,
     /// The key: the aggregate id, as a string.
     pub subject: String,
-    /// The commit time, RFC 3339 in UTC.
-    pub time: Arc<str>,
+    /// The commit time (written RFC 3339 in UTC).
+    pub time: Time,
     /// Always `"application/json"`.
     pub datacontenttype: &'static str,
     /// The event's schema version.
     pub eventversion: u32,
-    /// The commit LSN, `X/Y`.
-    pub lsn: Arc<str>,
-    /// The source transaction id, as a string (CloudEvents integers are 32-bit signed).
-    pub txid: Arc<str>,
+    /// The commit LSN (written `X/Y`).
+    pub lsn: Lsn,
+    /// The source transaction id (written as a string: CloudEvents integers are 32-bit signed).
+    #[serde(serialize_with = "as_string")]
+    pub txid: u32,
     /// For events of rows read by a backfill, the backfill's id (absent for live changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill: Option<Arc<str>>,
@@ -48,6 +55,147 @@ pub struct Event {
     pub unavailable: Option<String>,
     /// The payload.
     pub data: Data,
+}
+
+fn as_string<S: Serializer>(n: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(n)
+}
+
+impl Event {
+    /// Writes the event as one CloudEvent in structured JSON mode, without a newline: the line
+    /// every line sink, the store and the structured mode of every binding carry.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("an event always serializes");
+    }
+
+    /// Writes the event's `data` alone: the body of the binary mode of a protocol binding.
+    pub fn write_data(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, &self.data).expect("data always serializes");
+    }
+
+    /// Every attribute but `data`, in the order of the structured line, as text: what the binary
+    /// mode of a protocol binding carries in headers (`ce_id`, `ce-type`, ...). `datacontenttype`
+    /// is among them; bindings that map it to their own content type take it from here.
+    pub fn attributes(&self) -> Vec<(&'static str, Cow<'_, str>)> {
+        let mut attributes = vec![
+            ("specversion", Cow::Borrowed(self.specversion)),
+            ("id", Cow::Borrowed(self.id.as_str())),
+            ("source", Cow::Borrowed(&*self.source)),
+            ("type", Cow::Borrowed(&*self.ty)),
+            ("subject", Cow::Borrowed(self.subject.as_str())),
+            ("time", Cow::Borrowed(self.time.as_str())),
+            ("datacontenttype", Cow::Borrowed(self.datacontenttype)),
+            ("eventversion", Cow::Owned(self.eventversion.to_string())),
+            ("lsn", Cow::Owned(self.lsn.to_string())),
+            ("txid", Cow::Owned(self.txid.to_string())),
+        ];
+        if let Some(backfill) = &self.backfill {
+            attributes.push(("backfill", Cow::Borrowed(&**backfill)));
+        }
+        if let Some(unavailable) = &self.unavailable {
+            attributes.push(("ficusunavailable", Cow::Borrowed(unavailable.as_str())));
+        }
+        attributes
+    }
+}
+
+/// An event as a stored line has it (the store keeps the aggregate apart).
+#[derive(serde::Deserialize)]
+struct Stored<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    id: String,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    subject: String,
+    #[serde(borrow)]
+    datacontenttype: Cow<'a, str>,
+    eventversion: u32,
+    #[serde(borrow)]
+    txid: Cow<'a, str>,
+    #[serde(default, borrow)]
+    backfill: Option<Cow<'a, str>>,
+    #[serde(default, rename = "ficusunavailable")]
+    unavailable: Option<String>,
+    data: Data,
+}
+
+impl Event {
+    /// The event a stored line holds (what [`Event::write_json`] wrote), with what the store
+    /// keeps beside it: its aggregate, commit time and LSN. `data` keeps its exact text.
+    pub fn from_stored(line: &str, aggregate: &str, time_micros: i64, lsn: Lsn) -> Result<Event, String> {
+        let e: Stored<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if e.specversion != "1.0" || e.datacontenttype != "application/json" {
+            return Err(format!(
+                "specversion {:?} and datacontenttype {:?}: ficus writes 1.0 and application/json",
+                e.specversion, e.datacontenttype
+            ));
+        }
+        Ok(Event {
+            specversion: "1.0",
+            id: e.id,
+            source: e.source.into(),
+            ty: e.ty.into(),
+            aggregate: aggregate.into(),
+            subject: e.subject,
+            time: Time::from_micros(time_micros),
+            datacontenttype: "application/json",
+            eventversion: e.eventversion,
+            lsn,
+            txid: e
+                .txid
+                .parse()
+                .map_err(|_| format!("txid {:?} is not a number", e.txid))?,
+            backfill: e.backfill.map(Into::into),
+            unavailable: e.unavailable,
+            data: e.data,
+        })
+    }
+}
+
+/// A commit time: microseconds since the Unix epoch, with its RFC 3339 text in UTC, made once
+/// (the events of a transaction share one).
+#[derive(Clone, Debug)]
+pub struct Time {
+    micros: i64,
+    text: Arc<str>,
+}
+
+impl Time {
+    /// The time `micros` microseconds after the Unix epoch.
+    pub fn from_micros(micros: i64) -> Time {
+        let text = chrono::DateTime::from_timestamp_micros(micros)
+            .map(crate::value::rfc3339)
+            .unwrap_or_default();
+        Time {
+            micros,
+            text: text.into(),
+        }
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn micros(&self) -> i64 {
+        self.micros
+    }
+
+    /// RFC 3339 in UTC, with as many fraction digits as needed.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Time {
+    fn eq(&self, other: &Time) -> bool {
+        self.micros == other.micros
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
 }
 
 /// An event's data: a JSON object whose fields keep the order they were made in. A field may be
@@ -82,6 +230,27 @@ impl From<serde_json::Value> for Data {
     }
 }
 
+/// Each field as its exact JSON text.
+impl<'de> serde::Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Data, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Data;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Box<serde_json::value::RawValue>>()? {
+                    fields.push((name, Field::Raw(value)));
+                }
+                Ok(Data(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
 impl PartialEq for Data {
     /// Equal when they write the same JSON.
     fn eq(&self, other: &Data) -> bool {
@@ -100,5 +269,45 @@ impl Serialize for Data {
             }
         }
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_line_reads_back_into_the_same_event_and_line() {
+        let line = r#"{"specversion":"1.0","id":"e1","source":"/ficus/shop/public.orders","type":"OrderPaid","subject":"7","time":"2026-11-22T08:20:50.888272Z","datacontenttype":"application/json","eventversion":2,"lsn":"0/1962798","txid":"735","backfill":"b1","data":{"total":120.50,"raw":{"a":1, "a":2},"n":null}}"#;
+        let lsn: Lsn = "0/1962798".parse().unwrap();
+        let e = Event::from_stored(line, "public.orders", 1_795_335_650_888_272, lsn).unwrap();
+        assert_eq!(e.time.as_str(), "2026-11-22T08:20:50.888272Z");
+        assert_eq!(e.txid, 735);
+        let mut again = Vec::new();
+        e.write_json(&mut again);
+        assert_eq!(String::from_utf8(again).unwrap(), line);
+        let mut data = Vec::new();
+        e.write_data(&mut data);
+        assert_eq!(
+            String::from_utf8(data).unwrap(),
+            r#"{"total":120.50,"raw":{"a":1, "a":2},"n":null}"#
+        );
+        let names: Vec<&str> = e.attributes().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "subject",
+                "time",
+                "datacontenttype",
+                "eventversion",
+                "lsn",
+                "txid",
+                "backfill"
+            ]
+        );
     }
 }

@@ -13,7 +13,7 @@ use ficus_postgres::{SourceError, catalog, publication};
 use sqlx::{PgPool, Row};
 
 use crate::RunError;
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::run::{live_schema, publication_needs};
 
 /// Something the source lacks for ficus to stream and backfill.
@@ -134,4 +134,41 @@ pub async fn source(config: &Config, pool: &PgPool, compiled: &Compiled) -> Resu
         None => {}
     }
     Ok(found)
+}
+
+/// Every configured sink, built and checked as `ficus run` checks it before it creates a slot
+/// (reachable, credentials accepted, its target there): each problem with the sink's name and the
+/// hint. A store that does not exist yet is fine (`ficus run` creates it).
+pub async fn sinks(config: &Config) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for sink in &config.sinks {
+        let checked = match &sink.kind {
+            SinkKind::Store(c) => {
+                match ficus_store::Store::open(&c.location(&config.dir), ficus_store::Mode::Existing).await {
+                    Ok(store) => {
+                        store.close().await;
+                        Ok(())
+                    }
+                    Err(e) if e.is_missing() => Ok(()),
+                    Err(e) => Err(ficus_sinks::SinkError::from(e)),
+                }
+            }
+            _ => match sink.build(config) {
+                Ok(mut built) => {
+                    let checked = built.health().await;
+                    built.close().await;
+                    checked
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = checked {
+            let e = e.named(sink.name());
+            found.push(Finding {
+                message: e.to_string(),
+                hint: e.hint().unwrap_or("see docs/sinks.md").to_owned(),
+            });
+        }
+    }
+    found
 }

@@ -79,49 +79,45 @@ fn default_mappings() -> Vec<String> {
     vec![DEFAULT_MAPPINGS.into()]
 }
 
-/// The store's file when a store sink names neither `path` nor `url`.
-pub const DEFAULT_STORE_PATH: &str = "ficus.db";
+/// Events in flight per sink by default: written to it and not yet durable.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 40_000;
 
-/// `[[sink]]`
+/// `[[sink]]`: what every sink has, and its type's own settings (each type's config type, next
+/// to the sink, refuses keys it does not know).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
+pub struct SinkConfig {
+    /// The sink's name for commands (`ficus replay --to-sink`) and messages; default its type.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Whether `ficus run` delivers to it; `false` keeps it for replay and remap (not the store).
+    #[serde(default = "yes")]
+    pub live: bool,
+    /// The event types it gets (`["OrderPaid", "Customer*"]`); default all. ficus's own events
+    /// (`ficus.gap`) go to every sink.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The most events written to it and not yet durable; past it, ficus waits (backpressure).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The type and its settings.
+    #[serde(flatten)]
+    pub kind: SinkKind,
+}
+
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+
+/// A sink's type, with its settings: one variant per sink module.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkKind {
     /// Events on standard output, one per line.
-    Stdout {
-        /// The sink's name for commands (`ficus replay --to-sink`); default its type.
-        #[serde(default)]
-        name: Option<String>,
-        /// Whether `ficus run` delivers to it; `false` keeps it for replay and remap.
-        #[serde(default = "yes")]
-        live: bool,
-    },
+    Stdout(ficus_sinks::stdout::StdoutConfig),
     /// Events appended to a file, one per line; fsynced before acknowledging.
-    Jsonl {
-        /// The sink's name; default its type.
-        #[serde(default)]
-        name: Option<String>,
-        /// Whether `ficus run` delivers to it; `false` keeps it for replay and remap.
-        #[serde(default = "yes")]
-        live: bool,
-        /// The file.
-        path: PathBuf,
-    },
-    /// The event store (docs/store.md): a SQLite file (`path`, default `ficus.db`) or a
-    /// Postgres database (`url`, the store is its schema `ficus`).
-    Store {
-        /// The sink's name; default its type.
-        #[serde(default)]
-        name: Option<String>,
-        /// The SQLite file.
-        #[serde(default)]
-        path: Option<PathBuf>,
-        /// The Postgres database.
-        #[serde(default)]
-        url: Option<String>,
-        /// Keep the row changes too, for `ficus remap`.
-        #[serde(default)]
-        archive: bool,
-    },
+    Jsonl(ficus_sinks::jsonl::JsonlConfig),
+    /// The event store (docs/store.md).
+    Store(ficus_store::StoreConfig),
 }
 
 fn yes() -> bool {
@@ -131,29 +127,48 @@ fn yes() -> bool {
 impl SinkConfig {
     /// Whether `ficus run` delivers to the sink (the store always).
     pub fn live(&self) -> bool {
-        match self {
-            SinkConfig::Stdout { live, .. } | SinkConfig::Jsonl { live, .. } => *live,
-            SinkConfig::Store { .. } => true,
-        }
+        self.live || self.is_store()
     }
 
-    /// Opens a stdout or jsonl sink (`None` for the store, which is not a line sink).
-    pub fn open_lines(&self, config: &Config) -> Option<Result<ficus_sinks::Sink, RunError>> {
-        match self {
-            SinkConfig::Stdout { .. } => Some(Ok(ficus_sinks::Sink::stdout())),
-            SinkConfig::Jsonl { path, .. } => Some(ficus_sinks::Sink::jsonl(&config.resolve(path)).map_err(Into::into)),
-            SinkConfig::Store { .. } => None,
+    /// Whether it is the store.
+    pub fn is_store(&self) -> bool {
+        matches!(self.kind, SinkKind::Store(_))
+    }
+
+    /// The sink's type, as written in the config.
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::Jsonl(_) => "jsonl",
+            SinkKind::Store(_) => "store",
         }
     }
 
     /// The sink's name: its `name`, else its type.
     pub fn name(&self) -> &str {
-        let (name, ty) = match self {
-            SinkConfig::Stdout { name, .. } => (name, "stdout"),
-            SinkConfig::Jsonl { name, .. } => (name, "jsonl"),
-            SinkConfig::Store { name, .. } => (name, "store"),
+        self.name.as_deref().unwrap_or(self.type_name())
+    }
+
+    /// The sink's routes.
+    pub fn routes(&self) -> Result<ficus_sinks::Routes, ficus_sinks::SinkError> {
+        ficus_sinks::Routes::new(&self.events).map_err(|e| e.named(self.name()))
+    }
+
+    /// Builds the sink (not the store: [`Config::store_location`] opens that); connects to
+    /// nothing yet (see [`ficus_sinks::Sink::health`]).
+    pub fn build(&self, config: &Config) -> Result<Box<dyn ficus_sinks::Sink>, ficus_sinks::SinkError> {
+        let sink: Box<dyn ficus_sinks::Sink> = match &self.kind {
+            SinkKind::Stdout(c) => Box::new(c.build()),
+            SinkKind::Jsonl(c) => Box::new(c.build(&config.dir)),
+            SinkKind::Store(_) => {
+                return Err(ficus_sinks::SinkError::definite(
+                    "the store is not built as a line sink",
+                    "report this as a bug",
+                )
+                .named(self.name()));
+            }
         };
-        name.as_deref().unwrap_or(ty)
+        Ok(sink)
     }
 }
 
@@ -205,10 +220,33 @@ impl Config {
                 "leave live out (it is true by default) on the sinks ficus run should write to",
             ));
         }
-        let stores: Vec<&SinkConfig> = self
+        for sink in &self.sinks {
+            if sink.is_store() && !sink.live {
+                return Err(err(
+                    "the store sink has live = false".into(),
+                    "the store always takes the live events (its checkpoint is where ficus resumes); leave live out",
+                ));
+            }
+            if sink.max_in_flight == 0 {
+                return Err(err(
+                    format!(
+                        "sink {:?} has max_in_flight = 0: it could never take an event",
+                        sink.name()
+                    ),
+                    "leave it out (default 40000), or give a positive number",
+                ));
+            }
+            if let Err(e) = sink.routes() {
+                return Err(err(e.to_string(), e.hint().unwrap_or_default()));
+            }
+        }
+        let stores: Vec<&ficus_store::StoreConfig> = self
             .sinks
             .iter()
-            .filter(|s| matches!(s, SinkConfig::Store { .. }))
+            .filter_map(|s| match &s.kind {
+                SinkKind::Store(c) => Some(c),
+                _ => None,
+            })
             .collect();
         if stores.len() > 1 {
             return Err(err(
@@ -216,7 +254,7 @@ impl Config {
                 "ficus keeps one event store per config (replay and remap read it); keep one [[sink]] of type \"store\"",
             ));
         }
-        if let Some(SinkConfig::Store {
+        if let Some(ficus_store::StoreConfig {
             path: Some(_),
             url: Some(_),
             ..
@@ -230,22 +268,22 @@ impl Config {
         Ok(())
     }
 
+    /// The config's store sink, if it has one.
+    pub fn store(&self) -> Option<(&SinkConfig, &ficus_store::StoreConfig)> {
+        self.sinks.iter().find_map(|s| match &s.kind {
+            SinkKind::Store(c) => Some((s, c)),
+            _ => None,
+        })
+    }
+
     /// Whether the config's store archives row changes.
     pub fn archives(&self) -> bool {
-        self.sinks
-            .iter()
-            .any(|s| matches!(s, SinkConfig::Store { archive: true, .. }))
+        self.store().is_some_and(|(_, c)| c.archive)
     }
 
     /// Where the config's store is, if it has a store sink.
     pub fn store_location(&self) -> Option<ficus_store::Location> {
-        self.sinks.iter().find_map(|s| match s {
-            SinkConfig::Store { url: Some(url), .. } => Some(ficus_store::Location::Postgres(url.clone())),
-            SinkConfig::Store { path, .. } => Some(ficus_store::Location::Sqlite(
-                self.resolve(path.as_deref().unwrap_or(Path::new(DEFAULT_STORE_PATH))),
-            )),
-            _ => None,
-        })
+        self.store().map(|(_, c)| c.location(&self.dir))
     }
 
     /// The source url: `FICUS_SOURCE_URL`, else `[source] url`.

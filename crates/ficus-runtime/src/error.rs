@@ -18,9 +18,16 @@ pub enum RunError {
     /// A row change could not be mapped.
     #[error(transparent)]
     Map(Box<MapError>),
-    /// A sink failed.
+    /// A sink failed definitely (or transiently for longer than ficus was told to wait).
     #[error(transparent)]
-    Sink(#[from] ficus_sinks::SinkError),
+    Sink(std::sync::Arc<ficus_sinks::SinkError>),
+    /// ficus was stopped while it waited for a sink to take events: what it had not made durable
+    /// is not acknowledged, and is delivered again at the next start.
+    #[error("stopped while sink {sink} was not taking events")]
+    Interrupted {
+        /// The sink it waited for.
+        sink: String,
+    },
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] ficus_store::StoreError),
@@ -45,9 +52,7 @@ impl RunError {
         match self {
             RunError::Source(e) => e.hint().map(str::to_owned),
             RunError::Map(e) => Some(e.hint()),
-            RunError::Sink(_) => Some(
-                "make room or fix permissions, then start ficus again: nothing undelivered was acknowledged".into(),
-            ),
+            RunError::Sink(e) => e.hint().map(str::to_owned),
             RunError::Store(e) => Some(e.hint().to_owned()),
             RunError::Gap(gap) => Some(gap.repair()),
             RunError::GaveUp { error, .. } => Some(match error.hint() {
@@ -57,6 +62,12 @@ impl RunError {
             }),
             _ => None,
         }
+    }
+}
+
+impl From<ficus_sinks::SinkError> for RunError {
+    fn from(e: ficus_sinks::SinkError) -> RunError {
+        RunError::Sink(std::sync::Arc::new(e))
     }
 }
 

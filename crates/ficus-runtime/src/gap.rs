@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ficus_mapping::EventContext;
-use ficus_model::{Data, Event, Lsn};
+use ficus_model::{Data, Event, Lsn, Time};
 use serde::{Deserialize, Serialize};
 
 use crate::RunError;
@@ -30,8 +30,8 @@ pub struct GapRecord {
     pub gap: Gap,
     /// What happened, in words.
     pub message: String,
-    /// When it was found (RFC 3339).
-    pub detected_at: String,
+    /// When it was found (RFC 3339, to the microsecond).
+    pub detected_at: chrono::DateTime<chrono::Utc>,
     /// When `--resync` repaired it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repaired_at: Option<String>,
@@ -63,7 +63,8 @@ impl GapRecord {
             id: format!("{:x}", chrono::Utc::now().timestamp_micros()),
             gap: gap.clone(),
             message: gap.to_string(),
-            detected_at: now(),
+            detected_at: chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros())
+                .unwrap_or_default(),
             repaired_at: None,
             resumed_at: None,
             backfill: None,
@@ -127,11 +128,11 @@ impl GapRecord {
             ty: Arc::from(EVENT_TYPE),
             aggregate: Arc::from("ficus"),
             subject: slot.clone(),
-            time: self.detected_at.clone().into(),
+            time: Time::from_micros(self.detected_at.timestamp_micros()),
             datacontenttype: "application/json",
             eventversion: 1,
-            lsn: self.resumed_at.unwrap_or(self.gap.after).to_string().into(),
-            txid: Arc::from("0"),
+            lsn: self.resumed_at.unwrap_or(self.gap.after),
+            txid: 0,
             backfill: None,
             unavailable: None,
             data: Data::from(serde_json::json!({
@@ -140,7 +141,7 @@ impl GapRecord {
                 "message": self.message,
                 "lost_after": self.gap.after.to_string(),
                 "lost_before": before.map(|l| l.to_string()),
-                "detected_at": self.detected_at,
+                "detected_at": ficus_model::value::rfc3339(self.detected_at),
                 "backfill": self.backfill,
             })),
         }

@@ -11,6 +11,7 @@
 
 mod archive;
 pub mod backfill;
+mod backoff;
 pub mod check;
 pub mod config;
 mod error;
@@ -20,8 +21,8 @@ pub mod remap;
 pub mod replay;
 pub mod request;
 mod run;
-mod sinks;
 mod state;
+mod target;
 pub mod verify;
 pub mod watermark;
 

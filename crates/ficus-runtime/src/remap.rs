@@ -11,14 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ficus_mapping::{Bound, Compiled, EventContext};
-use ficus_sinks::Sink;
+use ficus_sinks::Outgoing;
 use ficus_store::{EventStore, Filter, Mode, Store, StoreError};
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::archive::{self, RelationDescription};
 use crate::config::Config;
-use crate::replay::open_target;
+use crate::target::Target;
 use crate::{RunError, load_mappings};
 
 /// Archived changes read at a time.
@@ -66,10 +66,11 @@ pub async fn remap(
         )
     })?;
     let compiled = compile(config, options)?;
-    let mut sink = open_target(config, &options.to_sink)?;
+    let mut target = Target::open(config, &options.to_sink).await?;
     let store = Store::open(&location, Mode::Existing).await?;
-    let result = remap_from(&store, &compiled, &mut sink, options, config.archives(), shutdown).await;
+    let result = remap_from(&store, &compiled, &mut target, options, config.archives(), shutdown).await;
     store.close().await;
+    target.close().await;
     result
 }
 
@@ -95,7 +96,7 @@ fn compile(config: &Config, options: &RemapOptions) -> Result<Compiled, RunError
 async fn remap_from(
     store: &Store,
     compiled: &Compiled,
-    sink: &mut Sink,
+    target: &mut Target,
     options: &RemapOptions,
     archiving: bool,
     mut shutdown: watch::Receiver<bool>,
@@ -104,7 +105,6 @@ async fn remap_from(
     let mut after = filter.from.map_or(0, |f| f - 1);
     let mut report = RemapReport::default();
     let mut described: HashMap<i64, Described> = HashMap::new();
-    let mut line = Vec::new();
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -118,6 +118,7 @@ async fn remap_from(
             };
             return Err(StoreError::new(format!("{} holds no archived row changes", store.describe()), hint).into());
         }
+        let mut outgoing = Vec::new();
         for stored in &page {
             after = stored.position;
             report.changes += 1;
@@ -139,15 +140,13 @@ async fn remap_from(
             for event in bound.apply(&change, &d.ctx)? {
                 let wanted = (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
                     && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject));
-                if wanted {
-                    line.clear();
-                    serde_json::to_writer(&mut line, &event).expect("an event always serializes");
-                    sink.write(&line)?;
+                if wanted && target.accepts(&event.ty) {
+                    outgoing.push(Outgoing::new(event));
                     report.events += 1;
                 }
             }
         }
-        sink.flush()?;
+        target.deliver(&outgoing, &mut shutdown).await?;
         if (page.len() as i64) < PAGE {
             break;
         }

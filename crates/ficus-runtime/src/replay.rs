@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use ficus_sinks::Sink;
-use ficus_store::{EventStore, Filter, Mode, Store};
+use ficus_model::{Event, Lsn};
+use ficus_sinks::Outgoing;
+use ficus_store::{EventStore, Filter, Mode, Store, StoreError};
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::RunError;
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
+use crate::target::Target;
 
 /// Events read from the store at a time.
 const PAGE: i64 = 1_000;
@@ -47,41 +49,17 @@ pub async fn replay(
                 .into(),
         )
     })?;
-    let mut sink = open_target(config, &options.to_sink)?;
+    let mut target = Target::open(config, &options.to_sink).await?;
     let store = Store::open(&location, Mode::Existing).await?;
-    let result = replay_from(&store, &mut sink, options, &mut shutdown).await;
+    let result = replay_from(&store, &mut target, options, &mut shutdown).await;
     store.close().await;
+    target.close().await;
     result
-}
-
-/// The sink a command writes to, by name; never the store it reads.
-pub(crate) fn open_target(config: &Config, name: &str) -> Result<Sink, RunError> {
-    let names = || {
-        let mut names: Vec<&str> = config.sinks.iter().map(SinkConfig::name).collect();
-        if names.is_empty() {
-            names.push("stdout");
-        }
-        names.join(", ")
-    };
-    let found = config.sinks.iter().find(|s| s.name() == name);
-    match found.map(|sink| sink.open_lines(config)) {
-        Some(Some(opened)) => opened,
-        // With no sink configured, ficus run writes to stdout: that one is there too.
-        None if name == "stdout" && config.sinks.is_empty() => Ok(Sink::stdout()),
-        Some(None) => Err(RunError::Config(format!(
-            "sink {name:?} is the store the events are read from\nhint: name another sink (the config's sinks: {})",
-            names()
-        ))),
-        None => Err(RunError::Config(format!(
-            "the config has no sink named {name:?}\nhint: the config's sinks: {}; a sink's name is its `name`, else its type",
-            names()
-        ))),
-    }
 }
 
 async fn replay_from(
     store: &Store,
-    sink: &mut Sink,
+    target: &mut Target,
     options: &ReplayOptions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<ReplayReport, RunError> {
@@ -104,22 +82,37 @@ async fn replay_from(
     }
     let mut after = filter.from.map_or(0, |f| f - 1);
     let mut report = ReplayReport::default();
-    let mut line = Vec::new();
     loop {
         if *shutdown.borrow() {
             break;
         }
         let page = store.read(filter, after, PAGE).await?;
+        let mut outgoing = Vec::with_capacity(page.len());
         for stored in &page {
-            line.clear();
-            line.extend_from_slice(stored.record.event.as_bytes());
-            sink.write(&line)?;
+            let r = &stored.record;
+            if target.accepts(&r.ty) {
+                let event = Event::from_stored(&r.event, &r.aggregate, r.time_micros, Lsn(r.lsn)).map_err(|e| {
+                    StoreError::new(
+                        format!(
+                            "{}: the event at position {} does not read back: {e}",
+                            store.describe(),
+                            stored.position
+                        ),
+                        "the store was damaged: restore it from a backup, or replay from a later position (--from)",
+                    )
+                })?;
+                // The stored line, byte for byte.
+                outgoing.push(Outgoing {
+                    event,
+                    line: r.event.clone().into(),
+                });
+                report.events += 1;
+            }
             after = stored.position;
-            report.events += 1;
             let first = report.positions.map_or(after, |(first, _)| first);
             report.positions = Some((first, after));
         }
-        sink.flush()?;
+        target.deliver(&outgoing, shutdown).await?;
         let past_the_end = filter.to.is_some_and(|to| after >= to);
         if page.len() as i64 == PAGE && !past_the_end {
             continue;

@@ -1,125 +1,67 @@
 //! Sinks: where events go.
 //!
-//! Every sink receives each event as one JSON line (a CloudEvent in
-//! structured mode). `write` may buffer; `flush` makes everything written so
-//! far durable, and only after every sink's `flush` does the runtime
-//! acknowledge the source.
+//! ```text
+//! runtime ──write(events)──▶ Sink ──▶ a file, a broker, a webhook, the store
+//!         ◀──flush: Ok = every event written so far is durable──
+//! ```
 //!
-//! At-least-once: after a crash or restart a sink may see an event again; it
-//! has the same id.
+//! A sink is one module (the brokers behind a cargo feature each) with its config type next to
+//! it; the config builds the sink, and [`Sink::health`] is what `ficus check` runs. A sink never
+//! sees a position of the source: the runtime's delivery lane that drives it knows which commit
+//! each write completes, so an `Ok` from [`Sink::flush`] becomes "durable up to that commit" in
+//! one place, for every sink.
+#![deny(missing_docs)]
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use async_trait::async_trait;
 
-/// A sink that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("sink {name}: {source}")]
-pub struct SinkError {
-    name: String,
-    #[source]
-    source: io::Error,
-}
+pub mod cloudevents;
+mod error;
+pub mod jsonl;
+mod outgoing;
+mod routes;
+pub mod stdout;
+mod template;
 
-/// One configured sink.
-pub enum Sink {
-    /// Standard output, one event per line.
-    Stdout(BufWriter<io::Stdout>),
-    /// A file of one event per line, appended to, fsynced on flush.
-    Jsonl {
-        /// The file's path.
-        path: PathBuf,
-        /// The open file.
-        file: BufWriter<File>,
-    },
-}
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 
-impl Sink {
-    /// The stdout sink.
-    pub fn stdout() -> Sink {
-        Sink::Stdout(BufWriter::with_capacity(64 * 1024, io::stdout()))
+
+pub use error::SinkError;
+pub use outgoing::Outgoing;
+pub use routes::Routes;
+pub use template::Template;
+
+/// A place events go to.
+///
+/// **The contract.**
+/// - *Durable*: when [`flush`](Sink::flush) returns `Ok`, every event passed to
+///   [`write`](Sink::write) before it survives a crash of ficus and of the sink's machine as far
+///   as the sink can promise it (each sink's docs say what that means for it: fsynced, acknowledged
+///   by the broker, answered 2xx). Only then may the source forget those events' changes.
+/// - *Order*: a sink delivers events in the order it is given them; the events of one subject keep
+///   their order (a broker partition, a stream, a file).
+/// - *Repeats*: at-least-once. After a crash, a restart, or a retried write, a sink may be given
+///   events it had already taken; a repeat always has the same event id (and sinks that can, drop
+///   it: NATS's duplicate window, the store).
+/// - *Errors*: [`SinkError::is_transient`] says whether the runtime retries (backing off, writing
+///   again every event not yet durable) or stops with the sink's name, the cause and the hint.
+/// - *Memory*: `write` may return before the events are durable (in flight to a broker), but a
+///   sink keeps what it needs bounded; the runtime bounds the events in flight per sink.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes events, in order; they may be buffered or in flight when it returns.
+    async fn write(&mut self, events: &[&Outgoing]) -> Result<(), SinkError>;
+
+    /// Waits until every event written so far is durable.
+    async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Checks, without writing an event, that the sink can take events: reachable, credentials
+    /// accepted, the target there (or creatable). What `ficus check` runs, and `ficus run` before
+    /// it creates a slot.
+    async fn health(&mut self) -> Result<(), SinkError> {
+        Ok(())
     }
 
-    /// A jsonl sink appending to `path` (created with its directory when absent).
-    pub fn jsonl(path: &Path) -> Result<Sink, SinkError> {
-        let err = |source| SinkError {
-            name: format!("jsonl {}", path.display()),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
-        Ok(Sink::Jsonl {
-            path: path.to_owned(),
-            file: BufWriter::with_capacity(256 * 1024, file),
-        })
-    }
-
-    /// The sink's name in messages.
-    pub fn name(&self) -> String {
-        match self {
-            Sink::Stdout(_) => "stdout".into(),
-            Sink::Jsonl { path, .. } => format!("jsonl {}", path.display()),
-        }
-    }
-
-    /// Writes one event line (without its newline); may buffer.
-    pub fn write(&mut self, line: &[u8]) -> Result<(), SinkError> {
-        let r = match self {
-            Sink::Stdout(w) => w.write_all(line).and_then(|_| w.write_all(b"\n")),
-            Sink::Jsonl { file, .. } => file.write_all(line).and_then(|_| file.write_all(b"\n")),
-        };
-        r.map_err(|source| SinkError {
-            name: self.name(),
-            source,
-        })
-    }
-
-    /// Writes event lines, each with its newline; may buffer.
-    pub fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        let r = match self {
-            Sink::Stdout(w) => w.write_all(lines),
-            Sink::Jsonl { file, .. } => file.write_all(lines),
-        };
-        r.map_err(|source| SinkError {
-            name: self.name(),
-            source,
-        })
-    }
-
-    /// Makes every written event durable: stdout is flushed, a file is flushed and fsynced.
-    pub fn flush(&mut self) -> Result<(), SinkError> {
-        let r = match self {
-            Sink::Stdout(w) => w.flush(),
-            Sink::Jsonl { file, .. } => file.flush().and_then(|_| file.get_ref().sync_data()),
-        };
-        r.map_err(|source| SinkError {
-            name: self.name(),
-            source,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jsonl_appends_lines_and_survives_reopen() {
-        let dir = std::env::temp_dir().join(format!("ficus-sink-{}", std::process::id()));
-        let path = dir.join("out/events.jsonl");
-        let mut sink = Sink::jsonl(&path).unwrap();
-        sink.write(br#"{"id":"1"}"#).unwrap();
-        sink.flush().unwrap();
-        drop(sink);
-        let mut sink = Sink::jsonl(&path).unwrap();
-        sink.write(br#"{"id":"2"}"#).unwrap();
-        sink.flush().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"id\":\"1\"}\n{\"id\":\"2\"}\n"
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
+    /// Closes connections; what is not flushed may be lost (it was not acknowledged).
+    async fn close(&mut self) {}
 }

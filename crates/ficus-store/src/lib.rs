@@ -18,6 +18,7 @@
 //! visible in order, so a reader following the store never skips one.
 
 mod postgres;
+mod sink;
 mod sqlite;
 
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 pub use postgres::PgStore;
+pub use sink::{DEFAULT_STORE_PATH, StoreConfig, StoreSink, record};
 pub use sqlite::SqliteStore;
 
 /// The store format's version, written in the store; a store of a newer version is refused.
@@ -41,6 +43,7 @@ pub const FORMAT: &str = "ficus-store";
 pub struct StoreError {
     message: String,
     hint: String,
+    missing: bool,
 }
 
 impl StoreError {
@@ -49,7 +52,21 @@ impl StoreError {
         StoreError {
             message: message.into(),
             hint: hint.into(),
+            missing: false,
         }
+    }
+
+    /// There is no store there (opening a reader, [`Mode::Existing`]).
+    pub(crate) fn missing(message: impl Into<String>, hint: impl Into<String>) -> StoreError {
+        StoreError {
+            missing: true,
+            ..StoreError::new(message, hint)
+        }
+    }
+
+    /// Whether the error is that there is no store there yet (`ficus run` creates it).
+    pub fn is_missing(&self) -> bool {
+        self.missing
     }
 
     /// A failed statement.
@@ -258,6 +275,7 @@ pub trait EventStore {
 }
 
 /// A store of either backend.
+#[derive(Clone)]
 pub enum Store {
     /// SQLite.
     Sqlite(SqliteStore),

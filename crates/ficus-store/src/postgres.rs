@@ -43,6 +43,7 @@ const SCHEMA: &[&str] = &[
 ];
 
 /// A store in a Postgres database's schema `ficus`.
+#[derive(Clone)]
 pub struct PgStore {
     shown: String,
     pub(crate) pool: PgPool,
@@ -92,7 +93,7 @@ impl PgStore {
         .map_err(err)?;
         if tables.is_empty() {
             if mode == Mode::Existing {
-                return Err(StoreError::new(
+                return Err(StoreError::missing(
                     format!("no store in {}", store.shown),
                     "`ficus run` creates the store with its first events; check the store sink's url",
                 ));

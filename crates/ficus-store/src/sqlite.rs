@@ -45,6 +45,7 @@ const SCHEMA: &[&str] = &[
 ];
 
 /// A store in a SQLite file.
+#[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
     pub(crate) pool: SqlitePool,
@@ -57,7 +58,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, mode: Mode) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         if mode == Mode::Existing && !path.exists() {
-            return Err(StoreError::new(
+            return Err(StoreError::missing(
                 format!("no store at {shown}"),
                 "`ficus run` creates the store with its first events; check the store sink's path in ficus.toml",
             ));

@@ -6,10 +6,9 @@ use ficus_postgres::{ExportedSlot, SourceError};
 use sqlx::{Connection, PgPool};
 use tracing::{info, warn};
 
-use super::{Output, Positions, RunReport, emit_snapshot_rows, flush_sinks};
+use super::{Delivery, RunReport, emit_snapshot_rows};
 use crate::RunError;
 use crate::backfill::{self, Backfills, key_text};
-use crate::sinks::Sinks;
 
 /// The cheap special case of a backfill: the slot was just created, with the
 /// snapshot it exported — the source exactly as of the slot's start. The
@@ -18,15 +17,13 @@ use crate::sinks::Sinks;
 /// slot. No watermark, no row dropped, no chunk read again (one long read-only
 /// transaction is the price). A crash in the middle leaves the rest to the
 /// watermark algorithm, from the last checkpoint.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn backfill_in_exported_snapshot(
     pool: &PgPool,
     compiled: &Compiled,
     ctx: &EventContext,
     backfills: &mut Backfills,
     exported: ExportedSlot,
-    sinks: &mut Sinks,
-    positions: &mut Positions,
+    delivery: &mut Delivery,
     report: &mut RunReport,
 ) -> Result<(), RunError> {
     let sql_err = |what: &str| {
@@ -48,7 +45,6 @@ pub(super) async fn backfill_in_exported_snapshot(
     .map_err(sql_err("importing the snapshot"))?;
     let at = exported.consistent_point;
     drop(exported); // imported: the transaction holds the snapshot now
-    let mut unflushed = 0;
     let mut queue = std::mem::take(&mut backfills.queue);
     'backfills: while let Some(mut state) = queue.pop_front() {
         let plans = match backfill::plan(pool, &backfills.publication, compiled, ctx, &state).await {
@@ -104,20 +100,26 @@ pub(super) async fn backfill_in_exported_snapshot(
                         .filter_map(|r| key_text(r, &plan.key_positions))
                         .collect()
                 };
-                let mut out = Output {
-                    sinks,
-                    unflushed: &mut unflushed,
-                    events: &mut report.events,
-                };
                 let rows = chunk.rows.into_iter().zip(keys).collect();
-                let emitted = match emit_snapshot_rows(&mut out, compiled, &plan.relation, &id, ctx, rows, at)? {
+                let emitted = match emit_snapshot_rows(
+                    delivery,
+                    &mut report.events,
+                    compiled,
+                    &plan.relation,
+                    &id,
+                    ctx,
+                    rows,
+                    at,
+                )
+                .await?
+                {
                     Ok(n) => n,
                     Err(e) => {
                         backfills.fail(state, &e);
                         continue 'backfills;
                     }
                 };
-                flush_sinks(sinks, positions, &mut unflushed, None).await?;
+                delivery.flush().await?;
                 let table = &mut state.tables[i];
                 table.chunk_delivered(read, emitted, chunk.exhausted, chunk.last_key);
                 progress.update(i, table);

@@ -14,29 +14,26 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backfill::Backfills;
+use crate::backoff::Backoff;
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
 use crate::position::{Cause, Gap};
-use crate::sinks::Sinks;
 use crate::{RunError, load_mappings};
 
 mod delivery;
 mod exported;
+mod lane;
 mod session;
 mod startup;
 
-pub(crate) use delivery::{Output, Positions, emit_snapshot_rows, flush_sinks, write_events};
+pub(crate) use delivery::{Delivery, Positions, emit_snapshot_rows};
 use session::Session;
 pub(crate) use startup::{publication_needs, retrying};
 
-/// Flush sinks and acknowledge at least this often while events flow.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-/// ...or after this many unflushed events.
-const FLUSH_EVENTS: usize = 20_000;
+/// Acknowledge at least this often while events flow.
+const FLUSH_INTERVAL: Duration = lane::FLUSH_INTERVAL;
 /// The prefix of the logical decoding message `--until-caught-up` writes to find the end.
 const CAUGHT_UP_PREFIX: &str = "ficus.caught-up";
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -112,23 +109,23 @@ pub async fn run(
     let url = SourceUrl::parse(&config.url()?)?;
     let mut report = RunReport::default();
     // The sinks first: a sink that cannot take events must not get a slot created for it.
-    let mut sinks = Sinks::open(config).await?;
+    let mut delivery = Delivery::open(config, shutdown.clone()).await?;
     let prepared = retrying(
         "connecting to the source",
         &mut shutdown,
         &mut report.reconnects,
         options.give_up_after,
-        || startup::prepare(config, &url, &files, &options, &sinks),
+        || startup::prepare(config, &url, &files, &options, &delivery),
     )
     .await;
     let prepared = match prepared {
         Ok(Some(prepared)) => prepared,
         Ok(None) => {
-            sinks.close().await;
+            delivery.close().await;
             return Ok(report);
         }
         Err(e) => {
-            sinks.close().await;
+            delivery.close().await;
             return Err(gap_recorded(config, e));
         }
     };
@@ -152,15 +149,17 @@ pub async fn run(
             info!(id = %state.id, "a backfill is in progress: going on with it");
         }
     }
-    let mut positions = Positions::new(config, source.clone(), recorded, sinks.has_store());
+    let mut positions = Positions::new(config, source.clone(), recorded, delivery.has_store());
+    delivery.start(from, recorded, positions.encoded(), options.give_up_after);
     report.acknowledged = from;
     let source_name = config.source.name.clone().unwrap_or_else(|| url.database.clone());
     let ctx = EventContext::new(&source_name, &source.identity());
     // Closed however streaming ends: SQLite folds its WAL into the file.
     let result = async {
         // Where ficus is, before anything is streamed: from now on the slot is known to be its own.
-        positions.record(&mut sinks, from, true).await?;
-        deliver_gaps(config, &ctx, from, &mut sinks).await?;
+        delivery.mark(from).await?;
+        positions.record(&mut delivery, from, true).await?;
+        deliver_gaps(config, &ctx, from, &mut delivery).await?;
         if let Some(exported) = exported {
             exported::backfill_in_exported_snapshot(
                 &pool,
@@ -168,8 +167,7 @@ pub async fn run(
                 &ctx,
                 &mut backfills,
                 exported,
-                &mut sinks,
-                &mut positions,
+                &mut delivery,
                 &mut report,
             )
             .await?;
@@ -177,7 +175,7 @@ pub async fn run(
         info!(slot = %config.source.slot, publication = %config.source.publication, %from, mappings = compiled.mappings().len(), "streaming");
 
         let mut reached_target = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         let mut failing_since: Option<Instant> = None;
         loop {
             let acknowledged = report.acknowledged;
@@ -209,15 +207,12 @@ pub async fn run(
                 needs: &needs,
                 checked: (Instant::now(), acknowledged),
                 ctx: ctx.clone(),
-                sinks: &mut sinks,
+                delivery: &mut delivery,
                 positions: &mut positions,
                 bound: HashMap::new(),
                 report: &mut report,
-                pending: None,
                 wanted: acknowledged,
-                unflushed: 0,
                 in_tx: false,
-                last_flush: Instant::now(),
                 target,
                 reached_target: &mut reached_target,
                 current_xid: 0,
@@ -235,7 +230,7 @@ pub async fn run(
                 }
                 Err(RunError::Source(e)) if e.is_transient() => {
                     if began.elapsed() > Duration::from_secs(30) {
-                        backoff = Duration::from_millis(100); // a session that ran a while starts the backoff over
+                        backoff.reset(); // a session that ran a while starts the backoff over
                         failing_since = None;
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
@@ -248,14 +243,14 @@ pub async fn run(
                             error: e,
                         });
                     }
-                    warn!(error = %e, retry_in = ?backoff, "lost the source; resuming from the slot");
+                    let wait = backoff.next();
+                    warn!(error = %e, retry_in = ?wait, "lost the source; resuming from the slot");
                     drop(stream);
                     report.reconnects += 1;
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
                     confirm(&pool, &config.source.slot, acked).await;
@@ -266,7 +261,7 @@ pub async fn run(
         }
     }
     .await;
-    sinks.close().await;
+    delivery.close().await;
     result.map_err(|e| gap_recorded(config, e))
 }
 
@@ -301,13 +296,12 @@ fn as_gap(e: RunError, config: &Config, recorded: Lsn) -> RunError {
 
 /// Delivers the `ficus.gap` events of the gaps a resync repaired, now that the new slot starts
 /// at `from`: before any event of the new slot, the backfill's first.
-async fn deliver_gaps(config: &Config, ctx: &EventContext, from: Lsn, sinks: &mut Sinks) -> Result<(), RunError> {
+async fn deliver_gaps(config: &Config, ctx: &EventContext, from: Lsn, delivery: &mut Delivery) -> Result<(), RunError> {
     for mut gap in GapRecord::undelivered(&config.dir, &config.source.slot)? {
         gap.resumed_at.get_or_insert(from);
         gap.save(&config.dir)?;
-        let mut line = Vec::new();
-        write_events(sinks, &mut line, vec![gap.event(ctx)])?;
-        sinks.flush(None).await?;
+        delivery.write(vec![gap.event(ctx)]).await?;
+        delivery.flush().await?;
         gap.delivered = true;
         gap.save(&config.dir)?;
         warn!(slot = %gap.gap.slot, lost_after = %gap.gap.after, resumed_at = %from, backfill = ?gap.backfill, "resync: delivered the ficus.gap event");

@@ -12,13 +12,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{CAUGHT_UP_PREFIX, FLUSH_EVENTS, FLUSH_INTERVAL, Output, Positions, RunReport};
-use super::{emit_snapshot_rows, flush_sinks, write_events};
+use super::{CAUGHT_UP_PREFIX, Delivery, FLUSH_INTERVAL, Positions, RunReport, emit_snapshot_rows};
 use crate::RunError;
 use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash};
 use crate::config::Config;
 use crate::position::{Cause, Gap};
-use crate::sinks::Sinks;
 use crate::watermark::VersionVerdict;
 
 pub(super) struct Session<'a> {
@@ -30,19 +28,15 @@ pub(super) struct Session<'a> {
     /// When the publication was last found right, and what was recorded then.
     pub checked: (Instant, Lsn),
     pub ctx: EventContext,
-    pub sinks: &'a mut Sinks,
+    pub delivery: &'a mut Delivery,
     /// What is recorded of the position: the slot is acknowledged up to it only.
     pub positions: &'a mut Positions,
     /// Bound mappings per relation OID; `None` for relations no mapping reads.
     pub bound: HashMap<u32, Option<Bound>>,
     pub report: &'a mut RunReport,
-    /// A commit whose events are written but not yet flushed.
-    pub pending: Option<Lsn>,
     /// Everything up to here is durable in every sink: the slot may move here once it is recorded.
     pub wanted: Lsn,
-    pub unflushed: usize,
     pub in_tx: bool,
-    pub last_flush: Instant,
     pub target: Option<Lsn>,
     /// Whether the stream passed the target (kept across reconnects).
     pub reached_target: &'a mut bool,
@@ -57,6 +51,9 @@ const PUBLICATION_CHECK: Duration = Duration::from_secs(5);
 /// What woke the session up.
 enum Step {
     Event(Option<SourceEvent>),
+    /// A sink's lane moved (or failed).
+    Progress,
+    /// Time to record and acknowledge what is durable.
     Flush,
     Shutdown,
     Chunk(Option<ChunkRead>),
@@ -74,6 +71,10 @@ impl Session<'_> {
     ) -> Result<(), RunError> {
         match self.stream_events(stream, shutdown).await {
             Ok(()) => self.stop_and_ack(stream).await,
+            Err(RunError::Interrupted { sink }) => {
+                warn!(%sink, acknowledged = %self.report.acknowledged, "stopped while a sink was not taking events; what it had not made durable is delivered again at the next start");
+                self.ack_durable(stream, false).await
+            }
             Err(e) if matches!(&e, RunError::Source(s) if s.is_transient()) => Err(e),
             Err(e) => {
                 if let Err(flush) = self.stop_and_ack(stream).await {
@@ -89,18 +90,18 @@ impl Session<'_> {
         stream: &mut ReplicationStream,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RunError> {
-        let mut line = Vec::with_capacity(1024);
         self.next_backfill().await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let flush_due = self.pending.is_some() || self.wanted > self.report.acknowledged;
+            let ack_due = self.wanted.max(self.delivery.durable()) > self.report.acknowledged;
             let step = {
                 let chunks = self.backfills.running().filter(|b| b.pending.is_none());
                 tokio::select! {
                     ev = stream.next() => Step::Event(ev?),
-                    _ = tokio::time::sleep(FLUSH_INTERVAL), if flush_due => Step::Flush,
+                    _ = self.delivery.progress() => Step::Progress,
+                    _ = tokio::time::sleep(FLUSH_INTERVAL), if ack_due => Step::Flush,
                     _ = tokio::time::sleep(PUBLICATION_CHECK.saturating_sub(self.checked.0.elapsed())) => Step::CheckPublication,
                     _ = shutdown.changed() => Step::Shutdown,
                     read = async {
@@ -113,8 +114,11 @@ impl Session<'_> {
             };
             let ev = match step {
                 Step::Event(ev) => ev,
-                Step::Flush => {
-                    self.flush_and_ack(stream).await?;
+                Step::Progress | Step::Flush => {
+                    if let Some(e) = self.delivery.failed() {
+                        return Err(e);
+                    }
+                    self.ack_durable(stream, false).await?;
                     continue;
                 }
                 Step::Shutdown => continue,
@@ -172,11 +176,10 @@ impl Session<'_> {
                         b.track(&change);
                     }
                     let events = bound.apply(&change, &self.ctx)?;
-                    // Archived changes count as unflushed: a transaction that gave no event must
-                    // still be in the store before the slot moves past it.
-                    self.unflushed += self.sinks.archive(&change, &self.ctx);
-                    let written = write_events(self.sinks, &mut line, events)?;
-                    self.unflushed += written;
+                    // Archived with its events: a transaction that gave no event must still be in
+                    // the store before the slot moves past it.
+                    self.delivery.archive(&change, &self.ctx);
+                    let written = self.delivery.write(events).await?;
                     self.report.events += written as u64;
                 }
                 SourceEvent::Commit { end_lsn, .. } => {
@@ -187,13 +190,7 @@ impl Session<'_> {
                     // Between transactions: where a backfill may start tracking.
                     self.next_backfill().await?;
                     self.report.transactions += 1;
-                    self.pending = Some(end_lsn);
-                    if self.unflushed == 0
-                        || self.unflushed >= FLUSH_EVENTS
-                        || self.last_flush.elapsed() >= FLUSH_INTERVAL
-                    {
-                        self.flush_and_ack(stream).await?;
-                    }
+                    self.delivery.mark(end_lsn).await?;
                     if self.finished_at(end_lsn) {
                         return Ok(()); // `stream` flushes and acknowledges on the way out
                     }
@@ -201,8 +198,10 @@ impl Session<'_> {
                 SourceEvent::KeepAlive { wal_end } => {
                     if !self.in_tx {
                         self.next_backfill().await?;
-                        self.flush_and_ack(stream).await?;
-                        self.ack(stream, wal_end).await?;
+                        // Nothing in flight: the sinks are durable up to the server's position
+                        // as soon as they are up to what was written.
+                        self.delivery.mark(wal_end).await?;
+                        self.ack_durable(stream, false).await?;
                         if self.finished_at(wal_end) {
                             return Ok(());
                         }
@@ -223,7 +222,7 @@ impl Session<'_> {
                         && !self.in_tx
                         && self.finished_at(lsn)
                     {
-                        self.ack(stream, lsn).await?;
+                        self.delivery.mark(lsn).await?;
                         return Ok(());
                     }
                 }
@@ -348,12 +347,18 @@ impl Session<'_> {
             (!truncated).then_some((row, key))
         });
         let keep: Vec<_> = keep.collect();
-        let mut out = Output {
-            sinks: self.sinks,
-            unflushed: &mut self.unflushed,
-            events: &mut self.report.events,
-        };
-        let emitted = match emit_snapshot_rows(&mut out, self.compiled, &plan.relation, &b.id, &self.ctx, keep, at)? {
+        let emitted = match emit_snapshot_rows(
+            self.delivery,
+            &mut self.report.events,
+            self.compiled,
+            &plan.relation,
+            &b.id,
+            &self.ctx,
+            keep,
+            at,
+        )
+        .await?
+        {
             Ok(n) => n,
             Err(e) => {
                 // A row the mappings cannot map stops the backfill, not the stream: the
@@ -366,7 +371,7 @@ impl Session<'_> {
         };
         tracker.prune(&read.snapshot);
         // Durable before the checkpoint: a crash in between reads the chunk again.
-        flush_sinks(self.sinks, self.positions, &mut self.unflushed, self.pending).await?;
+        self.delivery.flush().await?;
         let table = &mut b.state.tables[read.table];
         table.chunk_delivered(read_rows, emitted, read.exhausted, read.last_key);
         b.progress.update(read.table, table);
@@ -376,9 +381,8 @@ impl Session<'_> {
             info!(id = %b.id, "backfill: done");
         }
         let _ = b.verdicts.send(Verdict::Next).await;
-        self.flush_and_ack(stream).await?;
-        self.ack(stream, at).await?;
-        Ok(())
+        self.delivery.mark(at).await?;
+        self.ack_durable(stream, false).await
     }
 
     /// The running backfill's coordinator stopped early: a transient error
@@ -442,28 +446,20 @@ impl Session<'_> {
         ))))
     }
 
-    /// Makes every written event durable, then acknowledges the last commit.
-    async fn flush_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
-        flush_sinks(self.sinks, self.positions, &mut self.unflushed, self.pending).await?;
-        self.last_flush = Instant::now();
-        let lsn = self.pending.take().unwrap_or(self.wanted);
-        self.ack(stream, lsn).await
-    }
-
-    /// Before stopping: everything flushed, recorded, and acknowledged.
+    /// Before stopping: everything durable in every sink, recorded, and acknowledged; a sink
+    /// that failed holds the slot at what it made durable.
     async fn stop_and_ack(&mut self, stream: &ReplicationStream) -> Result<(), RunError> {
-        self.flush_and_ack(stream).await?;
-        self.positions.record(self.sinks, self.wanted, true).await?;
-        self.acknowledge_recorded(stream);
-        Ok(())
+        let flushed = self.delivery.flush().await;
+        self.ack_durable(stream, true).await?;
+        flushed.map(drop)
     }
 
-    /// `lsn` is durable in every sink: the slot moves there once the position is recorded (at
-    /// once, or at the next flush when a record was written a moment ago).
-    async fn ack(&mut self, stream: &ReplicationStream, lsn: Lsn) -> Result<(), RunError> {
-        self.wanted = self.wanted.max(lsn);
+    /// Acknowledges what every sink holds durable, once it is recorded (at once with `now`, else
+    /// at most every [`super::delivery::RECORD_INTERVAL`]).
+    async fn ack_durable(&mut self, stream: &ReplicationStream, now: bool) -> Result<(), RunError> {
+        self.wanted = self.wanted.max(self.delivery.durable());
         if self.wanted > self.report.acknowledged {
-            self.positions.record(self.sinks, self.wanted, false).await?;
+            self.positions.record(self.delivery, self.wanted, now).await?;
             self.acknowledge_recorded(stream);
         }
         Ok(())

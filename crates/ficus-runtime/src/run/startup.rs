@@ -18,13 +18,13 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{CAUGHT_UP_PREFIX, MAX_BACKOFF, RunOptions, live_schema};
+use super::{CAUGHT_UP_PREFIX, Delivery, RunOptions, live_schema};
 use crate::RunError;
 use crate::backfill::{BackfillOptions, BackfillState};
+use crate::backoff::Backoff;
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
 use crate::position::{self, Gap, Position, Source, Start};
-use crate::sinks::Sinks;
 
 /// Retries `f` on transient errors with exponential backoff, until it succeeds, fails definitely,
 /// shutdown is asked for (then `None`), or it has failed for longer than `give_up`.
@@ -39,7 +39,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RunError>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let began = Instant::now();
     loop {
         match f().await {
@@ -54,13 +54,13 @@ where
                         error: e,
                     });
                 }
-                warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
+                let wait = backoff.next();
+                warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
                 *reconnects += 1;
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(None),
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => return Err(e),
         }
@@ -91,7 +91,7 @@ pub(crate) async fn prepare(
     url: &SourceUrl,
     files: &Loaded,
     options: &RunOptions,
-    sinks: &Sinks,
+    delivery: &Delivery,
 ) -> Result<Prepared, RunError> {
     let slot_name = &config.source.slot;
     let pool = catalog::connect(url).await?;
@@ -110,7 +110,7 @@ pub(crate) async fn prepare(
     let needs = publication_needs(&compiled, &schema, config.archives());
     let system = ficus_postgres::identify(url, slot_name, &config.source.publication).await?;
     let source = Source::of(&system, &url.database);
-    let record = load_record(config, sinks).await?;
+    let record = load_record(config, delivery).await?;
     let found = slot::inspect(&pool, slot_name, &url.database).await?;
     // A gap found before and not repaired stands, whatever was fixed since.
     let mut start = match GapRecord::unrepaired(&config.dir, slot_name)?.into_iter().next() {
@@ -160,7 +160,7 @@ pub(crate) async fn prepare(
             if !options.resync {
                 return Err(RunError::Gap(Box::new(gap.clone())));
             }
-            resync(config, &pool, &compiled, record, found.is_some(), sinks).await?;
+            resync(config, &pool, &compiled, record, found.is_some(), delivery).await?;
             start = Start::Create;
             recorded = Lsn(0);
         }
@@ -223,8 +223,8 @@ pub(crate) async fn prepare(
 
 /// What ficus recorded of its position: the store's checkpoint when there is a store (else the
 /// file the config had before it had a store), the position file otherwise.
-async fn load_record(config: &Config, sinks: &Sinks) -> Result<Option<Position>, RunError> {
-    if let Some(saved) = sinks.checkpoint().await? {
+async fn load_record(config: &Config, delivery: &Delivery) -> Result<Option<Position>, RunError> {
+    if let Some(saved) = delivery.checkpoint(&config.source.slot).await? {
         return Ok(Some(Position::from_checkpoint(&saved)));
     }
     position::load(&position::file(&config.dir, &config.source.slot))
@@ -243,7 +243,7 @@ async fn resync(
     compiled: &Compiled,
     mut gap: GapRecord,
     slot_exists: bool,
-    sinks: &Sinks,
+    delivery: &Delivery,
 ) -> Result<(), RunError> {
     let slot_name = &config.source.slot;
     warn!(slot = %slot_name, "{}; --resync: repairing it", gap.message);
@@ -271,7 +271,7 @@ async fn resync(
     if slot_exists {
         slot::drop(pool, slot_name).await?;
     }
-    sinks.forget_checkpoint().await?;
+    delivery.forget_checkpoint(&config.source.slot).await?;
     let file = position::file(&config.dir, slot_name);
     match std::fs::remove_file(&file) {
         Ok(()) => {}
