@@ -7,6 +7,7 @@ mod backfill;
 mod bad_input;
 mod crash;
 mod gaps;
+mod nats;
 mod pipeline;
 mod publication;
 mod store;

@@ -60,7 +60,10 @@ impl Project {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("FICUS_SOURCE_URL", self.db.url())
-            .env("FICUS_LOG", "info")
+            .env(
+                "FICUS_LOG",
+                std::env::var("FICUS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null());
         cmd
     }

@@ -118,6 +118,9 @@ pub enum SinkKind {
     Jsonl(ficus_sinks::jsonl::JsonlConfig),
     /// The event store (docs/store.md).
     Store(ficus_store::StoreConfig),
+    /// NATS JetStream.
+    #[cfg(feature = "nats")]
+    Nats(ficus_sinks::nats::NatsConfig),
 }
 
 fn yes() -> bool {
@@ -141,6 +144,8 @@ impl SinkConfig {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::Jsonl(_) => "jsonl",
             SinkKind::Store(_) => "store",
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(_) => "nats",
         }
     }
 
@@ -160,6 +165,8 @@ impl SinkConfig {
         let sink: Box<dyn ficus_sinks::Sink> = match &self.kind {
             SinkKind::Stdout(c) => Box::new(c.build()),
             SinkKind::Jsonl(c) => Box::new(c.build(&config.dir)),
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(c) => Box::new(c.build(&config.dir).map_err(|e| e.named(self.name()))?),
             SinkKind::Store(_) => {
                 return Err(ficus_sinks::SinkError::definite(
                     "the store is not built as a line sink",
@@ -237,6 +244,12 @@ impl Config {
                 ));
             }
             if let Err(e) = sink.routes() {
+                return Err(err(e.to_string(), e.hint().unwrap_or_default()));
+            }
+            // Templates and the like are checked by building the sink (nothing connects yet).
+            if !sink.is_store()
+                && let Err(e) = sink.build(self)
+            {
                 return Err(err(e.to_string(), e.hint().unwrap_or_default()));
             }
         }

@@ -24,7 +24,8 @@ mod template;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
-
+#[cfg(feature = "nats")]
+pub mod nats;
 
 pub use error::SinkError;
 pub use outgoing::Outgoing;

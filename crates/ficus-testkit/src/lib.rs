@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor, PgConnection};
 
+mod server;
+pub use server::{Server, binary};
+
 /// A running throwaway cluster.
 pub struct Cluster {
     /// Its port on 127.0.0.1.

@@ -165,7 +165,15 @@ impl Delivery {
                 continue;
             }
             let mut built = sink.build(config)?;
-            built.health().await.map_err(|e| e.named(sink.name()))?;
+            match built.health().await {
+                Ok(()) => {}
+                // Its lane retries: a broker down at the start is waited for like one that goes
+                // down later.
+                Err(e) if e.is_transient() => {
+                    warn!(sink = %sink.name(), error = %e.message(), "the sink does not take events yet; retrying")
+                }
+                Err(e) => return Err(e.named(sink.name()).into()),
+            }
             planned.push(Planned {
                 settings,
                 target: Target::Sink(built),

@@ -353,6 +353,7 @@ impl Driver {
             moved
         });
         if moved {
+            tracing::debug!(sink = %self.name, %lsn, "durable");
             self.wakers.wake();
         }
     }

@@ -1,0 +1,102 @@
+//! Throwaway broker servers for tests (NATS, Redis, a Kafka-protocol broker): a real server of
+//! the local binaries on a free port, that a test can stop and start again on the same port and
+//! data directory (a broker down for a while), dying with the test process.
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// How to start a server on a port, with a data directory.
+type Launch = Box<dyn Fn(u16, &std::path::Path) -> Command + Send + Sync>;
+
+/// A server process a test owns.
+pub struct Server {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its data directory.
+    pub dir: PathBuf,
+    args: Launch,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the server `command(port, dir)` makes, and waits until it accepts connections.
+    pub fn start(command: impl Fn(u16, &std::path::Path) -> Command + Send + Sync + 'static) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("ficus-server-")
+            .tempdir()
+            .expect("a temp dir");
+        let mut server = Server {
+            port: free_port(),
+            dir: dir.path().to_owned(),
+            args: Box::new(command),
+            child: None,
+            _dir: dir,
+        };
+        server.resume();
+        server
+    }
+
+    /// A NATS server with JetStream (`nats-server` on the PATH, or /usr/sbin).
+    pub fn nats() -> Server {
+        Server::start(|port, dir| {
+            let mut cmd = Command::new(binary("nats-server"));
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir);
+            cmd
+        })
+    }
+
+    /// Kills the server (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again, on the same port and data directory.
+    pub fn resume(&mut self) {
+        let mut cmd = (self.args)(self.port, &self.dir);
+        let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
+        cmd.stdout(Stdio::null()).stderr(log);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("the server starts"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A binary on the PATH, else in /usr/sbin or /usr/bin.
+pub fn binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed (.ci/run installs it)"))
+}

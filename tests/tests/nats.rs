@@ -1,0 +1,319 @@
+//! The NATS JetStream sink against a real nats-server of the test's own (stopped and started
+//! again on the same port when a test needs a broker that goes down).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ficus_testkit::{Server, wait_for};
+use serde_json::Value;
+
+use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, stderr, wait_exit};
+
+const ACCOUNTS: &str = "create table accounts (id int primary key, owner text not null, balance numeric not null);
+    alter table accounts replica identity full;";
+const ACCOUNT_EVENTS: &str = r#"
+[[event]]
+name = "AccountOpened"
+table = "accounts"
+on = ["insert"]
+key = "new.id"
+data = { id = "new.id", owner = "new.owner", balance = "new.balance" }
+
+[[event]]
+name = "BalanceChanged"
+table = "accounts"
+on = ["update"]
+when = "old.balance != new.balance"
+key = "new.id"
+data = { id = "new.id", balance = "new.balance" }
+
+[[event]]
+name = "AccountClosed"
+table = "accounts"
+on = ["delete"]
+key = "old.id"
+data = { id = "old.id" }
+"#;
+const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
+const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
+
+/// A message as a stream holds it.
+#[derive(Debug)]
+struct Stored {
+    subject: String,
+    headers: HashMap<String, String>,
+    payload: Vec<u8>,
+}
+
+/// Every message of a stream, in order.
+async fn messages(port: u16, stream: &str) -> Vec<Stored> {
+    let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream(stream).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.first().map(|v| v.to_string()).unwrap_or_default()))
+            .collect();
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            headers,
+            payload: m.payload.to_vec(),
+        });
+    }
+    out
+}
+
+fn nats_sink(port: u16, extra: &str) -> String {
+    format!("\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\n{extra}\n")
+}
+
+#[tokio::test]
+async fn nats_gets_every_event_in_order_with_the_binding_headers_and_each_sink_its_routes() {
+    let nats = Server::nats();
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    p.config(&format!(
+        "{}{}",
+        nats_sink(
+            nats.port,
+            "name = \"backbone\"\nsubject = \"shop.{type}.{subject}\"\n[sink.stream]\nname = \"SHOP\"\ncreate = true\nsubjects = [\"shop.>\"]"
+        ),
+        nats_sink(
+            nats.port,
+            "name = \"opened\"\nsubject = \"opened.{subject}\"\nmode = \"structured\"\nevents = [\"AccountOpened\"]\n[sink.stream]\nname = \"OPENED\"\ncreate = true"
+        ),
+    ));
+    let check = p.ok(&["check"]);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("3 sink(s) can take events"));
+    p.catch_up();
+    p.db.exec(
+        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
+         update accounts set balance = balance + 1 where id in (1, 2);
+         delete from accounts where id = 3;
+         update accounts set owner = 'ada l.' where id = 1;",
+    )
+    .await;
+    p.catch_up();
+    let events = p.events();
+    assert_eq!(events.len(), 6, "{events:?}");
+
+    // Binary mode: data as the body, every other attribute a ce- header; the id deduplicates.
+    let shop = messages(nats.port, "SHOP").await;
+    assert_eq!(shop.len(), events.len());
+    for (m, e) in shop.iter().zip(&events) {
+        let h = |name: &str| m.headers.get(name).map(String::as_str).unwrap_or("");
+        assert_eq!(
+            m.subject,
+            format!(
+                "shop.{}.{}",
+                e["type"].as_str().unwrap(),
+                e["subject"].as_str().unwrap()
+            )
+        );
+        assert_eq!(h("Nats-Msg-Id"), e["id"]);
+        for attribute in ["id", "source", "type", "subject", "time", "lsn", "txid", "specversion"] {
+            assert_eq!(
+                h(&format!("ce-{attribute}")),
+                e[attribute].as_str().unwrap(),
+                "{attribute}"
+            );
+        }
+        assert_eq!(h("ce-eventversion"), "1");
+        assert_eq!(h("Content-Type"), "application/json");
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body, e["data"]);
+    }
+    // Structured mode, routed: only AccountOpened, each the whole event.
+    let opened = messages(nats.port, "OPENED").await;
+    let expected: Vec<&Value> = events.iter().filter(|e| e["type"] == "AccountOpened").collect();
+    assert_eq!(opened.len(), 3);
+    for (m, e) in opened.iter().zip(expected) {
+        assert_eq!(m.subject, format!("opened.{}", e["subject"].as_str().unwrap()));
+        assert_eq!(
+            m.headers.get("Content-Type").map(String::as_str),
+            Some("application/cloudevents+json")
+        );
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(&body, e);
+    }
+    // Nothing again on a second run.
+    p.catch_up();
+    assert_eq!(messages(nats.port, "SHOP").await.len(), 6);
+}
+
+#[tokio::test]
+async fn nats_after_kill_9_and_a_broker_down_has_every_event_once() {
+    let mut nats = Server::nats();
+    let p = Project::new(TICKS).await;
+    p.mapping("ticks.toml", TICK);
+    p.config(&nats_sink(
+        nats.port,
+        "subject = \"ticks.{subject}\"\nmax_in_flight = 2000\ntimeout_secs = 2\n[sink.stream]\nname = \"TICKS\"\ncreate = true",
+    ));
+    p.catch_up();
+    // kill -9 over and over while a writer commits.
+    let kills = insert_ticks_while_killing(&p, 60, 20).await;
+    assert!(kills >= 3);
+    p.catch_up();
+    let once = |messages: &[Stored]| {
+        let ids: HashSet<&str> = messages.iter().map(|m| m.headers["Nats-Msg-Id"].as_str()).collect();
+        (ids.len(), messages.len())
+    };
+    let stored = messages(nats.port, "TICKS").await;
+    assert_eq!(once(&stored), (1200, 1200), "the duplicate window drops repeats");
+    assert!(p.events().len() >= 1200);
+
+    // The broker goes down under a running ficus, for several seconds, while rows keep coming.
+    let mut run = KillOnDrop(p.spawn_run());
+    nats.stop();
+    // Where the transaction's commit will be: the slot must not pass it.
+    let before_commit = {
+        use sqlx::Connection;
+        let mut conn = p.db.connect().await;
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("insert into ticks select g, 0 from generate_series(1201, 31200) g")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let lsn: String = sqlx::query_scalar("select pg_current_wal_insert_lsn()::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        lsn
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = p
+        .scalar(&format!(
+            "select (pg_wal_lsn_diff('{before_commit}', confirmed_flush_lsn) >= 0)::text from pg_replication_slots where slot_name = '{}'",
+            p.db.name
+        ))
+        .await;
+    assert_eq!(
+        held,
+        "true",
+        "the slot passed a commit the broker does not have ({before_commit} vs {:?}): {}",
+        p.confirmed_flush().await,
+        std::fs::read_to_string(p.path("run.log")).unwrap()
+    );
+    // The other sink went on until the broker's bound: it is held back only by itself.
+    assert!(p.events().len() > 1200 + 2000, "jsonl got {} events", p.events().len());
+    let rss = peak_rss_kib(run.0.id());
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "ficus exited while the broker was down"
+    );
+    nats.resume();
+    let stored = wait_for("every tick in the stream", Duration::from_secs(90), || async {
+        let stored = messages(nats.port, "TICKS").await;
+        (stored.len() >= 31200).then_some(stored)
+    })
+    .await;
+    assert_eq!(once(&stored), (31200, 31200));
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(log.contains("sink failed; retrying"), "{log}");
+    assert!(log.contains("the sink takes events again"), "{log}");
+    signal(&run.0, libc::SIGTERM);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(20)).await.success());
+    // 30,000 events waited while the broker was down; ficus held no more than its bound.
+    assert!(rss < 80 * 1024, "peak RSS {rss} KiB while the broker was down");
+}
+
+/// A process's peak resident set, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_misconfigured_nats_sink_fails_check_with_its_name_and_a_hint() {
+    let nats = Server::nats();
+    let guarded = Server::start(|port, dir| {
+        let mut cmd = std::process::Command::new(ficus_testkit::binary("nats-server"));
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "--user",
+            "ficus",
+            "--pass",
+            "right",
+            "-sd",
+        ])
+        .arg(dir);
+        cmd
+    });
+    let p = Project::new(TICKS).await;
+    p.mapping("ticks.toml", TICK);
+    let cases = [
+        (
+            "url = \"nats://no-such-host.invalid:4222\"".to_owned(),
+            "sink nats: cannot connect to nats://no-such-host.invalid:4222",
+        ),
+        (
+            format!("url = \"nats://ficus:wrong@127.0.0.1:{}\"", guarded.port),
+            "authorization violation",
+        ),
+        (
+            format!(
+                "url = \"nats://127.0.0.1:{}\"\nsubject = \"nowhere.{{type}}\"",
+                nats.port
+            ),
+            "sink nats: no stream captures nowhere.*",
+        ),
+        (
+            format!(
+                "url = \"nats://127.0.0.1:{}\"\n[sink.stream]\nname = \"ABSENT\"",
+                nats.port
+            ),
+            "sink nats: stream ABSENT",
+        ),
+    ];
+    for (settings, expected) in cases {
+        p.config(&format!("\n[[sink]]\ntype = \"nats\"\n{settings}\n"));
+        let out = p.ficus(&["check"]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
+        assert!(err.contains(expected), "{settings}: {err}");
+        assert!(err.contains("hint: "), "{err}");
+        assert!(!err.contains("wrong"), "the password is shown: {err}");
+    }
+    // A bad template is refused when the config is read, before anything connects.
+    p.config(&format!(
+        "\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"shop.{{typo}}\"\n",
+        nats.port
+    ));
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("subject = \"shop.{typo}\": {typo} is not an attribute"),
+        "{}",
+        stderr(&out)
+    );
+    // And ficus run refuses a sink check fails definitely before it creates a slot.
+    p.config(&format!(
+        "\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"nowhere.{{type}}\"\n",
+        nats.port
+    ));
+    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        p.confirmed_flush().await,
+        None,
+        "a slot was created for a sink that cannot take events"
+    );
+}
