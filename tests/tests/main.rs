@@ -5,11 +5,13 @@ mod support;
 
 mod backfill;
 mod bad_input;
+mod brokers;
 mod crash;
 mod gaps;
 mod nats;
 mod pipeline;
 mod publication;
+mod redis;
 mod store;
 mod values;
 mod verify;

@@ -1,42 +1,14 @@
 //! The NATS JetStream sink against a real nats-server of the test's own (stopped and started
 //! again on the same port when a test needs a broker that goes down).
 
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::collections::HashMap;
 
 use async_nats::jetstream;
-use ficus_testkit::{Server, wait_for};
+use ficus_testkit::Server;
 use serde_json::Value;
 
-use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, stderr, wait_exit};
-
-const ACCOUNTS: &str = "create table accounts (id int primary key, owner text not null, balance numeric not null);
-    alter table accounts replica identity full;";
-const ACCOUNT_EVENTS: &str = r#"
-[[event]]
-name = "AccountOpened"
-table = "accounts"
-on = ["insert"]
-key = "new.id"
-data = { id = "new.id", owner = "new.owner", balance = "new.balance" }
-
-[[event]]
-name = "BalanceChanged"
-table = "accounts"
-on = ["update"]
-when = "old.balance != new.balance"
-key = "new.id"
-data = { id = "new.id", balance = "new.balance" }
-
-[[event]]
-name = "AccountClosed"
-table = "accounts"
-on = ["delete"]
-key = "old.id"
-data = { id = "old.id" }
-"#;
-const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
-const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
+use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::support::{Project, stderr};
 
 /// A message as a stream holds it.
 #[derive(Debug)]
@@ -158,83 +130,16 @@ async fn nats_after_kill_9_and_a_broker_down_has_every_event_once() {
         nats.port,
         "subject = \"ticks.{subject}\"\nmax_in_flight = 2000\ntimeout_secs = 2\n[sink.stream]\nname = \"TICKS\"\ncreate = true",
     ));
-    p.catch_up();
-    // kill -9 over and over while a writer commits.
-    let kills = insert_ticks_while_killing(&p, 60, 20).await;
-    assert!(kills >= 3);
-    p.catch_up();
-    let once = |messages: &[Stored]| {
-        let ids: HashSet<&str> = messages.iter().map(|m| m.headers["Nats-Msg-Id"].as_str()).collect();
-        (ids.len(), messages.len())
-    };
-    let stored = messages(nats.port, "TICKS").await;
-    assert_eq!(once(&stored), (1200, 1200), "the duplicate window drops repeats");
-    assert!(p.events().len() >= 1200);
-
-    // The broker goes down under a running ficus, for several seconds, while rows keep coming.
-    let mut run = KillOnDrop(p.spawn_run());
-    nats.stop();
-    // Where the transaction's commit will be: the slot must not pass it.
-    let before_commit = {
-        use sqlx::Connection;
-        let mut conn = p.db.connect().await;
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("insert into ticks select g, 0 from generate_series(1201, 31200) g")
-            .execute(&mut *tx)
+    let port = nats.port;
+    let ids = move || async move {
+        messages(port, "TICKS")
             .await
-            .unwrap();
-        let lsn: String = sqlx::query_scalar("select pg_current_wal_insert_lsn()::text")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        lsn
+            .into_iter()
+            .map(|m| m.headers["Nats-Msg-Id"].clone())
+            .collect()
     };
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let held = p
-        .scalar(&format!(
-            "select (pg_wal_lsn_diff('{before_commit}', confirmed_flush_lsn) >= 0)::text from pg_replication_slots where slot_name = '{}'",
-            p.db.name
-        ))
-        .await;
-    assert_eq!(
-        held,
-        "true",
-        "the slot passed a commit the broker does not have ({before_commit} vs {:?}): {}",
-        p.confirmed_flush().await,
-        std::fs::read_to_string(p.path("run.log")).unwrap()
-    );
-    // The other sink went on until the broker's bound: it is held back only by itself.
-    assert!(p.events().len() > 1200 + 2000, "jsonl got {} events", p.events().len());
-    let rss = peak_rss_kib(run.0.id());
-    assert!(
-        run.0.try_wait().unwrap().is_none(),
-        "ficus exited while the broker was down"
-    );
-    nats.resume();
-    let stored = wait_for("every tick in the stream", Duration::from_secs(90), || async {
-        let stored = messages(nats.port, "TICKS").await;
-        (stored.len() >= 31200).then_some(stored)
-    })
-    .await;
-    assert_eq!(once(&stored), (31200, 31200));
-    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
-    assert!(log.contains("sink failed; retrying"), "{log}");
-    assert!(log.contains("the sink takes events again"), "{log}");
-    signal(&run.0, libc::SIGTERM);
-    assert!(wait_exit(&mut run.0, Duration::from_secs(20)).await.success());
-    // 30,000 events waited while the broker was down; ficus held no more than its bound.
-    assert!(rss < 80 * 1024, "peak RSS {rss} KiB while the broker was down");
-}
-
-/// A process's peak resident set, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    // The duplicate window drops every repeat.
+    kill_9_and_an_outage(&p, &mut nats, ids, Repeats::None).await;
 }
 
 #[tokio::test]

@@ -121,6 +121,9 @@ pub enum SinkKind {
     /// NATS JetStream.
     #[cfg(feature = "nats")]
     Nats(ficus_sinks::nats::NatsConfig),
+    /// Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis(ficus_sinks::redis::RedisConfig),
 }
 
 fn yes() -> bool {
@@ -146,6 +149,8 @@ impl SinkConfig {
             SinkKind::Store(_) => "store",
             #[cfg(feature = "nats")]
             SinkKind::Nats(_) => "nats",
+            #[cfg(feature = "redis")]
+            SinkKind::Redis(_) => "redis",
         }
     }
 
@@ -167,6 +172,8 @@ impl SinkConfig {
             SinkKind::Jsonl(c) => Box::new(c.build(&config.dir)),
             #[cfg(feature = "nats")]
             SinkKind::Nats(c) => Box::new(c.build(&config.dir).map_err(|e| e.named(self.name()))?),
+            #[cfg(feature = "redis")]
+            SinkKind::Redis(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
             SinkKind::Store(_) => {
                 return Err(ficus_sinks::SinkError::definite(
                     "the store is not built as a line sink",

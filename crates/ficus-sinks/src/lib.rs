@@ -26,6 +26,8 @@ mod template;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use error::SinkError;
 pub use outgoing::Outgoing;

@@ -52,6 +52,20 @@ impl Server {
         })
     }
 
+    /// A Redis server that writes every command to its append-only file before it replies
+    /// (`appendfsync always`): what it acknowledged survives it being killed.
+    pub fn redis(extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::start(move |port, dir| {
+            let mut cmd = Command::new(binary("redis-server"));
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir)
+                .args(&extra);
+            cmd
+        })
+    }
+
     /// Kills the server (its data stays).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,148 @@
+//! What every broker sink's tests share: the tables and mappings, and the scenario of crashes and
+//! an outage each broker must pass.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use ficus_testkit::{Server, wait_for};
+
+use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, wait_exit};
+
+pub(crate) const ACCOUNTS: &str =
+    "create table accounts (id int primary key, owner text not null, balance numeric not null);
+    alter table accounts replica identity full;";
+pub(crate) const ACCOUNT_EVENTS: &str = r#"
+[[event]]
+name = "AccountOpened"
+table = "accounts"
+on = ["insert"]
+key = "new.id"
+data = { id = "new.id", owner = "new.owner", balance = "new.balance" }
+
+[[event]]
+name = "BalanceChanged"
+table = "accounts"
+on = ["update"]
+when = "old.balance != new.balance"
+key = "new.id"
+data = { id = "new.id", balance = "new.balance" }
+
+[[event]]
+name = "AccountClosed"
+table = "accounts"
+on = ["delete"]
+key = "old.id"
+data = { id = "old.id" }
+"#;
+pub(crate) const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
+pub(crate) const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
+
+/// Whether a broker keeps repeats (after a crash or a retried write).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeats {
+    /// It drops them (NATS's duplicate window).
+    None,
+    /// It keeps them: repeats are allowed, with the same id.
+    Allowed,
+}
+
+/// Rows of `ticks` while ficus is `kill -9`ed at least 3 times, then the broker killed under a
+/// running ficus while a 30,000-row transaction commits, then started again: the broker has
+/// every event (`ids` reads the ids it holds, in order), repeats only as `repeats` allows; while
+/// it was down the slot stayed before the commit, the jsonl sink went on past the broker's bound,
+/// ficus stayed up with bounded memory, and it resumed by itself. The config's broker sink needs
+/// `max_in_flight = 2000`.
+pub(crate) async fn kill_9_and_an_outage<F, Fut>(p: &Project, broker: &mut Server, ids: F, repeats: Repeats)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    p.catch_up();
+    let kills = insert_ticks_while_killing(p, 60, 20).await;
+    assert!(kills >= 3);
+    p.catch_up();
+    let check = |held: &[String], n: usize| {
+        let distinct: HashSet<&String> = held.iter().collect();
+        assert_eq!(distinct.len(), n, "distinct events in the broker");
+        if repeats == Repeats::None {
+            assert_eq!(held.len(), n, "the broker kept a repeat");
+        }
+        let delivered: HashSet<String> = p
+            .events()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            distinct.iter().all(|id| delivered.contains(*id)),
+            "an id the jsonl sink does not have"
+        );
+    };
+    check(&ids().await, 1200);
+
+    // The broker goes down under a running ficus, for several seconds, while rows keep coming.
+    let mut run = KillOnDrop(p.spawn_run());
+    broker.stop();
+    // Where the transaction's commit will be: the slot must not pass it.
+    let before_commit = {
+        use sqlx::Connection;
+        let mut conn = p.db.connect().await;
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("insert into ticks select g, 0 from generate_series(1201, 31200) g")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let lsn: String = sqlx::query_scalar("select pg_current_wal_insert_lsn()::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        lsn
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = p
+        .scalar(&format!(
+            "select (pg_wal_lsn_diff('{before_commit}', confirmed_flush_lsn) >= 0)::text from pg_replication_slots where slot_name = '{}'",
+            p.db.name
+        ))
+        .await;
+    assert_eq!(
+        held,
+        "true",
+        "the slot passed a commit the broker does not have ({before_commit} vs {:?}): {}",
+        p.confirmed_flush().await,
+        std::fs::read_to_string(p.path("run.log")).unwrap()
+    );
+    // The other sink went on until the broker's bound: it is held back only by itself.
+    assert!(p.events().len() > 1200 + 2000, "jsonl got {} events", p.events().len());
+    let rss = peak_rss_kib(run.0.id());
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "ficus exited while the broker was down"
+    );
+    broker.resume();
+    let held = wait_for("every tick in the broker", Duration::from_secs(120), || async {
+        let held = ids().await;
+        let distinct: HashSet<&String> = held.iter().collect();
+        (distinct.len() >= 31200).then_some(held)
+    })
+    .await;
+    check(&held, 31200);
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(log.contains("sink failed; retrying"), "{log}");
+    assert!(log.contains("the sink takes events again"), "{log}");
+    signal(&run.0, libc::SIGTERM);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(20)).await.success());
+    // 30,000 events waited while the broker was down; ficus held no more than its bound.
+    assert!(rss < 80 * 1024, "peak RSS {rss} KiB while the broker was down");
+}
+
+/// A process's peak resident set, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

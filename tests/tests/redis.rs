@@ -1,0 +1,158 @@
+//! The Redis Streams sink against a real redis-server of the test's own (appendfsync always, so
+//! it can be killed and started again without losing what it acknowledged).
+
+use std::collections::HashMap;
+
+use ficus_testkit::Server;
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::support::{Project, stderr};
+
+/// The entries of a stream, each as its fields, in order.
+async fn entries(port: u16, key: &str) -> Vec<HashMap<String, String>> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(key).await.unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn redis_sink(port: u16, extra: &str) -> String {
+    format!("\n[[sink]]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n{extra}\n")
+}
+
+#[tokio::test]
+async fn redis_streams_get_every_event_with_its_attributes_and_each_sink_its_routes() {
+    let redis = Server::redis(&[]);
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    p.config(&format!(
+        "{}{}",
+        redis_sink(redis.port, "name = \"all\"\nkey = \"shop:{aggregate}\"\nmaxlen = 1000"),
+        redis_sink(
+            redis.port,
+            "name = \"closed\"\nkey = \"closed\"\nmode = \"structured\"\nevents = [\"AccountClosed\"]"
+        ),
+    ));
+    p.ok(&["check"]);
+    p.catch_up();
+    p.db.exec(
+        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
+         update accounts set balance = balance + 1 where id in (1, 2);
+         delete from accounts where id = 3;",
+    )
+    .await;
+    p.catch_up();
+    let events = p.events();
+    assert_eq!(events.len(), 6);
+    // Binary mode: each attribute a field, the data in `data`; one stream per aggregate.
+    let all = entries(redis.port, "shop:public.accounts").await;
+    assert_eq!(all.len(), events.len());
+    for (fields, e) in all.iter().zip(&events) {
+        for attribute in [
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "lsn",
+            "txid",
+            "specversion",
+            "datacontenttype",
+        ] {
+            assert_eq!(fields[attribute], e[attribute].as_str().unwrap(), "{attribute}");
+        }
+        assert_eq!(fields["eventversion"], "1");
+        let data: Value = serde_json::from_str(&fields["data"]).unwrap();
+        assert_eq!(data, e["data"]);
+    }
+    // Structured, routed: the whole event, AccountClosed only.
+    let closed = entries(redis.port, "closed").await;
+    assert_eq!(closed.len(), 1);
+    let event: Value = serde_json::from_str(&closed[0]["event"]).unwrap();
+    assert_eq!(&event, events.iter().find(|e| e["type"] == "AccountClosed").unwrap());
+    assert_eq!(closed[0]["id"], event["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn redis_after_kill_9_and_a_server_down_has_every_event() {
+    let mut redis = Server::redis(&[]);
+    let p = Project::new(TICKS).await;
+    p.mapping("ticks.toml", TICK);
+    p.config(&redis_sink(
+        redis.port,
+        "key = \"ticks\"\nmax_in_flight = 2000\ntimeout_secs = 2",
+    ));
+    let port = redis.port;
+    let ids = move || async move {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return vec![];
+        };
+        let reply: redis::streams::StreamRangeReply = conn.xrange_all("ticks").await.unwrap_or_default();
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| entry.get::<String>("id").unwrap())
+            .collect()
+    };
+    // Redis keeps repeats (a consumer drops them by id).
+    kill_9_and_an_outage(&p, &mut redis, ids, Repeats::Allowed).await;
+}
+
+#[tokio::test]
+async fn a_misconfigured_redis_sink_fails_check_with_its_name_and_a_hint() {
+    let guarded = Server::redis(&["--requirepass", "right"]);
+    let plain = Server::redis(&[]);
+    {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", plain.port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = conn.set("taken", "a string").await.unwrap();
+    }
+    let p = Project::new(TICKS).await;
+    p.mapping("ticks.toml", TICK);
+    let cases = [
+        (
+            "redis://no-such-host.invalid:6379".to_owned(),
+            "",
+            "sink redis: cannot connect",
+        ),
+        (
+            format!("redis://:wrong@127.0.0.1:{}", guarded.port),
+            "",
+            "hint: check the user and password",
+        ),
+        (
+            format!("redis://127.0.0.1:{}", plain.port),
+            "key = \"taken\"",
+            "sink redis: key taken holds a string, not a stream",
+        ),
+    ];
+    for (url, extra, expected) in cases {
+        p.config(&format!("\n[[sink]]\ntype = \"redis\"\nurl = \"{url}\"\n{extra}\n"));
+        let out = p.ficus(&["check"]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{url}: {err}");
+        assert!(err.contains(expected), "{url}: {err}");
+        assert!(err.contains("hint: "), "{err}");
+        assert!(!err.contains("wrong"), "the password is shown: {err}");
+    }
+    p.config(&format!(
+        "\n[[sink]]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey = \"{{nope}}\"\n",
+        plain.port
+    ));
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("{nope} is not an attribute"), "{}", stderr(&out));
+}
