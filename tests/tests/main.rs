@@ -3,6 +3,7 @@
 
 mod support;
 
+mod amqp;
 mod backfill;
 mod bad_input;
 mod brokers;

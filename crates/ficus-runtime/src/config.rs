@@ -124,6 +124,9 @@ pub enum SinkKind {
     /// Redis Streams.
     #[cfg(feature = "redis")]
     Redis(ficus_sinks::redis::RedisConfig),
+    /// RabbitMQ (AMQP 0-9-1).
+    #[cfg(feature = "amqp")]
+    Amqp(ficus_sinks::amqp::AmqpConfig),
 }
 
 fn yes() -> bool {
@@ -151,6 +154,8 @@ impl SinkConfig {
             SinkKind::Nats(_) => "nats",
             #[cfg(feature = "redis")]
             SinkKind::Redis(_) => "redis",
+            #[cfg(feature = "amqp")]
+            SinkKind::Amqp(_) => "amqp",
         }
     }
 
@@ -174,6 +179,8 @@ impl SinkConfig {
             SinkKind::Nats(c) => Box::new(c.build(&config.dir).map_err(|e| e.named(self.name()))?),
             #[cfg(feature = "redis")]
             SinkKind::Redis(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
+            #[cfg(feature = "amqp")]
+            SinkKind::Amqp(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
             SinkKind::Store(_) => {
                 return Err(ficus_sinks::SinkError::definite(
                     "the store is not built as a line sink",

@@ -22,6 +22,8 @@ mod routes;
 pub mod stdout;
 mod template;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 #[cfg(feature = "nats")]
