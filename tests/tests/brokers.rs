@@ -38,6 +38,21 @@ data = { id = "old.id" }
 pub(crate) const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
 pub(crate) const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
 
+/// A broker a test can take down and bring back.
+pub(crate) trait Outage {
+    fn stop(&mut self);
+    fn resume(&mut self);
+}
+
+impl Outage for Server {
+    fn stop(&mut self) {
+        Server::stop(self)
+    }
+    fn resume(&mut self) {
+        Server::resume(self)
+    }
+}
+
 /// Whether a broker keeps repeats (after a crash or a retried write).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Repeats {
@@ -53,7 +68,7 @@ pub(crate) enum Repeats {
 /// it was down the slot stayed before the commit, the jsonl sink went on past the broker's bound,
 /// ficus stayed up with bounded memory, and it resumed by itself. The config's broker sink needs
 /// `max_in_flight = 2000`.
-pub(crate) async fn kill_9_and_an_outage<F, Fut>(p: &Project, broker: &mut Server, ids: F, repeats: Repeats)
+pub(crate) async fn kill_9_and_an_outage<F, Fut>(p: &Project, broker: &mut impl Outage, ids: F, repeats: Repeats)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Vec<String>>,

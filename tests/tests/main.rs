@@ -9,6 +9,7 @@ mod bad_input;
 mod brokers;
 mod crash;
 mod gaps;
+mod http;
 mod nats;
 mod pipeline;
 mod publication;

@@ -300,6 +300,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "delivered {} events from {} transactions; acknowledged {}",
                 report.events, report.transactions, report.acknowledged
             );
+            warn_all(&report.warnings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
@@ -384,6 +385,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ),
                 None => eprintln!("replayed no events: none is stored that passes the filters"),
             }
+            warn_all(&report.warnings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Remap {
@@ -404,6 +406,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "remapped {} archived changes into {} events in sink {}",
                 report.changes, report.events, options.to_sink
             );
+            warn_all(&report.warnings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -616,6 +619,13 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
         url.redacted()
     );
     Ok(sinks_ok())
+}
+
+/// What sinks had to say at the end (dead letters), after the summary line.
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// A receiver that turns true at SIGINT or SIGTERM (after logging `message`).

@@ -127,6 +127,9 @@ pub enum SinkKind {
     /// RabbitMQ (AMQP 0-9-1).
     #[cfg(feature = "amqp")]
     Amqp(ficus_sinks::amqp::AmqpConfig),
+    /// Webhooks.
+    #[cfg(feature = "http")]
+    Http(ficus_sinks::http::HttpConfig),
 }
 
 fn yes() -> bool {
@@ -156,6 +159,8 @@ impl SinkConfig {
             SinkKind::Redis(_) => "redis",
             #[cfg(feature = "amqp")]
             SinkKind::Amqp(_) => "amqp",
+            #[cfg(feature = "http")]
+            SinkKind::Http(_) => "http",
         }
     }
 
@@ -181,6 +186,8 @@ impl SinkConfig {
             SinkKind::Redis(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
             #[cfg(feature = "amqp")]
             SinkKind::Amqp(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
+            #[cfg(feature = "http")]
+            SinkKind::Http(c) => Box::new(c.build(&config.dir).map_err(|e| e.named(self.name()))?),
             SinkKind::Store(_) => {
                 return Err(ficus_sinks::SinkError::definite(
                     "the store is not built as a line sink",

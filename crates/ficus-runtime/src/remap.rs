@@ -43,6 +43,8 @@ pub struct RemapReport {
     pub changes: u64,
     /// Events written.
     pub events: u64,
+    /// What the sink had to say at the end: events it gave up on (dead letters).
+    pub warnings: Vec<String>,
 }
 
 /// One archived relation, bound to the mappings.
@@ -70,8 +72,11 @@ pub async fn remap(
     let store = Store::open(&location, Mode::Existing).await?;
     let result = remap_from(&store, &compiled, &mut target, options, config.archives(), shutdown).await;
     store.close().await;
-    target.close().await;
-    result
+    let warning = target.close().await;
+    result.map(|mut report| {
+        report.warnings.extend(warning);
+        report
+    })
 }
 
 /// The mappings to remap with: `--mappings DIR`, else the config's; checked offline (the archive

@@ -35,6 +35,8 @@ pub struct ReplayReport {
     pub events: u64,
     /// The position of the first and of the last event written.
     pub positions: Option<(i64, i64)>,
+    /// What the sink had to say at the end: events it gave up on (dead letters).
+    pub warnings: Vec<String>,
 }
 
 /// Replays the config's store into the sink `options.to_sink` names.
@@ -53,8 +55,11 @@ pub async fn replay(
     let store = Store::open(&location, Mode::Existing).await?;
     let result = replay_from(&store, &mut target, options, &mut shutdown).await;
     store.close().await;
-    target.close().await;
-    result
+    let warning = target.close().await;
+    result.map(|mut report| {
+        report.warnings.extend(warning);
+        report
+    })
 }
 
 async fn replay_from(

@@ -81,7 +81,7 @@ impl Target {
                 }
                 Err(e) if e.is_transient() => {
                     failing.get_or_insert_with(Instant::now);
-                    let wait = backoff.next();
+                    let wait = backoff.next().max(e.retry_after().unwrap_or_default());
                     warn!(sink = %self.name, error = %e.message(), retry_in = ?wait, "sink failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -93,9 +93,10 @@ impl Target {
         }
     }
 
-    /// Closes the sink.
-    pub async fn close(mut self) {
+    /// Closes the sink; returns what it must say (dead letters).
+    pub async fn close(mut self) -> Option<String> {
         self.sink.close().await;
+        self.sink.summary().map(|s| format!("sink {}: {s}", self.name))
     }
 }
 

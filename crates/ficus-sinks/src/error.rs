@@ -1,6 +1,7 @@
 //! Why a sink failed, classified by what the runtime does next.
 
 use std::fmt;
+use std::time::Duration;
 
 /// A sink's failure: *transient* (retried with backoff, the events kept) or *definite* (ficus
 /// stops, with the sink's name, the cause and a hint; the slot stays where it is).
@@ -10,6 +11,7 @@ pub struct SinkError {
     transient: bool,
     message: String,
     hint: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 impl SinkError {
@@ -20,6 +22,7 @@ impl SinkError {
             transient: true,
             message: message.into(),
             hint: None,
+            retry_after: None,
         }
     }
 
@@ -30,6 +33,7 @@ impl SinkError {
             transient: false,
             message: message.into(),
             hint: Some(hint.into()),
+            retry_after: None,
         }
     }
 
@@ -46,6 +50,17 @@ impl SinkError {
         self.transient = false;
         self.hint.get_or_insert_with(|| hint.into());
         self
+    }
+
+    /// The sink asks not to be tried again before this long (an HTTP `Retry-After`).
+    pub fn with_retry_after(mut self, after: Duration) -> SinkError {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// How long the sink asked to wait before the next try, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether retrying may help.

@@ -47,9 +47,11 @@ impl JsonlSink {
             }
             let file = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&self.path)
                 .map_err(|e| self.err(e))?;
+            drop_cut_line(&file).map_err(|e| self.err(e))?;
             self.file = Some(BufWriter::with_capacity(256 * 1024, file));
         }
         Ok(self.file.as_mut().expect("opened above"))
@@ -62,6 +64,29 @@ impl JsonlSink {
             e.hint().unwrap_or_default(),
         )
     }
+}
+
+/// A crash can leave the file ending in a line cut short: an event that was not durable, so not
+/// acknowledged, and delivered again. It is cut off, so that the next line does not run into it
+/// (and two events become one line no reader takes).
+fn drop_cut_line(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if end == len && part.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            return file.set_len(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    file.set_len(0)
 }
 
 #[async_trait]
@@ -149,6 +174,38 @@ mod tests {
             })
             .collect();
         assert_eq!(types, ["A", "B"]);
+    }
+
+    #[tokio::test]
+    async fn a_line_cut_short_by_a_crash_is_cut_off_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let config = JsonlConfig { path: path.clone() };
+        for (before, after) in [
+            ("{\"id\":\"1\"}\n{\"id\":\"2", "{\"id\":\"1\"}\n"),
+            ("{\"id\":\"1\"}\n", "{\"id\":\"1\"}\n"),
+            ("{\"id\":\"1", ""),
+            ("", ""),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            let mut sink = config.build(dir.path());
+            let e = Outgoing::new(event("A", "x"));
+            sink.write(&[&e]).await.unwrap();
+            sink.flush().await.unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                text,
+                format!("{after}{}\n", String::from_utf8_lossy(&e.line)),
+                "{before:?}"
+            );
+        }
+        // A cut line longer than a read of the tail.
+        let long = format!("{{\"id\":\"1\"}}\n{{\"id\":\"{}", "x".repeat(200_000));
+        std::fs::write(&path, long).unwrap();
+        let mut sink = config.build(dir.path());
+        sink.write(&[]).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"1\"}\n");
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@ mod template;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 #[cfg(feature = "nats")]
@@ -69,4 +71,10 @@ pub trait Sink: Send {
 
     /// Closes connections; what is not flushed may be lost (it was not acknowledged).
     async fn close(&mut self) {}
+
+    /// What the sink must say when ficus stops, beyond the logs: events it gave up on (a
+    /// webhook's dead letters). `None` when all is well.
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }

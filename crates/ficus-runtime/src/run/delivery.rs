@@ -436,15 +436,17 @@ impl Delivery {
     }
 
     /// Stops the lanes (what is not flushed is not durable, and was not acknowledged) and closes
-    /// the sinks.
-    pub async fn close(&mut self) {
+    /// the sinks; returns what they must say (dead letters).
+    pub async fn close(&mut self) -> Vec<String> {
+        let mut summaries = Vec::new();
         let lanes = std::mem::take(&mut self.lanes);
         for lane in lanes {
             let Lane { tx, task, name, .. } = lane;
             drop(tx);
             let abort = task.abort_handle();
             match tokio::time::timeout(LAST_FLUSH, task).await {
-                Ok(_) => {}
+                Ok(Ok(target)) => summaries.extend(target.summary().map(|s| format!("sink {name}: {s}"))),
+                Ok(Err(_)) => {}
                 Err(_) => {
                     warn!(sink = %name, "the sink did not stop in time");
                     abort.abort();
@@ -456,6 +458,7 @@ impl Delivery {
                 ficus_sinks::Sink::close(&mut sink).await;
             }
         }
+        summaries
     }
 
     async fn send_pending(&mut self) -> Result<(), RunError> {

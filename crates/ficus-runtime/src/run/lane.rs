@@ -85,6 +85,14 @@ impl Target {
             Target::Store { sink, .. } => sink.close().await,
         }
     }
+
+    /// What the sink must say when ficus stops.
+    pub fn summary(&self) -> Option<String> {
+        match self {
+            Target::Sink(s) => s.summary(),
+            Target::Store { .. } => None,
+        }
+    }
 }
 
 /// Who to wake when a lane's status changes: the session, and the store's lane.
@@ -312,7 +320,7 @@ impl Driver {
                     "the sink failed for {limit:?}; start ficus again once it takes events (nothing that was not durable in it was acknowledged)"
                 )));
             }
-            let wait = backoff.next();
+            let wait = backoff.next().max(error.retry_after().unwrap_or_default());
             warn!(sink = %self.name, error = %error.message(), retry_in = ?wait, unflushed = self.unflushed_events, "sink failed; retrying");
             let message = error.message().to_owned();
             self.status

@@ -61,6 +61,8 @@ pub struct RunReport {
     pub acknowledged: Lsn,
     /// Reconnects after transient errors.
     pub reconnects: u64,
+    /// What sinks had to say at the end: events they gave up on (dead letters).
+    pub warnings: Vec<String>,
 }
 
 /// Compiles the mappings against the live schema of the source, as the publication `publication`
@@ -261,8 +263,13 @@ pub async fn run(
         }
     }
     .await;
-    delivery.close().await;
-    result.map_err(|e| gap_recorded(config, e))
+    let warnings = delivery.close().await;
+    for w in &warnings {
+        warn!("{w}");
+    }
+    result
+        .map(|report| RunReport { warnings, ..report })
+        .map_err(|e| gap_recorded(config, e))
 }
 
 /// A gap is recorded where it is found: until `--resync` repairs it, every start refuses, even
