@@ -62,8 +62,8 @@ pub(crate) enum Repeats {
     Allowed,
 }
 
-/// Rows of `ticks` while ficus is `kill -9`ed at least 3 times, then the broker killed under a
-/// running ficus while a 30,000-row transaction commits, then started again: the broker has
+/// Rows of `ticks` while ficus is `kill -9`ed at least 3 times, then the broker taken down under a
+/// running ficus that streams into it while a 30,000-row transaction commits, then brought back: the broker has
 /// every event (`ids` reads the ids it holds, in order), repeats only as `repeats` allows; while
 /// it was down the slot stayed before the commit, the jsonl sink went on past the broker's bound,
 /// ficus stayed up with bounded memory, and it resumed by itself. The config's broker sink needs
@@ -93,10 +93,17 @@ where
             "an id the jsonl sink does not have"
         );
     };
-    check(&ids().await, 1200);
+    let before = ids().await;
+    check(&before, 1200);
 
-    // The broker goes down under a running ficus, for several seconds, while rows keep coming.
+    // The broker goes down under a running ficus, mid-stream, for several seconds, while rows
+    // keep coming.
     let mut run = KillOnDrop(p.spawn_run());
+    p.db.exec("insert into ticks values (0, 0)").await;
+    wait_for("ficus to stream into the broker", Duration::from_secs(60), || async {
+        ids().await.len().checked_sub(before.len()).filter(|n| *n > 0)
+    })
+    .await;
     broker.stop();
     // Where the transaction's commit will be: the slot must not pass it.
     let before_commit = {
@@ -114,7 +121,7 @@ where
         tx.commit().await.unwrap();
         lsn
     };
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let held = p
         .scalar(&format!(
             "select (pg_wal_lsn_diff('{before_commit}', confirmed_flush_lsn) >= 0)::text from pg_replication_slots where slot_name = '{}'",
@@ -136,13 +143,21 @@ where
         "ficus exited while the broker was down"
     );
     broker.resume();
-    let held = wait_for("every tick in the broker", Duration::from_secs(120), || async {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let held = loop {
         let held = ids().await;
-        let distinct: HashSet<&String> = held.iter().collect();
-        (distinct.len() >= 31200).then_some(held)
-    })
-    .await;
-    check(&held, 31200);
+        let distinct = held.iter().collect::<HashSet<_>>().len();
+        if distinct >= 31201 {
+            break held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 120 s the broker has {distinct} of 31201 events: {}",
+            std::fs::read_to_string(p.path("run.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    check(&held, 31201);
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
     assert!(log.contains("sink failed; retrying"), "{log}");
     assert!(log.contains("the sink takes events again"), "{log}");

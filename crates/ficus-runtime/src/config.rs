@@ -130,6 +130,9 @@ pub enum SinkKind {
     /// Webhooks.
     #[cfg(feature = "http")]
     Http(ficus_sinks::http::HttpConfig),
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(ficus_sinks::kafka::KafkaConfig),
 }
 
 fn yes() -> bool {
@@ -161,6 +164,8 @@ impl SinkConfig {
             SinkKind::Amqp(_) => "amqp",
             #[cfg(feature = "http")]
             SinkKind::Http(_) => "http",
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 
@@ -188,6 +193,8 @@ impl SinkConfig {
             SinkKind::Amqp(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
             #[cfg(feature = "http")]
             SinkKind::Http(c) => Box::new(c.build(&config.dir).map_err(|e| e.named(self.name()))?),
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(c) => Box::new(c.build().map_err(|e| e.named(self.name()))?),
             SinkKind::Store(_) => {
                 return Err(ficus_sinks::SinkError::definite(
                     "the store is not built as a line sink",

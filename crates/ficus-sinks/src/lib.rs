@@ -26,6 +26,8 @@ mod template;
 pub mod amqp;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 #[cfg(feature = "nats")]

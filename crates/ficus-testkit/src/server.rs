@@ -66,6 +66,37 @@ impl Server {
         })
     }
 
+    /// A Kafka-protocol broker: tansu (`cargo install tansu`), keeping its topics in memory —
+    /// so a test takes it down with [`Server::freeze`], not [`Server::stop`].
+    pub fn kafka() -> Server {
+        Server::start(|port, _dir| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut cmd = Command::new(binary("tansu"));
+            cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"]);
+            cmd
+        })
+    }
+
+    /// Stops the server answering (SIGSTOP): connections stay open and nothing comes back, as
+    /// from a broker that hangs or a network that drops everything.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGSTOP);
+            }
+        }
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGCONT);
+            }
+        }
+    }
+
     /// A RabbitMQ node of its own (its own node name, port, database and config: `guest` may
     /// connect from 127.0.0.1); about 8 s to start.
     pub fn rabbitmq() -> Server {
