@@ -38,6 +38,39 @@ data = { id = "old.id" }
 pub(crate) const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
 pub(crate) const TICK: &str = "[[event]]\nname = \"Ticked\"\ntable = \"ticks\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { id = \"new.id\", n = \"new.n\" }\n";
 
+/// The accounts' workload: three opened, two balances changed, one closed, one owner renamed
+/// (no event).
+pub(crate) const ACCOUNT_WORKLOAD: &str = "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
+    update accounts set balance = balance + 1 where id in (1, 2);
+    delete from accounts where id = 3;
+    update accounts set owner = 'ada l.' where id = 1;";
+
+/// A project of `accounts` whose config appends `sinks` to its jsonl sink: checked (every sink
+/// must pass), started, the workload, caught up. Returns it with the jsonl sink's 6 events;
+/// `env` is set for the ficus commands (a webhook's secret).
+pub(crate) async fn accounts_through(sinks: &str, env: &[(&str, &str)]) -> (Project, Vec<serde_json::Value>) {
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    p.config(sinks);
+    let ok = |args: &[&str]| {
+        let out = p.ficus(args).envs(env.iter().copied()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ficus {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let check = ok(&["check"]);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("sink(s) can take events"));
+    ok(&["run", "--until-caught-up"]);
+    p.db.exec(ACCOUNT_WORKLOAD).await;
+    ok(&["run", "--until-caught-up"]);
+    let events = p.events();
+    assert_eq!(events.len(), 6, "{events:?}");
+    (p, events)
+}
+
 /// A broker a test can take down and bring back.
 pub(crate) trait Outage {
     fn stop(&mut self);
@@ -121,7 +154,15 @@ where
         tx.commit().await.unwrap();
         lsn
     };
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Down for several seconds, and until the other sink went on past the broker's bound: it
+    // is held back only by itself.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_for(
+        "the jsonl sink to go past the broker's bound",
+        Duration::from_secs(60),
+        || async { (p.events().len() > 1200 + 2000).then_some(()) },
+    )
+    .await;
     let held = p
         .scalar(&format!(
             "select (pg_wal_lsn_diff('{before_commit}', confirmed_flush_lsn) >= 0)::text from pg_replication_slots where slot_name = '{}'",
@@ -135,8 +176,6 @@ where
         p.confirmed_flush().await,
         std::fs::read_to_string(p.path("run.log")).unwrap()
     );
-    // The other sink went on until the broker's bound: it is held back only by itself.
-    assert!(p.events().len() > 1200 + 2000, "jsonl got {} events", p.events().len());
     let rss = peak_rss_kib(run.0.id());
     assert!(
         run.0.try_wait().unwrap().is_none(),

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Outage, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::brokers::{Outage, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
 use crate::support::{Project, stderr};
 
 /// A request as the endpoint got it.
@@ -153,33 +153,21 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_get_every_event_signed_in_order_and_batches_their_routes() {
     let hook = Hook::start(Box::new(|_| (200, None))).await;
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
-    p.config(&format!(
-        "{}{}",
-        hook_sink(
-            hook.port,
-            "name = \"signed\"\nsecret_env = \"HOOK_SECRET\"\nheaders = { authorization = \"Bearer t0ken\" }"
+    let (_p, events) = accounts_through(
+        &format!(
+            "{}{}",
+            hook_sink(
+                hook.port,
+                "name = \"signed\"\nsecret_env = \"HOOK_SECRET\"\nheaders = { authorization = \"Bearer t0ken\" }"
+            ),
+            hook_sink(
+                hook.port,
+                "name = \"batched\"\nmode = \"batch\"\nbatch_size = 2\nevents = [\"AccountOpened\", \"AccountClosed\"]"
+            ),
         ),
-        hook_sink(
-            hook.port,
-            "name = \"batched\"\nmode = \"batch\"\nbatch_size = 2\nevents = [\"AccountOpened\", \"AccountClosed\"]"
-        ),
-    ));
-    let ok = |args: &[&str]| {
-        let out = p.ficus(args).env("HOOK_SECRET", SECRET).output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
-    ok(&["check"]);
-    ok(&["run", "--until-caught-up"]);
-    p.db.exec(
-        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
-         update accounts set balance = balance + 1 where id in (1, 2);
-         delete from accounts where id = 3;",
+        &[("HOOK_SECRET", SECRET)],
     )
     .await;
-    ok(&["run", "--until-caught-up"]);
-    let events = p.events();
     let key = STANDARD.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
     let taken = hook.taken();
     let (signed, batched): (Vec<&Received>, Vec<&Received>) =

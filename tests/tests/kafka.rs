@@ -10,7 +10,7 @@ use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Outage, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::brokers::{Outage, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
 use crate::support::{Project, stderr};
 
 /// A record as a consumer reads it.
@@ -73,27 +73,18 @@ fn kafka_sink(port: u16, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_gets_every_event_keyed_by_subject_with_the_binding_headers_and_each_sink_its_routes() {
     let kafka = Server::kafka();
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
-    p.config(&format!(
-        "{}{}",
-        kafka_sink(kafka.port, "name = \"backbone\"\ntopic = \"shop.{aggregate}\"\ncreate_topics = true\ncompression = \"lz4\""),
-        kafka_sink(
-            kafka.port,
-            "name = \"balances\"\ntopic = \"balances\"\nmode = \"structured\"\nevents = [\"BalanceChanged\"]\ncreate_topics = true"
+    let (_p, events) = accounts_through(
+        &format!(
+            "{}{}",
+            kafka_sink(kafka.port, "name = \"backbone\"\ntopic = \"shop.{aggregate}\"\ncreate_topics = true\ncompression = \"lz4\""),
+            kafka_sink(
+                kafka.port,
+                "name = \"balances\"\ntopic = \"balances\"\nmode = \"structured\"\nevents = [\"BalanceChanged\"]\ncreate_topics = true"
+            ),
         ),
-    ));
-    p.ok(&["check"]);
-    p.catch_up();
-    p.db.exec(
-        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
-         update accounts set balance = balance + 1 where id in (1, 2);
-         delete from accounts where id = 3;",
+        &[],
     )
     .await;
-    p.catch_up();
-    let events = p.events();
-    assert_eq!(events.len(), 6);
     let port = kafka.port;
     let got = tokio::task::spawn_blocking(move || records(port, "shop.public.accounts"))
         .await

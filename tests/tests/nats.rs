@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use ficus_testkit::Server;
 use serde_json::Value;
 
-use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
 use crate::support::{Project, stderr};
 
 /// A message as a stream holds it.
@@ -52,32 +52,21 @@ fn nats_sink(port: u16, extra: &str) -> String {
 #[tokio::test]
 async fn nats_gets_every_event_in_order_with_the_binding_headers_and_each_sink_its_routes() {
     let nats = Server::nats();
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
-    p.config(&format!(
-        "{}{}",
-        nats_sink(
-            nats.port,
-            "name = \"backbone\"\nsubject = \"shop.{type}.{subject}\"\n[sink.stream]\nname = \"SHOP\"\ncreate = true\nsubjects = [\"shop.>\"]"
+    let (p, events) = accounts_through(
+        &format!(
+            "{}{}",
+            nats_sink(
+                nats.port,
+                "name = \"backbone\"\nsubject = \"shop.{type}.{subject}\"\n[sink.stream]\nname = \"SHOP\"\ncreate = true\nsubjects = [\"shop.>\"]"
+            ),
+            nats_sink(
+                nats.port,
+                "name = \"opened\"\nsubject = \"opened.{subject}\"\nmode = \"structured\"\nevents = [\"AccountOpened\"]\n[sink.stream]\nname = \"OPENED\"\ncreate = true"
+            ),
         ),
-        nats_sink(
-            nats.port,
-            "name = \"opened\"\nsubject = \"opened.{subject}\"\nmode = \"structured\"\nevents = [\"AccountOpened\"]\n[sink.stream]\nname = \"OPENED\"\ncreate = true"
-        ),
-    ));
-    let check = p.ok(&["check"]);
-    assert!(String::from_utf8_lossy(&check.stdout).contains("3 sink(s) can take events"));
-    p.catch_up();
-    p.db.exec(
-        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
-         update accounts set balance = balance + 1 where id in (1, 2);
-         delete from accounts where id = 3;
-         update accounts set owner = 'ada l.' where id = 1;",
+        &[],
     )
     .await;
-    p.catch_up();
-    let events = p.events();
-    assert_eq!(events.len(), 6, "{events:?}");
 
     // Binary mode: data as the body, every other attribute a ce- header; the id deduplicates.
     let shop = messages(nats.port, "SHOP").await;

@@ -7,7 +7,7 @@ use ficus_testkit::Server;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, kill_9_and_an_outage};
+use crate::brokers::{Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
 use crate::support::{Project, stderr};
 
 /// The entries of a stream, each as its fields, in order.
@@ -35,27 +35,18 @@ fn redis_sink(port: u16, extra: &str) -> String {
 #[tokio::test]
 async fn redis_streams_get_every_event_with_its_attributes_and_each_sink_its_routes() {
     let redis = Server::redis(&[]);
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
-    p.config(&format!(
-        "{}{}",
-        redis_sink(redis.port, "name = \"all\"\nkey = \"shop:{aggregate}\"\nmaxlen = 1000"),
-        redis_sink(
-            redis.port,
-            "name = \"closed\"\nkey = \"closed\"\nmode = \"structured\"\nevents = [\"AccountClosed\"]"
+    let (_p, events) = accounts_through(
+        &format!(
+            "{}{}",
+            redis_sink(redis.port, "name = \"all\"\nkey = \"shop:{aggregate}\"\nmaxlen = 1000"),
+            redis_sink(
+                redis.port,
+                "name = \"closed\"\nkey = \"closed\"\nmode = \"structured\"\nevents = [\"AccountClosed\"]"
+            ),
         ),
-    ));
-    p.ok(&["check"]);
-    p.catch_up();
-    p.db.exec(
-        "insert into accounts values (1, 'ada', 10.50), (2, 'bob', 0), (3, 'cy', 7);
-         update accounts set balance = balance + 1 where id in (1, 2);
-         delete from accounts where id = 3;",
+        &[],
     )
     .await;
-    p.catch_up();
-    let events = p.events();
-    assert_eq!(events.len(), 6);
     // Binary mode: each attribute a field, the data in `data`; one stream per aggregate.
     let all = entries(redis.port, "shop:public.accounts").await;
     assert_eq!(all.len(), events.len());

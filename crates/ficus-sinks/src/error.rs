@@ -112,3 +112,35 @@ impl From<std::io::Error> for SinkError {
         )
     }
 }
+
+/// A url (or a comma-separated list of them) as messages show it: without a password.
+pub(crate) fn shown_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.find('@')) {
+            (Some(scheme), Some(at)) if at > scheme && !u[scheme + 3..at].contains('/') => {
+                format!("{}***{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            shown_url("nats://u:p@h:4222,nats://h2:4222"),
+            "nats://***@h:4222,nats://h2:4222"
+        );
+        assert_eq!(shown_url("https://u:p@h/x"), "https://***@h/x");
+        assert_eq!(shown_url("https://h/x@y"), "https://h/x@y");
+        assert_eq!(
+            shown_url("redis://:secret@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
+    }
+}

@@ -16,6 +16,8 @@ use async_trait::async_trait;
 
 pub mod cloudevents;
 mod error;
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+mod inflight;
 pub mod jsonl;
 mod outgoing;
 mod routes;

@@ -10,7 +10,6 @@
 mod config;
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,11 +17,12 @@ pub use config::{AmqpConfig, ExchangeType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use tokio::time::Timeout;
+use tokio::time::error::Elapsed;
 
+use crate::error::shown_url;
+use crate::inflight::InFlight;
 use crate::{Outgoing, Sink, SinkError, Template};
-
-/// Confirms waited for at most at once; past it, `write` waits for the oldest.
-const WINDOW: usize = 4_096;
 
 impl AmqpConfig {
     /// The sink; connects at the first write or health check.
@@ -32,7 +32,7 @@ impl AmqpConfig {
             config: self.clone(),
             conn: None,
             ready: false,
-            confirms: VecDeque::new(),
+            confirms: InFlight::new(),
         })
     }
 }
@@ -45,7 +45,7 @@ pub struct AmqpSink {
     /// Whether the exchange was checked (or declared).
     ready: bool,
     /// Publishes waiting for their confirm, in order.
-    confirms: VecDeque<lapin::PublisherConfirm>,
+    confirms: InFlight<Timeout<lapin::PublisherConfirm>>,
 }
 
 impl AmqpSink {
@@ -61,7 +61,7 @@ impl AmqpSink {
         let connect = Connection::connect(&self.config.url, ConnectionProperties::default());
         let conn = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| SinkError::transient(format!("{}: no answer in {timeout:?}", redact(&self.config.url))))?
+            .map_err(|_| SinkError::transient(format!("{}: no answer in {timeout:?}", shown_url(&self.config.url))))?
             .map_err(|e| self.error("cannot connect", e))?;
         let channel = conn
             .create_channel()
@@ -127,7 +127,7 @@ impl AmqpSink {
     }
 
     fn error(&mut self, what: &str, e: lapin::Error) -> SinkError {
-        let message = format!("{what} ({}): {e}", redact(&self.config.url));
+        let message = format!("{what} ({}): {e}", shown_url(&self.config.url));
         match e.kind() {
             ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 530) => {
                 self.conn = None;
@@ -146,15 +146,10 @@ impl AmqpSink {
         }
     }
 
-    /// Waits for the oldest confirm.
-    async fn confirm_oldest(&mut self) -> Result<(), SinkError> {
-        let Some(confirm) = self.confirms.pop_front() else {
-            return Ok(());
-        };
-        let timeout = Duration::from_secs(self.config.timeout_secs);
-        let confirmed = tokio::time::timeout(timeout, confirm)
-            .await
-            .map_err(|_| SinkError::transient(format!("no publisher confirm in {timeout:?}")))?;
+    /// A confirm (or its time running out), checked.
+    fn confirmed(&mut self, confirm: Result<lapin::Result<Confirmation>, Elapsed>) -> Result<(), SinkError> {
+        let confirmed = confirm
+            .map_err(|_| SinkError::transient(format!("no publisher confirm in {}s", self.config.timeout_secs)))?;
         match confirmed.map_err(|e| self.error("publish failed", e))? {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(SinkError::definite(
@@ -175,21 +170,15 @@ impl AmqpSink {
     }
 }
 
-/// The url without a password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[async_trait]
 impl Sink for AmqpSink {
     async fn write(&mut self, events: &[&Outgoing]) -> Result<(), SinkError> {
         let channel = self.ready().await?;
         for o in events {
-            if self.confirms.len() >= WINDOW {
-                self.confirm_oldest().await?;
+            if self.confirms.is_full()
+                && let Some(confirm) = self.confirms.oldest().await
+            {
+                self.confirmed(confirm)?;
             }
             let message = self.config.mode.message(o, "cloudEvents:");
             let mut headers = FieldTable::default();
@@ -221,18 +210,20 @@ impl Sink for AmqpSink {
                 )
                 .await
                 .map_err(|e| self.error("publish failed", e))?;
-            self.confirms.push_back(confirm);
+            // No confirm in time from the publish on: a transient failure.
+            self.confirms.push(tokio::time::timeout(
+                Duration::from_secs(self.config.timeout_secs),
+                confirm,
+            ));
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        while !self.confirms.is_empty() {
-            if let Err(e) = self.confirm_oldest().await {
-                // Those still waiting are published again with the rest.
-                self.confirms.clear();
-                return Err(e);
-            }
+        // On a failure, those still to come are dropped: the runtime publishes them again.
+        let mut confirms = std::mem::replace(&mut self.confirms, InFlight::new());
+        while let Some(confirm) = confirms.oldest().await {
+            self.confirmed(confirm)?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ use sha2::Sha256;
 use tracing::error;
 
 use crate::cloudevents::ContentMode;
+use crate::error::shown_url;
 use crate::{Outgoing, Sink, SinkError};
 
 /// The longest a `Retry-After` is honoured.
@@ -71,7 +72,7 @@ impl HttpConfig {
             .map_err(|e| SinkError::definite(format!("cannot make an HTTP client: {e}"), "report this as a bug"))?;
         Ok(HttpSink {
             url,
-            shown: redact(&self.url),
+            shown: shown_url(&self.url),
             client,
             secret: None,
             dead_letter: self.dead_letter.as_ref().map(|p| dir.join(p)),
@@ -265,16 +266,6 @@ fn source(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
-/// The url without a password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme && !url[scheme + 3..at].contains('/') => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[async_trait]
 impl Sink for HttpSink {
     async fn write(&mut self, events: &[&Outgoing]) -> Result<(), SinkError> {
@@ -387,7 +378,5 @@ mod tests {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(redact("https://u:p@h/x"), "https://***@h/x");
-        assert_eq!(redact("https://h/x@y"), "https://h/x@y");
     }
 }

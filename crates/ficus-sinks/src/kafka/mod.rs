@@ -10,7 +10,7 @@
 mod config;
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use crate::inflight::InFlight;
 use crate::{Outgoing, Sink, SinkError, Template};
 
 impl KafkaConfig {
@@ -42,7 +43,7 @@ impl KafkaConfig {
             producer: None,
             ready: false,
             topics: HashSet::new(),
-            acks: VecDeque::new(),
+            acks: InFlight::new(),
         })
     }
 
@@ -78,7 +79,7 @@ pub struct KafkaSink {
     /// Topics known to exist (made by a template, created when `create_topics`).
     topics: HashSet<String>,
     /// Records waiting for their acknowledgement, in order.
-    acks: VecDeque<DeliveryFuture>,
+    acks: InFlight<DeliveryFuture>,
 }
 
 impl KafkaSink {
@@ -178,12 +179,9 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Waits for the oldest acknowledgement.
-    async fn ack_oldest(&mut self) -> Result<(), SinkError> {
-        let Some(ack) = self.acks.pop_front() else {
-            return Ok(());
-        };
-        match ack.await {
+    /// A delivery report, checked.
+    fn acknowledged(&mut self, ack: <DeliveryFuture as std::future::Future>::Output) -> Result<(), SinkError> {
+        match ack {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => Err(self.error(e)),
             Err(_) => {
@@ -279,16 +277,15 @@ impl Sink for KafkaSink {
             loop {
                 match producer.send_result(record) {
                     Ok(ack) => {
-                        self.acks.push_back(ack);
+                        self.acks.push(ack);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // librdkafka's queue is full: wait for acknowledgements, then try again.
                         record = back;
-                        if self.acks.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        } else {
-                            self.ack_oldest().await?;
+                        match self.acks.oldest().await {
+                            Some(ack) => self.acknowledged(ack)?,
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
                     }
                     Err((e, _)) => return Err(self.error(e)),
@@ -299,12 +296,10 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        while !self.acks.is_empty() {
-            if let Err(e) = self.ack_oldest().await {
-                // Those still waiting are produced again with the rest.
-                self.acks.clear();
-                return Err(e);
-            }
+        // On a failure, those still to come are dropped: the runtime produces them again.
+        let mut acks = std::mem::replace(&mut self.acks, InFlight::new());
+        while let Some(ack) = acks.oldest().await {
+            self.acknowledged(ack)?;
         }
         Ok(())
     }

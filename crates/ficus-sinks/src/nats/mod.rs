@@ -12,20 +12,19 @@
 mod config;
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectErrorKind, HeaderMap};
 use async_trait::async_trait;
 pub use config::{NatsConfig, StreamConfig};
 
+use crate::error::shown_url;
+use crate::inflight::InFlight;
 use crate::{Outgoing, Sink, SinkError, Template};
-
-/// Acknowledgements waited for at most at once; past it, `write` waits for the oldest.
-const WINDOW: usize = 4_096;
 
 impl NatsConfig {
     /// The sink; connects at the first write or health check.
@@ -37,7 +36,7 @@ impl NatsConfig {
             config: self.clone(),
             js: None,
             ready: false,
-            acks: VecDeque::new(),
+            acks: InFlight::new(),
         })
     }
 }
@@ -52,7 +51,7 @@ pub struct NatsSink {
     /// Whether the stream was checked (or created).
     ready: bool,
     /// Publishes waiting for their acknowledgement, in order.
-    acks: VecDeque<PublishAckFuture>,
+    acks: InFlight<PublishAckFuture>,
 }
 
 impl NatsSink {
@@ -76,7 +75,7 @@ impl NatsSink {
                 })?;
             }
             let client = options.connect(self.config.url.as_str()).await.map_err(|e| {
-                let message = format!("cannot connect to {}: {e}", redact(&self.config.url));
+                let message = format!("cannot connect to {}: {e}", shown_url(&self.config.url));
                 match e.kind() {
                     ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                         SinkError::definite(message, "check the user and password in url, or credentials")
@@ -150,12 +149,9 @@ impl NatsSink {
         Ok(())
     }
 
-    /// Waits for the oldest acknowledgement.
-    async fn ack_oldest(&mut self) -> Result<(), SinkError> {
-        if let Some(ack) = self.acks.pop_front() {
-            ack.await.map_err(|e| self.publish_error(e.kind(), &e.to_string()))?;
-        }
-        Ok(())
+    /// An acknowledgement, checked.
+    fn acknowledged(&mut self, ack: Result<PublishAck, PublishError>) -> Result<(), SinkError> {
+        ack.map(drop).map_err(|e| self.publish_error(e.kind(), &e.to_string()))
     }
 
     fn publish_error(&mut self, kind: PublishErrorKind, e: &str) -> SinkError {
@@ -202,23 +198,14 @@ fn token(value: &str) -> Cow<'_, str> {
     }
 }
 
-/// The url without a password.
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &u[..scheme + 3], &u[at..]),
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[async_trait]
 impl Sink for NatsSink {
     async fn write(&mut self, events: &[&Outgoing]) -> Result<(), SinkError> {
         for o in events {
-            if self.acks.len() >= WINDOW {
-                self.ack_oldest().await?;
+            if self.acks.is_full()
+                && let Some(ack) = self.acks.oldest().await
+            {
+                self.acknowledged(ack)?;
             }
             let message = self.config.mode.message(o, "ce-");
             let mut headers = HeaderMap::new();
@@ -235,24 +222,18 @@ impl Sink for NatsSink {
                 .publish_with_headers(subject, headers, body)
                 .await
                 .map_err(|e| SinkError::transient(format!("publish failed: {e}")))?;
-            self.acks.push_back(ack);
+            self.acks.push(ack);
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        let result = async {
-            while !self.acks.is_empty() {
-                self.ack_oldest().await?;
-            }
-            Ok(())
+        // On a failure, those still to come are dropped: the runtime writes them again.
+        let mut acks = std::mem::replace(&mut self.acks, InFlight::new());
+        while let Some(ack) = acks.oldest().await {
+            self.acknowledged(ack)?;
         }
-        .await;
-        if result.is_err() {
-            // Those still waiting are written again with the rest.
-            self.acks.clear();
-        }
-        result
+        Ok(())
     }
 
     /// Checks the connection and the stream again.
@@ -273,14 +254,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subject_tokens_and_redacted_urls() {
+    fn subject_tokens() {
         assert_eq!(token("public.orders"), "public_orders");
         assert_eq!(token("a b>*"), "a_b__");
         assert_eq!(token(""), "_");
         assert_eq!(token("42"), "42");
-        assert_eq!(
-            redact("nats://u:p@h:4222,nats://h2:4222"),
-            "nats://***@h:4222,nats://h2:4222"
-        );
     }
 }

@@ -19,6 +19,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError};
 
 use crate::cloudevents::ContentMode;
+use crate::error::shown_url;
 use crate::{Outgoing, Sink, SinkError, Template};
 
 /// `XADD`s sent in one pipeline at most.
@@ -29,7 +30,7 @@ impl RedisConfig {
     pub fn build(&self) -> Result<RedisSink, SinkError> {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| {
             SinkError::definite(
-                format!("url {}: {e}", redact(&self.url)),
+                format!("url {}: {e}", shown_url(&self.url)),
                 "write it like redis://user:password@host:6379/0 (rediss:// for TLS)",
             )
         })?;
@@ -76,7 +77,7 @@ impl RedisSink {
 
     /// A Redis error, classified; a connection that failed is dropped (the next try connects).
     fn error(&mut self, what: &str, e: RedisError) -> SinkError {
-        let message = format!("{what} ({}): {e}", redact(&self.config.url));
+        let message = format!("{what} ({}): {e}", shown_url(&self.config.url));
         let code = e.code().unwrap_or("");
         let definite = |hint: &str| SinkError::definite(message.clone(), hint);
         match e.kind() {
@@ -108,14 +109,6 @@ impl RedisSink {
             }
             _ => definite("see the Redis error; the events not acknowledged are written again at the next start"),
         }
-    }
-}
-
-/// The url without a password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_owned(),
     }
 }
 
