@@ -6,7 +6,7 @@
 # Usage: benches/sinks.sh [EVENTS] [ROWS_PER_TXN]     (defaults 1000000, 1000)
 # Brokers: a nats-server, a redis-server (appendonly, appendfsync everysec) and tansu (Kafka
 # protocol, in memory) of its own on free ports; the machine's RabbitMQ (AMQP_URL, default
-# guest@127.0.0.1:5672) with a durable queue bound to the exchange; a webhook endpoint of its own
+# guest@127.0.0.1:5672) with a durable queue bound to the exchange (deleted at the end); a webhook endpoint of its own
 # (Python's http.server) in batch mode. A broker that is not there is left out, and said so.
 set -euo pipefail
 ROWS=${1:-1000000}; BATCH=${2:-1000}
@@ -66,6 +66,7 @@ else echo "nats: left out (no nats-server)" >&2; fi
 amqp_url=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 exchange="ficus-bench-$$"
 if "$PEEK" amqp-bind "$amqp_url" "$exchange" "$exchange" '#' 2>/dev/null; then
+  trap 'kill "${pids[@]}" 2>/dev/null; "$PEEK" amqp-delete "$amqp_url" "$exchange" "$exchange"; rm -rf "$bench"; as_pg "$PG_BIN/pg_ctl" -D "$PG_WORK/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_WORK"' EXIT
   sinks+=(amqp) && sink_toml amqp "type = \"amqp\"
 url = \"$amqp_url\"
 exchange = \"$exchange\""

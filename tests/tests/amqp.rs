@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ficus_testkit::Server;
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
@@ -63,6 +66,19 @@ async fn bind(url: &str, exchange: &str, queue: &str, pattern: &str) {
     )
     .await
     .unwrap();
+}
+
+/// Deletes a test's queues and exchange from the shared broker.
+async fn remove(url: &str, exchange: &str, queues: &[&str]) {
+    let ch = channel(url).await;
+    for queue in queues {
+        ch.queue_delete((*queue).into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 /// Takes every message of a queue.
@@ -149,6 +165,7 @@ async fn amqp_gets_every_event_confirmed_with_the_binding_headers_and_each_sink_
         assert_eq!(m.content_type, "application/cloudevents+json");
         assert_eq!(&serde_json::from_slice::<Value>(&m.body).unwrap(), e);
     }
+    remove(SHARED, &exchange, &[&all, &opened]).await;
 }
 
 #[tokio::test]
@@ -241,4 +258,5 @@ async fn a_misconfigured_amqp_sink_fails_check_with_its_name_and_a_hint() {
         "the refused event after the fix"
     );
     assert_ne!(p.confirmed_flush().await, slot);
+    remove(SHARED, &exchange, &[&format!("{exchange}.q")]).await;
 }

@@ -5,6 +5,7 @@
 //! peek kafka 127.0.0.1:9092 TOPIC
 //! peek amqp  amqp://guest:guest@127.0.0.1:5672/%2f QUEUE     (takes the messages)
 //! peek amqp-bind URL EXCHANGE QUEUE PATTERN                   (a queue for the messages to come)
+//! peek amqp-delete URL EXCHANGE QUEUE                         (the queue and the exchange, gone)
 //! peek redis redis://127.0.0.1:6379 KEY
 //! ```
 //!
@@ -23,9 +24,14 @@ async fn main() -> anyhow::Result<()> {
     {
         return amqp_bind(url, exchange, queue, pattern).await;
     }
+    if let [kind, url, exchange, queue] = args.as_slice()
+        && kind == "amqp-delete"
+    {
+        return amqp_delete(url, exchange, queue).await;
+    }
     let [kind, url, name] = args.as_slice() else {
         bail!(
-            "usage: peek nats|kafka|amqp|redis URL STREAM|TOPIC|QUEUE|KEY, or peek amqp-bind URL EXCHANGE QUEUE PATTERN"
+            "usage: peek nats|kafka|amqp|redis URL STREAM|TOPIC|QUEUE|KEY, or peek amqp-bind URL EXCHANGE QUEUE PATTERN, or peek amqp-delete URL EXCHANGE QUEUE"
         );
     };
     match kind.as_str() {
@@ -136,12 +142,15 @@ async fn amqp_bind(url: &str, exchange: &str, queue: &str, pattern: &str) -> any
             FieldTable::default(),
         )
         .await?;
-    // The queue goes away by itself ten minutes after it was last used.
+    // Durable, as a service's queue would be (persistent messages are written to disk); it goes
+    // away by itself ten minutes after it was last used.
     let mut arguments = FieldTable::default();
     arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(600_000));
-    channel
-        .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
-        .await?;
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel.queue_declare(queue.into(), durable_queue, arguments).await?;
     channel
         .queue_bind(
             queue.into(),
@@ -150,6 +159,20 @@ async fn amqp_bind(url: &str, exchange: &str, queue: &str, pattern: &str) -> any
             QueueBindOptions::default(),
             FieldTable::default(),
         )
+        .await?;
+    Ok(())
+}
+
+/// Deletes a queue and its exchange.
+async fn amqp_delete(url: &str, exchange: &str, queue: &str) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
         .await?;
     Ok(())
 }
