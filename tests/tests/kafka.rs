@@ -72,7 +72,7 @@ fn kafka_sink(port: u16, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_gets_every_event_keyed_by_subject_with_the_binding_headers_and_each_sink_its_routes() {
-    let kafka = Server::kafka();
+    let kafka = Server::kafka(&[]);
     let (_p, events) = accounts_through(
         &format!(
             "{}{}",
@@ -127,7 +127,7 @@ impl Outage for Frozen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_after_kill_9_and_a_broker_that_stops_answering_has_every_event() {
-    let mut kafka = Frozen(Server::kafka());
+    let mut kafka = Frozen(Server::kafka(&[]));
     let port = kafka.0.port;
     let p = Project::new(TICKS).await;
     p.mapping("ticks.toml", TICK);
@@ -150,7 +150,9 @@ async fn kafka_after_kill_9_and_a_broker_that_stops_answering_has_every_event() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misconfigured_kafka_sink_fails_check_with_its_name_and_a_hint() {
-    let kafka = Server::kafka();
+    let kafka = Server::kafka(&[]);
+    // A broker that wants SCRAM credentials (it knows no user).
+    let secured = Server::kafka(&["--authentication"]);
     let p = Project::new(TICKS).await;
     p.mapping("ticks.toml", TICK);
     let closed = ficus_testkit::free_port();
@@ -174,6 +176,13 @@ async fn a_misconfigured_kafka_sink_fails_check_with_its_name_and_a_hint() {
             ),
             "cannot make a producer",
         ),
+        (
+            format!(
+                "brokers = \"127.0.0.1:{}\"\ntimeout_secs = 3\n[sink.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"ada\"\n\"sasl.password\" = \"wrong\"",
+                secured.port
+            ),
+            "refused the credentials",
+        ),
     ] {
         p.config(&format!("\n[[sink]]\ntype = \"kafka\"\n{settings}\n"));
         let out = p.ficus(&["check"]).output().unwrap();
@@ -181,5 +190,14 @@ async fn a_misconfigured_kafka_sink_fails_check_with_its_name_and_a_hint() {
         assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
         assert!(err.contains(expected), "{settings}: {err}");
         assert!(err.contains("hint: "), "{err}");
+        assert!(!err.contains("wrong"), "the password is shown: {err}");
     }
+    // A template naming an attribute events do not have is refused when the config is read.
+    p.config(&format!(
+        "\n[[sink]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\ntopic = \"shop.{{kind}}\"\n",
+        kafka.port
+    ));
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("{kind}"), "{}", stderr(&out));
 }

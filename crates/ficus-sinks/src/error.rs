@@ -52,6 +52,12 @@ impl SinkError {
         self
     }
 
+    /// The same failure, with what to do about it (a transient failure that may not pass).
+    pub fn with_hint(mut self, hint: impl Into<String>) -> SinkError {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// The sink asks not to be tried again before this long (an HTTP `Retry-After`).
     pub fn with_retry_after(mut self, after: Duration) -> SinkError {
         self.retry_after = Some(after);

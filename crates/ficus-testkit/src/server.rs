@@ -67,13 +67,16 @@ impl Server {
     }
 
     /// A Kafka-protocol broker: tansu (`cargo install tansu`), keeping its topics in memory —
-    /// so a test takes it down with [`Server::freeze`], not [`Server::stop`].
-    pub fn kafka() -> Server {
-        Server::start(|port, _dir| {
+    /// so a test takes it down with [`Server::freeze`], not [`Server::stop`]. `extra` are more
+    /// arguments (`--authentication`).
+    pub fn kafka(extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::start(move |port, _dir| {
             let url = format!("tcp://127.0.0.1:{port}");
             let mut cmd = Command::new(binary("tansu"));
             cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"]);
+                .args(["--storage-engine", "memory://tansu/"])
+                .args(&extra);
             cmd
         })
     }

@@ -11,13 +11,14 @@ mod config;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 pub use config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -41,6 +42,7 @@ impl KafkaConfig {
             key: Template::parse("key", &self.key)?,
             config: self.clone(),
             producer: None,
+            context: Context::default(),
             ready: false,
             topics: HashSet::new(),
             acks: InFlight::new(),
@@ -68,12 +70,58 @@ impl KafkaConfig {
     }
 }
 
+/// What librdkafka says on its own: its log lines go to ficus's log (as warnings at most: ficus
+/// says itself what a failure means), and the client errors since the last probe are kept, since
+/// a metadata request that fails for refused credentials or a failed TLS handshake says only
+/// that the brokers are down.
+#[derive(Clone, Default)]
+struct Context {
+    /// The first error that is not "all brokers down", or else the last one.
+    error: Arc<Mutex<Option<(bool, String)>>>,
+}
+
+impl Context {
+    /// The client's error since the last call.
+    fn take_error(&self) -> Option<String> {
+        let taken = self.error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        taken.map(|(_, said)| said)
+    }
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice => tracing::info!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let telling = error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown);
+        let mut kept = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*kept, Some((true, _))) {
+            *kept = Some((telling, reason.to_owned()));
+        }
+    }
+}
+
+type Producer_ = FutureProducer<Context>;
+
 /// A Kafka producer.
 pub struct KafkaSink {
     config: KafkaConfig,
     topic: Template,
     key: Template,
-    producer: Option<FutureProducer>,
+    producer: Option<Producer_>,
+    /// The producers' context (one producer at a time).
+    context: Context,
     /// Whether the topics were checked (or created).
     ready: bool,
     /// Topics known to exist (made by a template, created when `create_topics`).
@@ -83,7 +131,7 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    fn producer(&mut self) -> Result<FutureProducer, SinkError> {
+    fn producer(&mut self) -> Result<Producer_, SinkError> {
         if let Some(p) = &self.producer {
             // A fatal error (the idempotent producer lost its sequence): start a new one.
             match p.client().fatal_error() {
@@ -94,18 +142,22 @@ impl KafkaSink {
                 }
             }
         }
-        let producer: FutureProducer = self.config.client_config().create().map_err(|e| {
-            SinkError::definite(
-                format!("cannot make a producer: {e}"),
-                "check brokers and the librdkafka settings under [sink.properties]",
-            )
-        })?;
+        let producer: Producer_ = self
+            .config
+            .client_config()
+            .create_with_context(self.context.clone())
+            .map_err(|e| {
+                SinkError::definite(
+                    format!("cannot make a producer: {e}"),
+                    "check brokers and the librdkafka settings under [sink.properties]",
+                )
+            })?;
         self.producer = Some(producer.clone());
         Ok(producer)
     }
 
     /// Checks the topics once (a fixed topic must exist, or is created with `create_topics`).
-    async fn ready(&mut self) -> Result<FutureProducer, SinkError> {
+    async fn ready(&mut self) -> Result<Producer_, SinkError> {
         let producer = self.producer()?;
         if self.ready {
             return Ok(producer);
@@ -115,6 +167,7 @@ impl KafkaSink {
             .topic
             .is_fixed()
             .then(|| self.topic.render_with(|_| Cow::Borrowed("")));
+        self.context.take_error();
         let probe = producer.clone();
         let wanted = topic.clone();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -127,7 +180,7 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| SinkError::transient(format!("reading metadata: {e}")))?
-        .map_err(|e| SinkError::transient(format!("brokers {} do not answer: {e}", self.config.brokers)))?;
+        .map_err(|e| self.unreachable(e, self.context.take_error()))?;
         if let Some(topic) = topic {
             let exists = metadata
                 .iter()
@@ -144,6 +197,33 @@ impl KafkaSink {
         }
         self.ready = true;
         Ok(producer)
+    }
+
+    /// The brokers did not give their metadata: refused credentials and failed TLS handshakes
+    /// are definite, anything else (not there yet, a network down) transient.
+    fn unreachable(&self, e: KafkaError, last: Option<String>) -> SinkError {
+        let brokers = &self.config.brokers;
+        let Some(last) = last else {
+            return SinkError::transient(format!("brokers {brokers} do not answer: {e}")).with_hint(
+                "check brokers (host:port, comma-separated), that this machine reaches them, and security.protocol",
+            );
+        };
+        let said = last.to_ascii_lowercase();
+        if said.contains("sasl") || said.contains("authentication") {
+            SinkError::definite(
+                format!("brokers {brokers} refused the credentials: {last}"),
+                "check sasl.username, sasl.password and sasl.mechanism under [sink.properties] (and security.protocol)",
+            )
+        } else if said.contains("ssl") {
+            SinkError::definite(
+                format!("brokers {brokers}: TLS failed: {last}"),
+                "check security.protocol and ssl.ca.location under [sink.properties], and that the brokers speak TLS",
+            )
+        } else {
+            SinkError::transient(format!("brokers {brokers} do not answer: {last}")).with_hint(
+                "check brokers (host:port, comma-separated), that this machine reaches them, and security.protocol",
+            )
+        }
     }
 
     async fn create_topic(&self, topic: &str) -> Result<(), SinkError> {
