@@ -238,6 +238,14 @@ async fn a_misconfigured_amqp_sink_fails_check_with_its_name_and_a_hint() {
         assert!(err.contains("hint: "), "{err}");
         assert!(!err.contains("wrong"), "the password is shown: {err}");
     }
+    // A template naming an attribute events do not have is refused when the config is read.
+    p.config(&amqp_sink(
+        SHARED,
+        &format!("exchange = \"{exchange}\"\nrouting_key = \"shop.{{kind}}\""),
+    ));
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("{kind}"), "{}", stderr(&out));
     // mandatory = true and no queue takes the events: ficus stops rather than let them be dropped.
     p.config(&amqp_sink(
         SHARED,

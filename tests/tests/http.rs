@@ -1,6 +1,7 @@
 //! The webhook sink against a real HTTP server of the test's own (a small HTTP/1.1 endpoint on a
 //! free port whose answers a test scripts: 2xx, 5xx, 429 with Retry-After, 4xx; taken down and
-//! brought back for the outage).
+//! brought back for the outage). Other methods get 405, or 401 with an Authorization header
+//! other than `Bearer letmein`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,8 @@ impl Hook {
                         };
                         let (status, retry_after) = if r.method == "POST" {
                             (script.lock().unwrap())(&r)
+                        } else if r.headers.get("authorization").is_some_and(|a| a != "Bearer letmein") {
+                            (401, None)
                         } else {
                             (405, None)
                         };
@@ -329,7 +332,15 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
     let p = Project::new(TICKS).await;
     p.mapping("ticks.toml", TICK);
     let closed = ficus_testkit::free_port();
+    let hook = Hook::start(Box::new(|_| (200, None))).await;
     for (settings, expected) in [
+        (
+            format!(
+                "url = \"http://127.0.0.1:{}/\"\n[sink.headers]\nauthorization = \"Bearer wrong\"",
+                hook.port
+            ),
+            "refuses ficus: 401 Unauthorized",
+        ),
         (
             format!("url = \"http://127.0.0.1:{closed}/\""),
             "sink http: cannot reach http://127.0.0.1:",
@@ -349,7 +360,14 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
         assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
         assert!(err.contains(expected), "{settings}: {err}");
         assert!(err.contains("hint: "), "{err}");
+        assert!(!err.contains("wrong"), "the credentials are shown: {err}");
     }
+    // The right credentials: the endpoint is there (a HEAD it does not take is fine).
+    p.config(&format!(
+        "\n[[sink]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n[sink.headers]\nauthorization = \"Bearer letmein\"\n",
+        hook.port
+    ));
+    assert!(p.ficus(&["check"]).output().unwrap().status.success());
     p.config("\n[[sink]]\ntype = \"http\"\nurl = \"not a url\"\n");
     let out = p.ficus(&["check", "--offline"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -337,14 +337,24 @@ impl Sink for HttpSink {
     /// nothing is sent.
     async fn health(&mut self) -> Result<(), SinkError> {
         self.load_secret()?;
-        self.client.head(self.url.clone()).send().await.map(drop).map_err(|e| {
+        let answer = self.client.head(self.url.clone()).send().await.map_err(|e| {
             let what = if e.is_timeout() {
                 format!("no answer in {}s", self.config.timeout_secs)
             } else {
                 source(&e)
             };
             SinkError::transient(format!("cannot reach {}: {what}", self.shown))
-        })
+        })?;
+        // Any answer shows the endpoint is there (many take POST only), but one that refuses
+        // who asks would refuse every event.
+        let status = answer.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(SinkError::definite(
+                format!("{} refuses ficus: {status}", self.shown),
+                "check the credentials the endpoint wants in [sink.headers] (an Authorization header)",
+            ));
+        }
+        Ok(())
     }
 
     fn summary(&self) -> Option<String> {
