@@ -1,7 +1,7 @@
 //! The webhook sink against a real HTTP server of the test's own (a small HTTP/1.1 endpoint on a
 //! free port whose answers a test scripts: 2xx, 5xx, 429 with Retry-After, 4xx; taken down and
 //! brought back for the outage). Other methods get 405, or 401 with an Authorization header
-//! other than `Bearer letmein`.
+//! other than `Bearer t0ken`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -93,7 +93,7 @@ impl Hook {
                         };
                         let (status, retry_after) = if r.method == "POST" {
                             (script.lock().unwrap())(&r)
-                        } else if r.headers.get("authorization").is_some_and(|a| a != "Bearer letmein") {
+                        } else if r.headers.get("authorization").is_some_and(|a| a != "Bearer t0ken") {
                             (401, None)
                         } else {
                             (405, None)
@@ -364,7 +364,7 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
     }
     // The right credentials: the endpoint is there (a HEAD it does not take is fine).
     p.config(&format!(
-        "\n[[sink]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n[sink.headers]\nauthorization = \"Bearer letmein\"\n",
+        "\n[[sink]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n[sink.headers]\nauthorization = \"Bearer t0ken\"\n",
         hook.port
     ));
     assert!(p.ficus(&["check"]).output().unwrap().status.success());
