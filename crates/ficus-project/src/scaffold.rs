@@ -1,0 +1,355 @@
+//! A starting mapping file per table, from its schema: what `ficus init` writes.
+//!
+//! Each table gets `<Entity>Created` (inserts and snapshot rows), `<Entity>Updated` and
+//! `<Entity>Deleted`, keyed by the primary key; a state-like column (an enum, or a `status` /
+//! `state` column with few values) gets one transition event per value, as a commented
+//! suggestion. Columns that look secret are left out, with a comment. What the schema makes
+//! doubtful (no primary key, `old` values the replica identity does not send) comes back as
+//! warnings for the caller to print.
+
+use std::fmt::Write;
+
+/// A table as the scaffold needs it.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Its schema (`public`).
+    pub schema: String,
+    /// Its name (`order_items`).
+    pub name: String,
+    /// Its columns, in order.
+    pub columns: Vec<Column>,
+    /// The primary key's columns, in key order; empty without one.
+    pub primary_key: Vec<String>,
+    /// Whether its replica identity is `FULL` (updates and deletes send the whole old row).
+    pub replica_identity_full: bool,
+}
+
+/// A column as the scaffold needs it.
+#[derive(Clone, Debug)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type, as Postgres names it (`text`, `order_status`).
+    pub type_name: String,
+    /// The values it takes when it looks like a state: an enum's labels, or the few distinct
+    /// values of a `status`/`state` column. `None` otherwise.
+    pub states: Option<Vec<String>>,
+}
+
+/// A mapping file to write, and what to tell the user about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scaffold {
+    /// The entity's name (`OrderItem`).
+    pub entity: String,
+    /// The file's name under `mappings/` (`order_items.toml`).
+    pub file_name: String,
+    /// The file.
+    pub text: String,
+    /// What the user should know (no primary key, the replica identity, left-out columns).
+    pub warnings: Vec<String>,
+}
+
+/// The most values a `status`/`state` text column may take to be taken for a state.
+pub const MAX_STATES: usize = 12;
+
+/// Whether a column is named like a state (`status`, `state`, `order_status`, `payment_state`).
+pub fn named_like_state(column: &str) -> bool {
+    let c = column.to_ascii_lowercase();
+    c == "status" || c == "state" || c.ends_with("_status") || c.ends_with("_state")
+}
+
+/// Whether a column's name looks secret: it is left out of the events.
+pub fn looks_secret(column: &str) -> bool {
+    let c = column.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "api_key",
+        "apikey",
+        "private_key",
+        "salt",
+        "otp",
+        "ssn",
+    ]
+    .iter()
+    .any(|s| c.split('_').any(|part| part == *s) || c.contains(s) && s.len() > 5)
+}
+
+/// The entity a table holds: singular and PascalCase (`order_items` → `OrderItem`,
+/// `categories` → `Category`).
+pub fn entity_name(table: &str) -> String {
+    let words: Vec<&str> = table
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let last = words.len().saturating_sub(1);
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let w = w.to_ascii_lowercase();
+            pascal(&if i == last { singular(&w) } else { w })
+        })
+        .collect()
+}
+
+/// The event of a state's value: `paid` → `Paid`, `in_progress` → `InProgress`.
+fn state_event(entity: &str, value: &str) -> String {
+    let words: String = value
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| pascal(&w.to_ascii_lowercase()))
+        .collect();
+    format!("{entity}{words}")
+}
+
+fn pascal(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// English plurals as tables are named; a word it does not know stays as it is.
+fn singular(word: &str) -> String {
+    const SAME: [&str; 6] = ["series", "species", "news", "status", "data", "sms"];
+    if SAME.contains(&word) || word.ends_with("ss") || word.ends_with("us") || word.ends_with("is") {
+        return word.to_owned();
+    }
+    if word == "people" {
+        return "person".to_owned();
+    }
+    if let Some(stem) = word.strip_suffix("ies")
+        && stem.len() > 1
+    {
+        return format!("{stem}y");
+    }
+    for suffix in ["sses", "xes", "ches", "shes", "zzes"] {
+        if word.ends_with(suffix) {
+            return word[..word.len() - 2].to_owned();
+        }
+    }
+    word.strip_suffix('s').unwrap_or(word).to_owned()
+}
+
+/// A TOML key: bare when it can be.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        name.to_owned()
+    } else {
+        toml_string(name)
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A column of `row` in CEL: `new.id`, or `new["odd name"]`.
+fn cel_column(row: &str, column: &str) -> String {
+    let ident = column
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && column.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ident {
+        format!("{row}.{column}")
+    } else {
+        format!("{row}[{}]", cel_string(column))
+    }
+}
+
+/// A CEL string literal.
+fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The key expression over `row`: the column, or the key's columns joined by `:`.
+fn key_expr(row: &str, key: &[String]) -> String {
+    match key {
+        [one] => cel_column(row, one),
+        many => many
+            .iter()
+            .map(|c| format!("string({})", cel_column(row, c)))
+            .collect::<Vec<_>>()
+            .join(" + ':' + "),
+    }
+}
+
+/// `{ a = "new.a", ... }` of the columns.
+fn data_of(row: &str, columns: &[&Column]) -> String {
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{} = {}", toml_key(&c.name), toml_string(&cel_column(row, &c.name))))
+        .collect();
+    format!("{{ {} }}", fields.join(", "))
+}
+
+/// The mapping file of a table.
+pub fn mapping(table: &Table) -> Scaffold {
+    let entity = entity_name(&table.name);
+    let qualified = format!("{}.{}", table.schema, table.name);
+    let mut warnings = Vec::new();
+    let secret: Vec<&Column> = table.columns.iter().filter(|c| looks_secret(&c.name)).collect();
+    let kept: Vec<&Column> = table.columns.iter().filter(|c| !looks_secret(&c.name)).collect();
+    let mut text = format!(
+        "# The events of {qualified}, written by `ficus init` from its schema: a start, to be named\n\
+         # after what the business says happened (see docs/mappings.md).\n"
+    );
+    if !secret.is_empty() {
+        let names: Vec<&str> = secret.iter().map(|c| c.name.as_str()).collect();
+        let _ = writeln!(text, "# Left out, as they look secret: {}.", names.join(", "));
+        warnings.push(format!(
+            "{qualified}: left out {} (named like a secret); add to data what events may carry",
+            names.join(", ")
+        ));
+    }
+    // Without a primary key: the first column stands in, and the old row needs FULL.
+    let key: Vec<String> = if table.primary_key.is_empty() {
+        let first = table.columns.first().map(|c| c.name.clone()).unwrap_or_default();
+        warnings.push(format!(
+            "{qualified} has no primary key: the events' key is {first}, which may not identify a row; \
+             updates and deletes need ALTER TABLE {qualified} REPLICA IDENTITY FULL (or a primary key)"
+        ));
+        let _ = writeln!(
+            text,
+            "# No primary key: the key below is a guess; updates and deletes need\n#   ALTER TABLE {qualified} REPLICA IDENTITY FULL;"
+        );
+        vec![first]
+    } else {
+        table.primary_key.clone()
+    };
+    let table_line = toml_string(&qualified);
+    let key_columns: Vec<&Column> = table.columns.iter().filter(|c| key.contains(&c.name)).collect();
+
+    let event = |text: &mut String, name: &str, on: &str, when: Option<&str>, row: &str, data: &str, prefix: &str| {
+        let _ = writeln!(text, "{}\n{prefix}[[event]]", prefix.trim_end());
+        let _ = writeln!(text, "{prefix}name = {}", toml_string(name));
+        let _ = writeln!(text, "{prefix}table = {table_line}");
+        let _ = writeln!(text, "{prefix}on = {on}");
+        if let Some(when) = when {
+            let _ = writeln!(text, "{prefix}when = {}", toml_string(when));
+        }
+        let _ = writeln!(text, "{prefix}key = {}", toml_string(&key_expr(row, &key)));
+        let _ = writeln!(text, "{prefix}data = {data}");
+    };
+    let all = data_of("new", &kept);
+    event(
+        &mut text,
+        &format!("{entity}Created"),
+        "[\"insert\", \"snapshot\"]",
+        None,
+        "new",
+        &all,
+        "",
+    );
+    event(
+        &mut text,
+        &format!("{entity}Updated"),
+        "[\"update\"]",
+        None,
+        "new",
+        &all,
+        "",
+    );
+    // A delete's old row holds the key's columns under the default replica identity.
+    let deleted = if table.replica_identity_full {
+        data_of("old", &kept)
+    } else {
+        data_of("old", &key_columns)
+    };
+    event(
+        &mut text,
+        &format!("{entity}Deleted"),
+        "[\"delete\"]",
+        None,
+        "old",
+        &deleted,
+        "",
+    );
+
+    for column in &table.columns {
+        let Some(states) = &column.states else { continue };
+        if looks_secret(&column.name) || states.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            text,
+            "\n# {} looks like a state ({}): an event per value it takes, to use instead of or\n\
+             # beside {entity}Updated. Uncomment those the business names.",
+            column.name, column.type_name
+        );
+        if !table.replica_identity_full {
+            let _ = writeln!(
+                text,
+                "# They read old.{}, which updates send only with\n#   ALTER TABLE {qualified} REPLICA IDENTITY FULL;",
+                column.name
+            );
+            warnings.push(format!(
+                "{qualified}.{}: the suggested transition events read old values, which need ALTER TABLE {qualified} REPLICA IDENTITY FULL",
+                column.name
+            ));
+        }
+        for value in states {
+            let when = format!(
+                "{old} != {v} && {new} == {v}",
+                old = cel_column("old", &column.name),
+                new = cel_column("new", &column.name),
+                v = cel_string(value)
+            );
+            event(
+                &mut text,
+                &state_event(&entity, value),
+                "[\"update\"]",
+                Some(&when),
+                "new",
+                &all,
+                "# ",
+            );
+        }
+    }
+    Scaffold {
+        entity,
+        file_name: format!("{}.toml", table.name),
+        text,
+        warnings,
+    }
+}
+
+/// The `ficus.toml` of a new project: the source, its mappings, events to a file.
+pub fn config(source_url: &str, tables: &[&Table]) -> String {
+    let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+    format!(
+        "# Written by `ficus init` for {}. See docs/config.md.\n\n\
+         [source]\n\
+         url = {}\n\
+         slot = \"ficus\"\n\
+         publication = \"ficus\"\n\
+         mappings = [\"mappings/*.toml\"]\n\n\
+         # Events to a file to start with; docs/sinks.md has the brokers.\n\
+         [[sink]]\n\
+         type = \"jsonl\"\n\
+         path = \"events.jsonl\"\n",
+        names.join(", "),
+        toml_string(source_url)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+
+fn column(name: &str, type_name: &str) -> Column {
+    Column {
+        name: name.to_owned(),
+        type_name: type_name.to_owned(),
+        states: None,
+    }
+}
+
+fn states(mut c: Column, values: &[&str]) -> Column {
+    c.states = Some(values.iter().map(|v| v.to_string()).collect());
+    c
+}
+
+/// The shop example's tables (examples/shop/schema.sql).
+fn shop() -> Vec<Table> {
+    vec![
+        Table {
+            schema: "public".into(),
+            name: "customers".into(),
+            columns: vec![
+                column("id", "bigint"),
+                column("email", "text"),
+                column("name", "text"),
+                column("password_hash", "text"),
+                column("created_at", "timestamp with time zone"),
+            ],
+            primary_key: vec!["id".into()],
+            replica_identity_full: true,
+        },
+        Table {
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: vec![
+                column("id", "bigint"),
+                column("customer_id", "bigint"),
+                states(
+                    column("status", "order_status"),
+                    &["placed", "paid", "shipped", "cancelled"],
+                ),
+                column("total", "money_amount"),
+                column("tags", "text[]"),
+                column("placed_at", "timestamp with time zone"),
+                column("paid_at", "timestamp with time zone"),
+            ],
+            primary_key: vec!["id".into()],
+            replica_identity_full: true,
+        },
+    ]
+}
+
+/// A table without a primary key, with odd names, a composite-keyed join table, secrets.
+fn awkward() -> Vec<Table> {
+    vec![
+        Table {
+            schema: "legacy".into(),
+            name: "audit_entries".into(),
+            columns: vec![
+                column("happened_at", "timestamp without time zone"),
+                column("Actor Name", "text"),
+                states(column("review_state", "text"), &["open", "in_review", "done"]),
+            ],
+            primary_key: vec![],
+            replica_identity_full: false,
+        },
+        Table {
+            schema: "public".into(),
+            name: "group_memberships".into(),
+            columns: vec![
+                column("group_id", "integer"),
+                column("user_id", "uuid"),
+                column("api_token", "text"),
+                column("role", "text"),
+            ],
+            primary_key: vec!["group_id".into(), "user_id".into()],
+            replica_identity_full: false,
+        },
+    ]
+}
+
+#[test]
+fn entity_names_are_singular_and_pascal_case() {
+    let cases = [
+        ("orders", "Order"),
+        ("order_items", "OrderItem"),
+        ("categories", "Category"),
+        ("addresses", "Address"),
+        ("boxes", "Box"),
+        ("batches", "Batch"),
+        ("status", "Status"),
+        ("people", "Person"),
+        ("news", "News"),
+        ("user_settings", "UserSetting"),
+        ("analysis", "Analysis"),
+        ("customer", "Customer"),
+        ("Order Lines", "OrderLine"),
+    ];
+    for (table, entity) in cases {
+        assert_eq!(entity_name(table), entity, "{table}");
+    }
+}
+
+#[test]
+fn secret_looking_columns() {
+    for secret in [
+        "password",
+        "password_hash",
+        "api_token",
+        "reset_token",
+        "client_secret",
+        "api_key",
+        "salt",
+    ] {
+        assert!(looks_secret(secret), "{secret}");
+    }
+    for plain in ["email", "tokens_count", "name", "status", "key_id"] {
+        assert!(!looks_secret(plain), "{plain}");
+    }
+}
+
+#[test]
+fn the_shop_scaffold() {
+    let tables = shop();
+    for t in &tables {
+        let s = mapping(t);
+        insta::assert_snapshot!(
+            s.file_name.clone(),
+            format!("{}\n--- warnings:\n{}", s.text, s.warnings.join("\n"))
+        );
+    }
+    insta::assert_snapshot!(config(
+        "postgres://ficus@db.internal/shop",
+        &tables.iter().collect::<Vec<_>>()
+    ));
+}
+
+#[test]
+fn no_primary_key_odd_names_composite_keys_and_secrets() {
+    for t in &awkward() {
+        let s = mapping(t);
+        insta::assert_snapshot!(
+            s.file_name.clone(),
+            format!("{}\n--- warnings:\n{}", s.text, s.warnings.join("\n"))
+        );
+    }
+}
+
+/// Every scaffold, its suggestions uncommented too, is a mapping file the engine takes.
+#[test]
+fn scaffolds_parse_and_compile_suggestions_included() {
+    for t in shop().iter().chain(&awkward()) {
+        let s = mapping(t);
+        let uncommented: String = s
+            .text
+            .lines()
+            .map(|l| {
+                if l.starts_with("# [[event]]")
+                    || l.starts_with("# name")
+                    || l.starts_with("# table")
+                    || l.starts_with("# on")
+                    || l.starts_with("# when")
+                    || l.starts_with("# key")
+                    || l.starts_with("# data")
+                {
+                    &l[2..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for text in [&s.text, &uncommented] {
+            let (file, errors) = ficus_mapping::parse_file(&s.file_name, text);
+            assert!(errors.is_empty(), "{}: {errors:?}\n{text}", s.file_name);
+            let compiled =
+                ficus_mapping::compile(&[file], None).unwrap_or_else(|e| panic!("{}: {e:?}\n{text}", s.file_name));
+            let names: Vec<&str> = compiled.mappings().iter().map(|m| &*m.name).collect();
+            assert!(names.contains(&format!("{}Created", s.entity).as_str()), "{names:?}");
+        }
+        if t.columns.iter().any(|c| c.states.is_some()) {
+            assert_ne!(s.text, uncommented, "{}: no suggestion", s.file_name);
+        }
+    }
+}
