@@ -10,6 +10,7 @@ mod brokers;
 mod crash;
 mod gaps;
 mod http;
+mod init;
 mod kafka;
 mod nats;
 mod pipeline;

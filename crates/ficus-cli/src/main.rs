@@ -42,6 +42,27 @@ enum Command {
         #[command(flatten)]
         recovery: Recovery,
     },
+    /// Write a starting ficus.toml and a mapping file per table, from the live schema.
+    ///
+    /// Per table: <Entity>Created (inserts and snapshot rows), <Entity>Updated and
+    /// <Entity>Deleted, keyed by the primary key; for a state-like column (an enum, or a
+    /// status/state column with few values) a transition event per value, as a commented
+    /// suggestion. Columns that look secret are left out. Warns about tables without a primary
+    /// key and old values that need REPLICA IDENTITY FULL. Overwrites nothing without --force.
+    Init {
+        /// The monolith's database (postgres://user@host/db).
+        #[arg(long)]
+        source_url: String,
+        /// The tables, comma-separated (schema.table, or table of public); all by default.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Where to write ficus.toml and mappings/.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Write over files that are there.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check the config and the mappings; against the live schema when the source is reachable;
     /// and every sink (reachable, credentials accepted, its target there).
     ///
@@ -304,6 +325,25 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Init {
+            source_url,
+            tables,
+            out,
+            force,
+        } => {
+            let report = ficus_runtime::init::init(&source_url, &tables, &out, force).await?;
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            for p in &report.written {
+                println!("wrote {}", p.display());
+            }
+            println!(
+                "next: name the events after what the business says happened, then `ficus check -c {}`",
+                out.join("ficus.toml").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backfill {
             config,
             tables,

@@ -16,6 +16,7 @@ pub mod check;
 pub mod config;
 mod error;
 pub mod gap;
+pub mod init;
 pub mod position;
 pub mod remap;
 pub mod replay;
