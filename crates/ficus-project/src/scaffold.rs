@@ -332,12 +332,29 @@ pub fn mapping(table: &Table) -> Scaffold {
     }
 }
 
-/// The `ficus.toml` of a new project: the source, its mappings, events to a file.
+/// A postgres url without its password (`postgres://ficus:pw@db/shop` → `postgres://ficus@db/shop`).
+pub fn without_password(url: &str) -> String {
+    let Some(scheme) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme..].find(['/', '?']).map_or(url.len(), |i| scheme + i);
+    let Some(at) = url[scheme..authority_end].rfind('@').map(|i| scheme + i) else {
+        return url.to_owned();
+    };
+    match url[scheme..at].find(':') {
+        Some(colon) => format!("{}{}", &url[..scheme + colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The `ficus.toml` of a new project: the source (its url without a password: the file is
+/// meant to be committed), its mappings, events to a file.
 pub fn config(source_url: &str, tables: &[&Table]) -> String {
     let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     format!(
         "# Written by `ficus init` for {}. See docs/config.md.\n\n\
          [source]\n\
+         # The password comes from PGPASSWORD, or FICUS_SOURCE_URL (which overrides url).\n\
          url = {}\n\
          slot = \"ficus\"\n\
          publication = \"ficus\"\n\
@@ -347,7 +364,7 @@ pub fn config(source_url: &str, tables: &[&Table]) -> String {
          type = \"jsonl\"\n\
          path = \"events.jsonl\"\n",
         names.join(", "),
-        toml_string(source_url)
+        toml_string(&without_password(source_url))
     )
 }
 

@@ -183,3 +183,20 @@ fn scaffolds_parse_and_compile_suggestions_included() {
         }
     }
 }
+
+#[test]
+fn the_config_keeps_no_password() {
+    let cases = [
+        (
+            "postgres://ficus:s3cr:et@db.internal:5432/shop?sslmode=require",
+            "postgres://ficus@db.internal:5432/shop?sslmode=require",
+        ),
+        ("postgres://ficus@db/shop", "postgres://ficus@db/shop"),
+        ("postgresql://db/shop?user=a@b", "postgresql://db/shop?user=a@b"),
+        ("postgres://u:p@h", "postgres://u@h"),
+    ];
+    for (url, kept) in cases {
+        assert_eq!(without_password(url), kept, "{url}");
+    }
+    assert!(!config("postgres://ficus:hunter2@db/shop", &[]).contains("hunter2"));
+}
