@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ficus_testkit::{Server, wait_for};
 
-use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, wait_exit};
+use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, stderr, wait_exit};
 
 pub(crate) const ACCOUNTS: &str =
     "create table accounts (id int primary key, owner text not null, balance numeric not null);
@@ -69,6 +69,25 @@ pub(crate) async fn accounts_through(sinks: &str, env: &[(&str, &str)]) -> (Proj
     let events = p.events();
     assert_eq!(events.len(), 6, "{events:?}");
     (p, events)
+}
+
+/// `ficus check` refuses the project's sink: exit 1, `expected` said with a hint, and never the
+/// credential `wrong` the tests give. `case` names the case in a failure.
+pub(crate) fn check_refuses(p: &Project, case: &str, expected: &str) {
+    let out = p.ficus(&["check"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{case}: {err}");
+    assert!(err.contains(expected), "{case}: {err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!err.contains("wrong"), "a credential is shown: {err}");
+}
+
+/// `ficus check --offline` refuses the project's config (a bad template, a bad url) with
+/// `expected`, before anything connects.
+pub(crate) fn offline_check_refuses(p: &Project, expected: &str) {
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
 }
 
 /// A broker a test can take down and bring back.

@@ -16,7 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::brokers::{Outage, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
+use crate::brokers::{
+    Outage, Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage, offline_check_refuses,
+};
 use crate::support::{Project, stderr};
 
 /// A request as the endpoint got it.
@@ -355,12 +357,7 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
         ),
     ] {
         p.config(&format!("\n[[sink]]\ntype = \"http\"\n{settings}\n"));
-        let out = p.ficus(&["check"]).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
-        assert!(err.contains(expected), "{settings}: {err}");
-        assert!(err.contains("hint: "), "{err}");
-        assert!(!err.contains("wrong"), "the credentials are shown: {err}");
+        check_refuses(&p, &settings, expected);
     }
     // The right credentials: the endpoint is there (a HEAD it does not take is fine).
     p.config(&format!(
@@ -369,7 +366,5 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
     ));
     assert!(p.ficus(&["check"]).output().unwrap().status.success());
     p.config("\n[[sink]]\ntype = \"http\"\nurl = \"not a url\"\n");
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("url \"not a url\""), "{}", stderr(&out));
+    offline_check_refuses(&p, "url \"not a url\"");
 }

@@ -10,8 +10,10 @@ use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::brokers::{Outage, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
-use crate::support::{Project, stderr};
+use crate::brokers::{
+    Outage, Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage, offline_check_refuses,
+};
+use crate::support::Project;
 
 /// A record as a consumer reads it.
 #[derive(Debug)]
@@ -185,19 +187,12 @@ async fn a_misconfigured_kafka_sink_fails_check_with_its_name_and_a_hint() {
         ),
     ] {
         p.config(&format!("\n[[sink]]\ntype = \"kafka\"\n{settings}\n"));
-        let out = p.ficus(&["check"]).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
-        assert!(err.contains(expected), "{settings}: {err}");
-        assert!(err.contains("hint: "), "{err}");
-        assert!(!err.contains("wrong"), "the password is shown: {err}");
+        check_refuses(&p, &settings, expected);
     }
     // A template naming an attribute events do not have is refused when the config is read.
     p.config(&format!(
         "\n[[sink]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\ntopic = \"shop.{{kind}}\"\n",
         kafka.port
     ));
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("{kind}"), "{}", stderr(&out));
+    offline_check_refuses(&p, "{kind}");
 }

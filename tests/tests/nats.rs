@@ -7,7 +7,10 @@ use async_nats::jetstream;
 use ficus_testkit::Server;
 use serde_json::Value;
 
-use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
+use crate::brokers::{
+    ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage,
+    offline_check_refuses,
+};
 use crate::support::{Project, stderr};
 
 /// A message as a stream holds it.
@@ -181,25 +184,14 @@ async fn a_misconfigured_nats_sink_fails_check_with_its_name_and_a_hint() {
     ];
     for (settings, expected) in cases {
         p.config(&format!("\n[[sink]]\ntype = \"nats\"\n{settings}\n"));
-        let out = p.ficus(&["check"]).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{settings}: {err}");
-        assert!(err.contains(expected), "{settings}: {err}");
-        assert!(err.contains("hint: "), "{err}");
-        assert!(!err.contains("wrong"), "the password is shown: {err}");
+        check_refuses(&p, &settings, expected);
     }
     // A bad template is refused when the config is read, before anything connects.
     p.config(&format!(
         "\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"shop.{{typo}}\"\n",
         nats.port
     ));
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("subject = \"shop.{typo}\": {typo} is not an attribute"),
-        "{}",
-        stderr(&out)
-    );
+    offline_check_refuses(&p, "subject = \"shop.{typo}\": {typo} is not an attribute");
     // And ficus run refuses a sink check fails definitely before it creates a slot.
     p.config(&format!(
         "\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"nowhere.{{type}}\"\n",

@@ -7,8 +7,10 @@ use ficus_testkit::Server;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::brokers::{Repeats, TICK, TICKS, accounts_through, kill_9_and_an_outage};
-use crate::support::{Project, stderr};
+use crate::brokers::{
+    Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage, offline_check_refuses,
+};
+use crate::support::Project;
 
 /// The entries of a stream, each as its fields, in order.
 async fn entries(port: u16, key: &str) -> Vec<HashMap<String, String>> {
@@ -132,18 +134,11 @@ async fn a_misconfigured_redis_sink_fails_check_with_its_name_and_a_hint() {
     ];
     for (url, extra, expected) in cases {
         p.config(&format!("\n[[sink]]\ntype = \"redis\"\nurl = \"{url}\"\n{extra}\n"));
-        let out = p.ficus(&["check"]).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{url}: {err}");
-        assert!(err.contains(expected), "{url}: {err}");
-        assert!(err.contains("hint: "), "{err}");
-        assert!(!err.contains("wrong"), "the password is shown: {err}");
+        check_refuses(&p, &url, expected);
     }
     p.config(&format!(
         "\n[[sink]]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey = \"{{nope}}\"\n",
         plain.port
     ));
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("{nope} is not an attribute"), "{}", stderr(&out));
+    offline_check_refuses(&p, "{nope} is not an attribute");
 }

@@ -25,6 +25,20 @@ impl<F: IntoFuture> InFlight<F> {
         self.0.len() >= WINDOW
     }
 
+    /// Every acknowledgement to come, leaving none here.
+    pub fn take(&mut self) -> InFlight<F> {
+        InFlight(std::mem::take(&mut self.0))
+    }
+
+    /// Awaits them all, oldest first, each checked by `check`; at the first failure those still
+    /// to come are dropped (the runtime writes every event that is not durable again).
+    pub async fn settle<E>(mut self, mut check: impl FnMut(F::Output) -> Result<(), E>) -> Result<(), E> {
+        while let Some(ack) = self.oldest().await {
+            check(ack)?;
+        }
+        Ok(())
+    }
+
     /// The oldest acknowledgement's outcome, once it comes.
     pub async fn oldest(&mut self) -> Option<F::Output> {
         match self.0.pop_front() {

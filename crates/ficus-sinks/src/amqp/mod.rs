@@ -220,12 +220,7 @@ impl Sink for AmqpSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        // On a failure, those still to come are dropped: the runtime publishes them again.
-        let mut confirms = std::mem::replace(&mut self.confirms, InFlight::new());
-        while let Some(confirm) = confirms.oldest().await {
-            self.confirmed(confirm)?;
-        }
-        Ok(())
+        self.confirms.take().settle(|a| self.confirmed(a)).await
     }
 
     /// Connects, and checks (or declares) the exchange.

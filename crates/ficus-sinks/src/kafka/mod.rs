@@ -376,12 +376,7 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        // On a failure, those still to come are dropped: the runtime produces them again.
-        let mut acks = std::mem::replace(&mut self.acks, InFlight::new());
-        while let Some(ack) = acks.oldest().await {
-            self.acknowledged(ack)?;
-        }
-        Ok(())
+        self.acks.take().settle(|a| self.acknowledged(a)).await
     }
 
     /// Reaches the brokers, and checks (or creates) a fixed topic.

@@ -228,12 +228,7 @@ impl Sink for NatsSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        // On a failure, those still to come are dropped: the runtime writes them again.
-        let mut acks = std::mem::replace(&mut self.acks, InFlight::new());
-        while let Some(ack) = acks.oldest().await {
-            self.acknowledged(ack)?;
-        }
-        Ok(())
+        self.acks.take().settle(|a| self.acknowledged(a)).await
     }
 
     /// Checks the connection and the stream again.
