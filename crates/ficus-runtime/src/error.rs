@@ -76,3 +76,12 @@ impl From<MapError> for RunError {
         RunError::Map(Box::new(e))
     }
 }
+
+impl From<ficus_project::ProjectError> for RunError {
+    fn from(e: ficus_project::ProjectError) -> RunError {
+        match e {
+            ficus_project::ProjectError::File { message, hint } => RunError::Config(format!("{message}\nhint: {hint}")),
+            ficus_project::ProjectError::Mappings(errors) => RunError::Mappings(errors),
+        }
+    }
+}

@@ -95,7 +95,7 @@ fn compile(config: &Config, options: &RemapOptions) -> Result<Compiled, RunError
             })?
         }
     };
-    loaded.compile(None)
+    Ok(loaded.compile(None)?)
 }
 
 async fn remap_from(

@@ -70,7 +70,7 @@ pub struct RunReport {
 pub async fn check_live(loaded: &Loaded, pool: &PgPool, publication: &str) -> Result<Compiled, RunError> {
     let published = publication::read(pool, publication).await?;
     let schema = live_schema(pool, published.as_ref()).await?;
-    loaded.compile(Some(&schema))
+    Ok(loaded.compile(Some(&schema))?)
 }
 
 /// The source's tables as the stream describes them: the catalog's, less the columns the
