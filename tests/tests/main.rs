@@ -4,6 +4,7 @@
 mod support;
 
 mod amqp;
+mod authoring;
 mod backfill;
 mod bad_input;
 mod brokers;

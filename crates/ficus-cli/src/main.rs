@@ -75,6 +75,22 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Run the mapping fixtures (mappings/tests/*.toml) through the mappings, with no database.
+    ///
+    /// Each fixture file gives row changes and the events expected; a mismatch prints a diff
+    /// and the command fails. A file that expects nothing yet prints the events made.
+    /// --accept writes the events made as each file's expectation (review the diff first).
+    Test {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// The fixture files, a glob relative to the config's directory.
+        #[arg(long, default_value = ficus_project::fixtures::DEFAULT_FIXTURES)]
+        fixtures: String,
+        /// Write the events made as the expectation of every fixture file.
+        #[arg(long)]
+        accept: bool,
+    },
     /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
     ///
     /// Reads the tables in chunks by their primary key, without locks, and emits each chunk
@@ -325,6 +341,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Test {
+            config,
+            fixtures,
+            accept,
+        } => test(&config, &fixtures, accept),
         Command::Init {
             source_url,
             tables,
@@ -592,6 +613,55 @@ fn describe_backfill(state: &BackfillState) -> String {
         let _ = writeln!(out, "  error: {line}");
     }
     out
+}
+
+/// `ficus test`: needs only the project's files and the engine.
+fn test(path: &std::path::Path, pattern: &str, accept: bool) -> anyhow::Result<ExitCode> {
+    use ficus_project::fixtures::Verdict;
+    let config = ficus_project::Config::load(path).map_err(RunError::from)?;
+    let compiled = ficus_project::load_mappings(&config)
+        .and_then(|loaded| loaded.compile(None))
+        .map_err(RunError::from)?;
+    let outcomes = ficus_project::fixtures::test(&config, &compiled, pattern, accept).map_err(RunError::from)?;
+    let (mut passed, mut failed, mut pending) = (0, 0, 0);
+    for outcome in &outcomes {
+        match &outcome.verdict {
+            Verdict::Passed(n) => {
+                passed += 1;
+                println!("ok      {} ({n} events)", outcome.file);
+            }
+            Verdict::Accepted(n) => {
+                passed += 1;
+                println!("written {} ({n} events accepted)", outcome.file);
+            }
+            Verdict::Unreviewed(events) => {
+                pending += 1;
+                println!("new     {}: expects nothing yet; the mappings make:", outcome.file);
+                print!("{}", ficus_project::fixtures::expect_text(events));
+            }
+            Verdict::Failed(diff) => {
+                failed += 1;
+                println!("FAILED  {}: - expected, + made by the mappings", outcome.file);
+                print!("{diff}");
+            }
+            Verdict::Error(e) => {
+                failed += 1;
+                println!("FAILED  {}", outcome.file);
+                report(&anyhow::Error::from(RunError::from(e.clone())));
+            }
+        }
+    }
+    println!(
+        "{passed} passed, {failed} failed, {pending} without expectations ({} fixture files)",
+        outcomes.len()
+    );
+    if failed > 0 || pending > 0 {
+        if pending > 0 || !accept {
+            println!("hint: review the events, then `ficus test --accept` writes them as the expectation");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {

@@ -104,6 +104,44 @@ impl PgType {
         })
     }
 
+    /// The type of a Postgres type name as `format_type` or a `CREATE TABLE` writes it
+    /// (`bigint`, `int8`, `numeric(10,2)`, `timestamp with time zone`, `text[]`): how a fixture
+    /// names a column's type. Names without a JSON form (enums, `uuid`, domains written by
+    /// their own name) are text, as ficus converts them live.
+    pub fn from_name(name: &str) -> PgType {
+        let name = name.trim().to_ascii_lowercase();
+        if let Some(elem) = name.strip_suffix("[]") {
+            return PgType::Array(Box::new(PgType::from_name(elem)));
+        }
+        // `numeric(10,2)`, `timestamp(3) with time zone`: the modifier does not change the type.
+        let mut base = String::with_capacity(name.len());
+        let mut depth = 0;
+        for c in name.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                c if depth == 0 => base.push(c),
+                _ => {}
+            }
+        }
+        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
+        match base.as_str() {
+            "bool" | "boolean" => PgType::Bool,
+            "int2" | "int4" | "smallint" | "integer" | "int" | "oid" | "smallserial" | "serial" => PgType::Int,
+            "int8" | "bigint" | "bigserial" => PgType::Int8,
+            "float4" | "float8" | "real" | "double precision" | "float" => PgType::Float,
+            "numeric" | "decimal" => PgType::Numeric,
+            "bytea" => PgType::Bytea,
+            "json" | "jsonb" => PgType::Json,
+            "timestamptz" | "timestamp with time zone" => PgType::Timestamptz,
+            "timestamp" | "timestamp without time zone" => PgType::Timestamp,
+            "date" => PgType::Date,
+            "time" | "timetz" | "time with time zone" | "time without time zone" => PgType::Time,
+            "interval" => PgType::Interval,
+            _ => PgType::Text,
+        }
+    }
+
     /// Whether a value of this type can be an event's key.
     pub fn is_scalar(&self) -> bool {
         !matches!(self, PgType::Array(_) | PgType::Json | PgType::Bytea)
@@ -236,6 +274,32 @@ impl From<Relation> for CatalogTable {
             unseen: vec![],
             toastable: Default::default(),
             partitioned: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgType;
+
+    #[test]
+    fn type_names_are_read_as_a_schema_writes_them() {
+        for (name, ty) in [
+            ("bigint", PgType::Int8),
+            ("INT4", PgType::Int),
+            ("numeric(10,2)", PgType::Numeric),
+            ("timestamp(3) with time zone", PgType::Timestamptz),
+            ("timestamp without time zone", PgType::Timestamp),
+            ("double precision", PgType::Float),
+            ("order_status", PgType::Text),
+            ("uuid", PgType::Text),
+            ("text[]", PgType::Array(Box::new(PgType::Text))),
+            (
+                "int8[][]",
+                PgType::Array(Box::new(PgType::Array(Box::new(PgType::Int8)))),
+            ),
+        ] {
+            assert_eq!(PgType::from_name(name), ty, "{name}");
         }
     }
 }

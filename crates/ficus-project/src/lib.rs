@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod fixtures;
 pub mod mappings;
 pub mod scaffold;
 
@@ -14,7 +15,7 @@ pub use mappings::{Loaded, load_mappings};
 use ficus_mapping::Diagnostic;
 
 /// What is wrong with the project's files.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProjectError {
     /// A file is missing or wrong: what, where, and how to fix it.
     #[error("{message}")]

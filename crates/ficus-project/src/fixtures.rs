@@ -1,0 +1,560 @@
+//! Mapping fixtures: row changes written by hand (or by `ficus record`) and the events the
+//! mappings must make of them, checked with no database by `ficus test`.
+//!
+//! ```toml
+//! # mappings/tests/orders.toml
+//! [tables."public.orders"]
+//! key = ["id"]                      # the replica identity's columns (the primary key)
+//! replica_identity = "default"      # or "full": what `old` carries
+//! columns = { id = "bigint not null", status = "order_status", total = "numeric(10,2)" }
+//!
+//! [[change]]
+//! table = "orders"                  # `public` unless a schema is named
+//! op = "insert"
+//! new = { id = 1, status = "placed", total = "12.50" }
+//!
+//! [[change]]
+//! op = "update"
+//! table = "orders"
+//! old = { id = 1, status = "placed", total = "12.50" }
+//! new = { id = 1, status = "paid", total = "12.50" }
+//!
+//! [expect]
+//! events = '''
+//! {"type":"OrderCreated","subject":"1","eventversion":1,"data":{"id":1,"status":"placed","total":12.50}}
+//! {"type":"OrderPaid","subject":"1","eventversion":1,"data":{"id":1}}
+//! '''
+//! ```
+//!
+//! Values are written as Postgres sends them: their text form, converted by the column's type
+//! exactly as `ficus run` converts it (TOML integers, booleans and floats are taken as their
+//! text; a table or an array for a `json` column is its JSON). TOML has no null: a column left
+//! out of `new` is NULL, one listed in `unchanged` is a value the update did not send (an
+//! unchanged TOASTed value); a column left out of `old` was not sent, unless the replica
+//! identity is `full` (then it is NULL). Changes with the same `tx` are one transaction; by
+//! default each change is its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ficus_mapping::{Compiled, EventContext};
+use ficus_model::{
+    CatalogTable, Cell, Column, Lsn, Op, Origin, PgType, Relation, ReplicaIdentity, Row, RowChange, TableRef, TxMeta,
+};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::ProjectError;
+use crate::config::line_column;
+
+/// A fixture file, read.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The file, as shown in messages.
+    pub file: String,
+    /// The tables its changes are of.
+    pub tables: BTreeMap<TableRef, Arc<Relation>>,
+    /// The row changes, in order.
+    pub changes: Vec<RowChange>,
+    /// The events expected, one JSON object a line; `None` when the file has no `expect` yet.
+    pub expect: Option<Vec<Json>>,
+    /// Each change's line in the file.
+    lines: Vec<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    tables: toml::Table,
+    #[serde(default, rename = "change")]
+    changes: Vec<toml::Spanned<ChangeDecl>>,
+    #[serde(default)]
+    expect: Option<Expect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    events: toml::Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableDecl {
+    columns: toml::Table,
+    #[serde(default)]
+    key: Vec<String>,
+    #[serde(default)]
+    replica_identity: Option<ReplicaIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeDecl {
+    table: String,
+    op: String,
+    #[serde(default)]
+    new: Option<toml::Table>,
+    #[serde(default)]
+    old: Option<toml::Table>,
+    #[serde(default)]
+    unchanged: Vec<String>,
+    #[serde(default)]
+    tx: Option<u32>,
+}
+
+/// The commit time of transaction 1 in fixtures (each next one a second later):
+/// 2026-01-01T00:00:00Z.
+const EPOCH_MICROS: i64 = 1_767_225_600_000_000;
+
+impl Fixture {
+    /// Reads a fixture file's text; `file` names it in messages.
+    pub fn parse(file: &str, text: &str) -> Result<Fixture, ProjectError> {
+        let at = |offset: usize, message: String, hint: &str| {
+            let (line, column) = line_column(text, offset);
+            ProjectError::new(format!("{file}:{line}:{column}: {message}"), hint)
+        };
+        let raw: File = toml::from_str(text).map_err(|e| {
+            at(
+                e.span().map_or(0, |s| s.start),
+                e.message().trim().to_owned(),
+                "see docs/mappings.md#testing-mappings-ficus-test",
+            )
+        })?;
+        let mut tables = BTreeMap::new();
+        for (oid, (name, decl)) in raw.tables.into_iter().enumerate() {
+            let shown = name.clone();
+            let decl: TableDecl = decl.try_into().map_err(|e: toml::de::Error| {
+                ProjectError::new(
+                    format!("{file}: [tables.{shown:?}]: {}", e.message().trim()),
+                    "a table has columns = { name = \"type\", ... }, and may have key = [...] and replica_identity",
+                )
+            })?;
+            let table = TableRef::parse(&name);
+            let mut columns = Vec::with_capacity(decl.columns.len());
+            for (column, ty) in &decl.columns {
+                let Some(type_name) = ty.as_str() else {
+                    return Err(ProjectError::new(
+                        format!("{file}: [tables.{shown:?}]: column {column:?}: its type is not a string"),
+                        "write it as Postgres names it: id = \"bigint not null\"",
+                    ));
+                };
+                let type_name = type_name.trim();
+                let type_name = type_name.strip_suffix("not null").map_or(type_name, str::trim_end);
+                columns.push(Column {
+                    name: column.clone(),
+                    ty: PgType::from_name(type_name),
+                    type_name: type_name.to_owned(),
+                    identity: decl.key.contains(column),
+                });
+            }
+            if let Some(missing) = decl.key.iter().find(|k| !decl.columns.contains_key(*k)) {
+                return Err(ProjectError::new(
+                    format!("{file}: [tables.{shown:?}]: key column {missing:?} is not among its columns"),
+                    "list it in columns, or correct key",
+                ));
+            }
+            let relation = Relation {
+                oid: oid as u32 + 1,
+                table: table.clone(),
+                replica_identity: decl.replica_identity.unwrap_or(ReplicaIdentity::Default),
+                columns,
+            };
+            tables.insert(table, Arc::new(relation));
+        }
+        let mut changes = Vec::with_capacity(raw.changes.len());
+        let mut lines = Vec::with_capacity(raw.changes.len());
+        for (i, spanned) in raw.changes.into_iter().enumerate() {
+            let offset = spanned.span().start;
+            let decl = spanned.into_inner();
+            let err = |message: String, hint: &str| at(offset, format!("change {}: {message}", i + 1), hint);
+            let table = TableRef::parse(&decl.table);
+            let Some(relation) = tables.get(&table) else {
+                return Err(err(
+                    format!("table {table} is not declared"),
+                    "declare it: [tables.\"public.orders\"] columns = { id = \"bigint\", ... }",
+                ));
+            };
+            let op = match decl.op.as_str() {
+                "insert" => Op::Insert,
+                "update" => Op::Update,
+                "delete" => Op::Delete,
+                "snapshot" => Op::Snapshot,
+                other => {
+                    return Err(err(
+                        format!("op = {other:?}"),
+                        "op is insert, update, delete or snapshot",
+                    ));
+                }
+            };
+            let wants_new = matches!(op, Op::Insert | Op::Update | Op::Snapshot);
+            if wants_new != decl.new.is_some() {
+                return Err(err(
+                    if wants_new {
+                        format!("an {op} needs new = {{ ... }}")
+                    } else {
+                        format!("a {op} has no new row")
+                    },
+                    "inserts, updates and snapshots have new; updates and deletes may have old",
+                ));
+            }
+            if decl.old.is_some() && !matches!(op, Op::Update | Op::Delete) {
+                return Err(err(format!("an {op} has no old row"), "leave old out"));
+            }
+            let new = decl
+                .new
+                .as_ref()
+                .map(|values| row(relation, values, &decl.unchanged, false))
+                .transpose()
+                .map_err(|e| err(e, "name the columns of [tables] only"))?;
+            let old = decl
+                .old
+                .as_ref()
+                .map(|values| {
+                    row(
+                        relation,
+                        values,
+                        &[],
+                        relation.replica_identity != ReplicaIdentity::Full,
+                    )
+                })
+                .transpose()
+                .map_err(|e| err(e, "name the columns of [tables] only"))?;
+            let tx = decl.tx.unwrap_or(i as u32 + 1);
+            let commit_lsn = Lsn(u64::from(tx) << 24);
+            changes.push(RowChange {
+                op,
+                relation: relation.clone(),
+                new,
+                old,
+                tx: TxMeta {
+                    xid: tx,
+                    commit_lsn,
+                    commit_time_micros: EPOCH_MICROS + i64::from(tx) * 1_000_000,
+                },
+                origin: match op {
+                    Op::Snapshot => Origin::Backfill {
+                        id: Arc::from("fixture"),
+                        key: Arc::from(format!("{}", i + 1)),
+                    },
+                    _ => Origin::Wal {
+                        lsn: Lsn(commit_lsn.0 - 0x10_0000 + i as u64 + 1),
+                        seq: 0,
+                    },
+                },
+            });
+            lines.push(line_column(text, offset).0);
+        }
+        let expect = match raw.expect {
+            None => None,
+            Some(Expect { events: spanned }) => {
+                let start = spanned.span().start;
+                let mut events = Vec::new();
+                for (n, line) in spanned.get_ref().lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let event: Json = serde_json::from_str(line).map_err(|e| {
+                        let (l, _) = line_column(text, start);
+                        ProjectError::new(
+                            format!("{file}:{}: expect.events: {e}", l + n + usize::from(text[start..].starts_with("'''\n") || text[start..].starts_with("\"\"\"\n"))),
+                            "each line of [expect] events is one event as a JSON object; `ficus test --accept` writes them",
+                        )
+                    })?;
+                    events.push(event);
+                }
+                Some(events)
+            }
+        };
+        Ok(Fixture {
+            file: file.to_owned(),
+            tables,
+            changes,
+            expect,
+            lines,
+        })
+    }
+
+    /// The tables as the mappings are checked against them.
+    pub fn schema(&self) -> ficus_mapping::Schema {
+        self.tables
+            .iter()
+            .map(|(t, r)| {
+                (
+                    t.clone(),
+                    CatalogTable {
+                        relation: (**r).clone(),
+                        unseen: vec![],
+                        toastable: Default::default(),
+                        partitioned: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the changes through the mappings, as `ficus run` maps them: the events, each as a
+    /// line of `expect`.
+    pub fn run(&self, compiled: &Compiled, source_name: &str) -> Result<Vec<Json>, ProjectError> {
+        let ctx = EventContext::new(source_name, "fixture");
+        let mut bound = BTreeMap::new();
+        let mut out = Vec::new();
+        for (i, change) in self.changes.iter().enumerate() {
+            let table = &change.relation.table;
+            if !bound.contains_key(table) {
+                let b = compiled
+                    .bind(change.relation.clone(), &ctx)
+                    .map_err(|e| ProjectError::new(format!("{}: {e}", self.file), e.hint()))?;
+                bound.insert(table.clone(), b);
+            }
+            let Some(b) = &bound[table] else { continue };
+            let events = b.apply(change, &ctx).map_err(|e| {
+                ProjectError::new(
+                    format!("{}:{}: change {}: {e}", self.file, self.lines[i], i + 1),
+                    e.hint(),
+                )
+            })?;
+            out.extend(events.iter().map(expectation));
+        }
+        Ok(out)
+    }
+}
+
+/// A column value of a fixture as Postgres' text form of it.
+fn text_of(ty: &PgType, value: &toml::Value) -> String {
+    use toml::Value as T;
+    match (ty, value) {
+        (PgType::Json, T::String(s)) => s.clone(),
+        (PgType::Json, v) => serde_json::to_string(&toml_to_json(v)).unwrap_or_default(),
+        (_, T::String(s)) => s.clone(),
+        (_, T::Integer(n)) => n.to_string(),
+        (_, T::Float(f)) => f.to_string(),
+        (_, T::Boolean(b)) => if *b { "t" } else { "f" }.to_owned(),
+        (_, T::Datetime(d)) => d.to_string(),
+        (PgType::Array(elem), T::Array(items)) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| {
+                    let t = text_of(elem, v);
+                    if matches!(v, T::String(_)) || matches!(v, T::Table(_)) {
+                        format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        (_, v) => serde_json::to_string(&toml_to_json(v)).unwrap_or_default(),
+    }
+}
+
+fn toml_to_json(v: &toml::Value) -> Json {
+    serde_json::to_value(v).unwrap_or(Json::Null)
+}
+
+/// A row of a relation from a fixture's values: left out is NULL, or unsent when `absent_unsent`;
+/// `unchanged` columns unsent.
+fn row(relation: &Relation, values: &toml::Table, unchanged: &[String], absent_unsent: bool) -> Result<Row, String> {
+    if let Some(unknown) = values
+        .keys()
+        .chain(unchanged)
+        .find(|k| relation.column_index(k).is_none())
+    {
+        return Err(format!("{} has no column {unknown:?}", relation.table));
+    }
+    Ok(Row(relation
+        .columns
+        .iter()
+        .map(|c| match values.get(&c.name) {
+            Some(v) => Cell::text(&text_of(&c.ty, v)),
+            None if unchanged.contains(&c.name) || absent_unsent => Cell::Unsent,
+            None => Cell::Null,
+        })
+        .collect()))
+}
+
+/// What a fixture expects of an event: its type, subject, version, data, and the fields left
+/// out as unavailable. Ids, times and positions depend on where the changes were made, not on
+/// the mappings, and are left out.
+pub fn expectation(event: &ficus_model::Event) -> Json {
+    let mut o = serde_json::Map::new();
+    o.insert("type".into(), Json::String(event.ty.to_string()));
+    o.insert("subject".into(), Json::String(event.subject.clone()));
+    o.insert("eventversion".into(), Json::from(event.eventversion));
+    if let Some(u) = &event.unavailable {
+        o.insert("ficusunavailable".into(), Json::String(u.clone()));
+    }
+    o.insert("data".into(), event.data.to_value());
+    Json::Object(o)
+}
+
+/// The `expect` text of events: one compact JSON object a line.
+pub fn expect_text(events: &[Json]) -> String {
+    let mut s = String::new();
+    for e in events {
+        s.push_str(&serde_json::to_string(e).unwrap_or_default());
+        s.push('\n');
+    }
+    s
+}
+
+/// A readable difference between the events expected and those made: a line diff of the events,
+/// and for each event that changed, the fields that differ. Empty when they are equal.
+pub fn diff(expected: &[Json], actual: &[Json]) -> String {
+    use std::fmt::Write;
+    if expected == actual {
+        return String::new();
+    }
+    let (e, a) = (expect_text(expected), expect_text(actual));
+    let text = similar::TextDiff::from_lines(&e, &a);
+    let mut out = String::new();
+    for op in text.ops() {
+        for change in text.iter_changes(op) {
+            let sign = match change.tag() {
+                similar::ChangeTag::Delete => "- ",
+                similar::ChangeTag::Insert => "+ ",
+                similar::ChangeTag::Equal => "  ",
+            };
+            let _ = write!(out, "{sign}{}", change.value());
+        }
+        if let similar::DiffOp::Replace {
+            old_index,
+            old_len,
+            new_index,
+            new_len,
+        } = *op
+        {
+            for k in 0..old_len.min(new_len) {
+                let mut notes = Vec::new();
+                fields(&expected[old_index + k], &actual[new_index + k], "", &mut notes);
+                for note in notes {
+                    let _ = writeln!(out, "    {note}");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The paths at which two values differ.
+fn fields(expected: &Json, actual: &Json, path: &str, notes: &mut Vec<String>) {
+    let shown = |v: Option<&Json>| v.map_or("(absent)".to_owned(), |v| v.to_string());
+    match (expected, actual) {
+        (Json::Object(e), Json::Object(a)) => {
+            for (k, ev) in e {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match a.get(k) {
+                    Some(av) => fields(ev, av, &p, notes),
+                    None => notes.push(format!("{p}: expected {}, got (absent)", shown(Some(ev)))),
+                }
+            }
+            for (k, av) in a {
+                if !e.contains_key(k) {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    notes.push(format!("{p}: expected (absent), got {}", shown(Some(av))));
+                }
+            }
+        }
+        (e, a) if e != a => notes.push(format!("{path}: expected {e}, got {a}")),
+        _ => {}
+    }
+}
+
+/// The fixture's text with `[expect] events` set to `events`, everything else as written.
+pub fn accept(text: &str, events: &[Json]) -> Result<String, ProjectError> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ProjectError::new(e.to_string(), "correct the fixture's TOML"))?;
+    let body = expect_text(events);
+    // A literal multi-line string keeps the JSON readable (no escapes), when it can hold it.
+    let value: toml_edit::Value = match format!("'''\n{body}'''").parse() {
+        Ok(literal) if !body.contains("'''") => literal,
+        _ => toml_edit::Value::from(body),
+    };
+    if !doc.contains_table("expect") {
+        doc["expect"] = toml_edit::table();
+    }
+    doc["expect"]["events"] = toml_edit::Item::Value(value);
+    Ok(doc.to_string())
+}
+
+/// The default fixture files, relative to the config's directory.
+pub const DEFAULT_FIXTURES: &str = "mappings/tests/*.toml";
+
+/// What a fixture file came to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The mappings made the events expected (this many).
+    Passed(usize),
+    /// They made other events: the readable difference.
+    Failed(String),
+    /// The file expects nothing yet: the events made, to review and `--accept`.
+    Unreviewed(Vec<Json>),
+    /// `--accept` wrote the events made as the expectation (this many).
+    Accepted(usize),
+    /// The file or a change is wrong, or a change could not be mapped.
+    Error(ProjectError),
+}
+
+/// A fixture file and its verdict.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The file, as shown.
+    pub file: String,
+    /// What it came to.
+    pub verdict: Verdict,
+}
+
+/// Runs every fixture file that `pattern` (relative to the config's directory) matches through
+/// the mappings; with `accept`, writes the events made as each file's expectation. Nothing
+/// connects to anything.
+pub fn test(
+    config: &crate::Config,
+    compiled: &Compiled,
+    pattern: &str,
+    accept: bool,
+) -> Result<Vec<Outcome>, ProjectError> {
+    let paths = crate::mappings::mapping_paths(&config.dir, &[pattern.to_owned()]).map_err(|_| {
+        ProjectError::new(
+            format!("no fixture file matches {pattern:?} (in {})", config.dir.display()),
+            "write one (see docs/mappings.md#testing-mappings-ficus-test); `ficus init` writes one per table",
+        )
+    })?;
+    let source_name = config.source.name.clone().unwrap_or_else(|| "fixture".into());
+    let mut outcomes = Vec::new();
+    for path in paths {
+        let file = config.shown(&path);
+        let verdict = (|| -> Result<Verdict, ProjectError> {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
+            let fixture = Fixture::parse(&file, &text)?;
+            let made = fixture.run(compiled, &source_name)?;
+            if accept && fixture.expect.as_deref() != Some(&made) {
+                std::fs::write(&path, super::fixtures::accept(&text, &made)?)
+                    .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
+                return Ok(Verdict::Accepted(made.len()));
+            }
+            Ok(match &fixture.expect {
+                None => Verdict::Unreviewed(made),
+                Some(expected) if *expected == made => Verdict::Passed(made.len()),
+                Some(expected) => Verdict::Failed(diff(expected, &made)),
+            })
+        })()
+        .unwrap_or_else(Verdict::Error);
+        outcomes.push(Outcome { file, verdict });
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests;
