@@ -105,3 +105,57 @@ fn a_fixture_that_names_a_missing_column_fails_with_its_line() {
     );
     assert!(said.contains("1 passed, 1 failed"), "{said}");
 }
+
+/// Every event `ficus run` makes of the shop's workload validates against the JSON Schema
+/// `ficus catalog` wrote for its type and version (typed from the shop's fixtures); an event
+/// with a field of the wrong type does not.
+#[tokio::test]
+async fn every_shop_event_validates_against_its_catalog_schema() {
+    let p = crate::pipeline::shop().await;
+    std::fs::create_dir_all(p.path("mappings/tests")).unwrap();
+    for file in ["customers.toml", "orders.toml"] {
+        std::fs::copy(
+            format!("{}/mappings/tests/{file}", crate::pipeline::SHOP),
+            p.path(&format!("mappings/tests/{file}")),
+        )
+        .unwrap();
+    }
+    p.ok(&["backfill"]);
+    p.db.exec(&std::fs::read_to_string(format!("{}/workload.sql", crate::pipeline::SHOP)).unwrap())
+        .await;
+    p.catch_up();
+    let out = p.ok(&["catalog", "--out", "catalog"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("wrote 6 event schema(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let events = p.events();
+    assert_eq!(events.len(), 9, "the snapshot customer and the workload's 8");
+    for event in &events {
+        let file = p.path(&format!(
+            "catalog/schemas/{}.v{}.schema.json",
+            event["type"].as_str().unwrap(),
+            event["eventversion"]
+        ));
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(event).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{event}\n{errors:?}");
+    }
+    // The schemas are not vacuous: a total that is not a number, a missing field, fail.
+    let paid = events.iter().find(|e| e["type"] == "OrderPaid").unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path("catalog/schemas/OrderPaid.v2.schema.json")).unwrap())
+            .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut wrong = paid.clone();
+    wrong["data"]["total"] = serde_json::json!("a lot");
+    assert!(!validator.is_valid(&wrong));
+    let mut missing = paid.clone();
+    missing["data"].as_object_mut().unwrap().remove("order_id");
+    assert!(!validator.is_valid(&missing));
+    let mut null_total = paid.clone();
+    null_total["data"]["total"] = serde_json::Value::Null;
+    assert!(!validator.is_valid(&null_total), "total is NOT NULL");
+}

@@ -91,6 +91,21 @@ enum Command {
         #[arg(long)]
         accept: bool,
     },
+    /// Write the event catalog: a JSON Schema (2020-12) per event version, of the whole
+    /// CloudEvent with its data, typed from the mappings and the columns the fixtures declare.
+    ///
+    /// Needs no database: the tables' columns come from the fixture files' [tables].
+    Catalog {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// Where to write it.
+        #[arg(long, default_value = "catalog")]
+        out: PathBuf,
+        /// The fixture files whose [tables] give the columns' types.
+        #[arg(long, default_value = ficus_project::fixtures::DEFAULT_FIXTURES)]
+        fixtures: String,
+    },
     /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
     ///
     /// Reads the tables in chunks by their primary key, without locks, and emits each chunk
@@ -346,6 +361,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             fixtures,
             accept,
         } => test(&config, &fixtures, accept),
+        Command::Catalog { config, out, fixtures } => catalog(&config, &out, &fixtures),
         Command::Init {
             source_url,
             tables,
@@ -613,6 +629,31 @@ fn describe_backfill(state: &BackfillState) -> String {
         let _ = writeln!(out, "  error: {line}");
     }
     out
+}
+
+/// `ficus catalog`: needs only the project's files and the engine.
+fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str) -> anyhow::Result<ExitCode> {
+    let config = ficus_project::Config::load(path).map_err(RunError::from)?;
+    let compiled = ficus_project::load_mappings(&config)
+        .and_then(|loaded| loaded.compile(None))
+        .map_err(RunError::from)?;
+    let tables = ficus_project::fixtures::tables(&config, fixtures).map_err(RunError::from)?;
+    let events = ficus_catalog::events(&compiled, &tables);
+    let dir = out.join("schemas");
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    for event in &events {
+        let file = dir.join(ficus_catalog::schema_file(&event.name, event.version));
+        let text = serde_json::to_string_pretty(&ficus_catalog::json_schema(event))? + "\n";
+        std::fs::write(&file, text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        for source in event.sources.iter().filter(|s| !s.typed) {
+            eprintln!(
+                "warning: {} v{}: table {} is declared in no fixture: its column fields are of any type\nhint: declare it in a fixture's [tables] (see docs/mappings.md#testing-mappings-ficus-test)",
+                event.name, event.version, source.table
+            );
+        }
+    }
+    println!("wrote {} event schema(s) to {}", events.len(), dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `ficus test`: needs only the project's files and the engine.

@@ -64,10 +64,23 @@ pub struct Mapping {
     pub reads_old: ColumnsRead,
     /// What it does with an unchanged value the source did not send.
     pub unchanged_toast: UnchangedToast,
+    /// The expressions as written.
+    pub sources: Sources,
     pub(crate) when: Option<Expr>,
     pub(crate) key: Expr,
     pub(crate) data: Data,
     pub(crate) reads: Reads,
+}
+
+/// A mapping's expressions as written in its file (for the catalog and messages).
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// `when`, if any.
+    pub when: Option<String>,
+    /// `key`.
+    pub key: String,
+    /// Each `data` field's expression, in the order of the fields (none for a whole row).
+    pub fields: Vec<String>,
 }
 
 impl Mapping {
@@ -334,6 +347,7 @@ impl Checker<'_> {
             );
         }
         let mut fields = Vec::new();
+        let mut field_texts = Vec::new();
         let mut row = None;
         match raw.data.as_ref().map(|d| (d.get_ref(), d.span())) {
             None => row = Some(if ops == [Op::Delete] { Var::Old } else { Var::New }),
@@ -350,6 +364,7 @@ impl Checker<'_> {
                 for (field, value) in fs {
                     if let Some(e) = self.expr(value) {
                         fields.push((field.clone(), e));
+                        field_texts.push(value.get_ref().trim().to_owned());
                     }
                 }
             }
@@ -483,9 +498,15 @@ impl Checker<'_> {
                 a
             }
         };
+        let sources = Sources {
+            when: raw.when.as_ref().map(|w| w.get_ref().trim().to_owned()),
+            key: raw.key.get_ref().trim().to_owned(),
+            fields: field_texts,
+        };
         Some(Mapping {
             name: name.into(),
             version,
+            sources,
             aggregate: aggregate.into(),
             table,
             ops,

@@ -20,8 +20,10 @@ mod compile;
 mod diagnostic;
 mod expr;
 mod file;
+mod shape;
 
 pub use apply::{Bound, EvalError, EventContext, MapError, UnsentValue};
-pub use compile::{ColumnsRead, Compiled, Mapping, Schema, UnchangedToast, compile};
+pub use compile::{ColumnsRead, Compiled, Mapping, Schema, Sources, UnchangedToast, compile};
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, parse_file};
+pub use shape::{DataShape, FieldShape, FieldSource, JsonType};

@@ -232,6 +232,8 @@ pub struct CatalogTable {
     pub toastable: std::collections::BTreeSet<String>,
     /// Whether the table is partitioned (its partitions publish through it).
     pub partitioned: bool,
+    /// Columns declared `NOT NULL`: their values in an event's data are never null.
+    pub not_null: std::collections::BTreeSet<String>,
 }
 
 /// A column of a table that logical replication does not send.
@@ -274,6 +276,7 @@ impl From<Relation> for CatalogTable {
             unseen: vec![],
             toastable: Default::default(),
             partitioned: false,
+            not_null: Default::default(),
         }
     }
 }

@@ -108,7 +108,7 @@ pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, CatalogTable>, S
                 coalesce(a.attnum = any(i.indkey), false),
                 a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid),
                 a.attlen = -1 and a.attstorage <> 'p',
-                c.relkind = 'p'
+                c.relkind = 'p', a.attnotnull
          from pg_class c
          join pg_namespace n on n.oid = c.relnamespace
          join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
@@ -147,6 +147,9 @@ pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, CatalogTable>, S
         }
         if row.get::<bool, _>(10) {
             entry.toastable.insert(name.clone());
+        }
+        if row.get::<bool, _>(12) {
+            entry.not_null.insert(name.clone());
         }
         let oid = row.get::<i64, _>(5) as u32;
         entry.relation.columns.push(Column {

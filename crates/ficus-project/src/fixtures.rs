@@ -54,6 +54,8 @@ pub struct Fixture {
     pub file: String,
     /// The tables its changes are of.
     pub tables: BTreeMap<TableRef, Arc<Relation>>,
+    /// Their columns declared `not null`.
+    pub not_null: BTreeMap<TableRef, std::collections::BTreeSet<String>>,
     /// The row changes, in order.
     pub changes: Vec<RowChange>,
     /// The events expected, one JSON object a line; `None` when the file has no `expect` yet.
@@ -123,6 +125,7 @@ impl Fixture {
             )
         })?;
         let mut tables = BTreeMap::new();
+        let mut not_null: BTreeMap<TableRef, std::collections::BTreeSet<String>> = BTreeMap::new();
         for (oid, (name, decl)) in raw.tables.into_iter().enumerate() {
             let shown = name.clone();
             let decl: TableDecl = decl.try_into().map_err(|e: toml::de::Error| {
@@ -141,7 +144,11 @@ impl Fixture {
                     ));
                 };
                 let type_name = type_name.trim();
-                let type_name = type_name.strip_suffix("not null").map_or(type_name, str::trim_end);
+                let stripped = type_name.strip_suffix("not null").map(str::trim_end);
+                if stripped.is_some() {
+                    not_null.entry(table.clone()).or_default().insert(column.clone());
+                }
+                let type_name = stripped.unwrap_or(type_name);
                 columns.push(Column {
                     name: column.clone(),
                     ty: PgType::from_name(type_name),
@@ -270,6 +277,7 @@ impl Fixture {
         Ok(Fixture {
             file: file.to_owned(),
             tables,
+            not_null,
             changes,
             expect,
             lines,
@@ -288,6 +296,7 @@ impl Fixture {
                         unseen: vec![],
                         toastable: Default::default(),
                         partitioned: false,
+                        not_null: self.not_null.get(t).cloned().unwrap_or_default(),
                     },
                 )
             })
@@ -558,3 +567,39 @@ pub fn test(
 
 #[cfg(test)]
 mod tests;
+
+/// The tables every fixture file that `pattern` matches declares, merged: the columns' types
+/// the catalog and the lock type fields with when there is no database. Two files that declare
+/// one table differently are an error; no fixture file at all is no tables.
+pub fn tables(config: &crate::Config, pattern: &str) -> Result<ficus_mapping::Schema, ProjectError> {
+    let Ok(paths) = crate::mappings::mapping_paths(&config.dir, &[pattern.to_owned()]) else {
+        return Ok(ficus_mapping::Schema::new());
+    };
+    let mut schema = ficus_mapping::Schema::new();
+    let mut declared_in: BTreeMap<TableRef, String> = BTreeMap::new();
+    for path in paths {
+        let file = config.shown(&path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
+        let fixture = Fixture::parse(&file, &text)?;
+        for (table, t) in fixture.schema() {
+            match schema.get(&table) {
+                Some(seen) if seen.relation.columns != t.relation.columns || seen.not_null != t.not_null => {
+                    return Err(ProjectError::new(
+                        format!(
+                            "{file}: table {table} is declared differently in {}",
+                            declared_in[&table]
+                        ),
+                        "declare a table the same way in every fixture (the columns as the database has them)",
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    declared_in.insert(table.clone(), file.clone());
+                    schema.insert(table, t);
+                }
+            }
+        }
+    }
+    Ok(schema)
+}

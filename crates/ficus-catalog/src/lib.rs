@@ -1,0 +1,199 @@
+//! The event catalog: what each event is, where it comes from, and the JSON Schema (2020-12) of
+//! the whole CloudEvent with its `data` — pure functions of the compiled mappings and the tables'
+//! columns (from fixtures or the live schema); the caller writes the files.
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use ficus_mapping::{Compiled, DataShape, FieldShape, JsonType, Schema};
+use ficus_model::TableRef;
+use serde_json::{Value as Json, json};
+
+/// One event version, and the mappings that make it.
+#[derive(Clone, Debug)]
+pub struct EventVersion {
+    /// The event's name (`type`).
+    pub name: String,
+    /// Its version (`eventversion`).
+    pub version: u32,
+    /// Each mapping that makes it: usually one.
+    pub sources: Vec<Source>,
+}
+
+/// A mapping that makes an event version.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The table.
+    pub table: TableRef,
+    /// The aggregate.
+    pub aggregate: String,
+    /// The operations (`insert`, `update`, ...).
+    pub ops: Vec<String>,
+    /// The condition, as written.
+    pub when: Option<String>,
+    /// The key expression, as written.
+    pub key: String,
+    /// Where it is written, `file:line`.
+    pub origin: String,
+    /// The data's shape.
+    pub shape: DataShape,
+    /// Whether the table's columns were known (else column fields are of any type).
+    pub typed: bool,
+}
+
+/// Every event version the mappings make, by name then version; `tables` gives the columns'
+/// types and nullability (tables it lacks leave their fields untyped).
+pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
+    let mut out: BTreeMap<(String, u32), EventVersion> = BTreeMap::new();
+    for m in compiled.mappings() {
+        let table = tables.get(&m.table);
+        let entry = out
+            .entry((m.name.to_string(), m.version))
+            .or_insert_with(|| EventVersion {
+                name: m.name.to_string(),
+                version: m.version,
+                sources: vec![],
+            });
+        entry.sources.push(Source {
+            table: m.table.clone(),
+            aggregate: m.aggregate.to_string(),
+            ops: m.ops.iter().map(|o| o.as_str().to_owned()).collect(),
+            when: m.sources.when.clone(),
+            key: m.sources.key.clone(),
+            origin: m.origin.clone(),
+            shape: m.shape(table),
+            typed: table.is_some(),
+        });
+    }
+    out.into_values().collect()
+}
+
+/// The `$id` of an event version's schema: its file name in the catalog.
+pub fn schema_file(name: &str, version: u32) -> String {
+    format!("{name}.v{version}.schema.json")
+}
+
+/// The JSON Schema (2020-12) of an event version: the whole CloudEvent as ficus writes it
+/// (structured mode), with its `data`. `data` is an open object (a field added later does not
+/// break a consumer of this schema); its fields are typed from the columns and expressions,
+/// nullable where the column or expression can be null, required unless the source may leave
+/// them out.
+pub fn json_schema(event: &EventVersion) -> Json {
+    let data = match event.sources.as_slice() {
+        [one] => data_schema(one),
+        many => json!({ "anyOf": many.iter().map(data_schema).collect::<Vec<_>>() }),
+    };
+    let described: Vec<String> = event.sources.iter().map(describe).collect();
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": schema_file(&event.name, event.version),
+        "title": format!("{} v{}", event.name, event.version),
+        "description": described.join("; or "),
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "eventversion", "lsn", "txid", "data"],
+        "properties": {
+            "specversion": { "const": "1.0" },
+            "id": { "type": "string", "minLength": 1, "description": "deterministic: the same change gives the same id" },
+            "source": { "type": "string", "format": "uri-reference" },
+            "type": { "const": event.name },
+            "subject": { "type": "string", "description": "the aggregate's key" },
+            "time": { "type": "string", "format": "date-time", "description": "the source transaction's commit time" },
+            "datacontenttype": { "const": "application/json" },
+            "eventversion": { "const": event.version },
+            "lsn": { "type": "string", "pattern": "^[0-9A-F]{1,8}/[0-9A-F]{1,8}$", "description": "the commit's position in the source's WAL" },
+            "txid": { "type": "string", "pattern": "^[0-9]+$" },
+            "backfill": { "type": "string", "description": "the backfill that read the row (snapshot events only)" },
+            "ficusunavailable": { "type": "string", "description": "fields left out because the source did not send them, comma-separated" },
+            "data": data,
+        },
+    })
+}
+
+/// "from public.orders on update when ..., key new.id"
+pub fn describe(source: &Source) -> String {
+    let mut s = format!("from {} on {}", source.table, source.ops.join(", "));
+    if let Some(when) = &source.when {
+        s.push_str(&format!(" when {when}"));
+    }
+    s.push_str(&format!(", key {} ({})", source.key, source.origin));
+    s
+}
+
+fn data_schema(source: &Source) -> Json {
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for field in &source.shape.fields {
+        properties.insert(field.name.clone(), field_schema(field));
+        if field.required {
+            required.push(Json::String(field.name.clone()));
+        }
+    }
+    let mut o = json!({ "type": "object", "properties": properties, "required": required });
+    if source.shape.open {
+        o["description"] = json!("the whole row: its columns were not given to the catalog");
+    }
+    o
+}
+
+/// A field's schema: its type, null added when it can be null, and what it comes from.
+pub fn field_schema(field: &FieldShape) -> Json {
+    let mut s = type_schema(&field.ty);
+    if field.nullable {
+        s = match s {
+            Json::Object(o) if o.is_empty() => Json::Object(o),
+            Json::Object(mut o) if o.get("type").is_some_and(Json::is_string) && o.len() <= 2 => {
+                let t = o["type"].clone();
+                o.insert("type".into(), json!([t, "null"]));
+                Json::Object(o)
+            }
+            Json::Object(mut o) if o.get("anyOf").is_some_and(Json::is_array) => {
+                if let Some(Json::Array(any)) = o.get_mut("anyOf") {
+                    any.push(json!({ "type": "null" }));
+                }
+                Json::Object(o)
+            }
+            other => json!({ "anyOf": [other, { "type": "null" }] }),
+        };
+    }
+    if let Json::Object(o) = &mut s {
+        o.insert("description".into(), Json::String(source_text(field)));
+    }
+    s
+}
+
+fn source_text(field: &FieldShape) -> String {
+    match &field.source {
+        ficus_mapping::FieldSource::Column {
+            row,
+            column,
+            type_name: Some(t),
+        } => format!("{row}.{column} ({t})"),
+        ficus_mapping::FieldSource::Column { row, column, .. } => format!("{row}.{column}"),
+        ficus_mapping::FieldSource::Expression(e) => e.clone(),
+    }
+}
+
+/// The schema of values of a JSON type, as ficus writes them.
+pub fn type_schema(ty: &JsonType) -> Json {
+    match ty {
+        JsonType::Boolean => json!({ "type": "boolean" }),
+        JsonType::Integer => json!({ "type": "integer" }),
+        // NaN and the infinities have no JSON number: ficus writes them as strings.
+        JsonType::Number { .. } => {
+            json!({ "anyOf": [{ "type": "number" }, { "enum": ["NaN", "Infinity", "-Infinity"] }] })
+        }
+        JsonType::String {
+            format: Some("date-time"),
+            ..
+        } => json!({ "anyOf": [{ "type": "string", "format": "date-time" }, { "enum": ["infinity", "-infinity"] }] }),
+        JsonType::String { format: Some(f), .. } => json!({ "type": "string", "format": f }),
+        JsonType::String { base64: true, .. } => json!({ "type": "string", "contentEncoding": "base64" }),
+        JsonType::String { .. } => json!({ "type": "string" }),
+        JsonType::Array(elem) => json!({ "type": "array", "items": type_schema(elem) }),
+        JsonType::Object => json!({ "type": "object" }),
+        JsonType::Any => json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests;
