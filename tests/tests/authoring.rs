@@ -159,3 +159,78 @@ async fn every_shop_event_validates_against_its_catalog_schema() {
     null_total["data"]["total"] = serde_json::Value::Null;
     assert!(!validator.is_valid(&null_total), "total is NOT NULL");
 }
+
+/// The evolution guard end to end: the shop's events locked, a breaking mapping change refused
+/// offline (and released with a version bump), and a column retyped in the monolith refused by
+/// `ficus check` against the database.
+#[tokio::test]
+async fn the_lock_refuses_breaking_changes_of_mappings_and_of_the_database() {
+    let p = crate::pipeline::shop().await;
+    std::fs::create_dir_all(p.path("mappings/tests")).unwrap();
+    for file in ["customers.toml", "orders.toml"] {
+        std::fs::copy(
+            format!("{}/mappings/tests/{file}", crate::pipeline::SHOP),
+            p.path(&format!("mappings/tests/{file}")),
+        )
+        .unwrap();
+    }
+    let out = p.ok(&["catalog", "--lock"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("locked 6 event(s) in mappings/ficus.lock"));
+    let out = p.ok(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("the events keep their locked contracts against the live columns"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A mapping change that breaks consumers: refused by check and by --lock, named.
+    let orders = std::fs::read_to_string(p.path("mappings/orders.toml")).unwrap();
+    p.write(
+        "mappings/orders.toml",
+        &orders.replace(
+            "order_id = \"new.id\", total = \"new.total\", paid_at",
+            "order_id = \"new.id\", paid_at",
+        ),
+    );
+    let expected = "error: OrderPaid v2: data.total: a required field was removed (breaks its consumers under backward compatibility)";
+    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        crate::support::stderr(&out).contains(expected),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    let out = p.ficus(&["catalog", "--lock"]).output().unwrap();
+    assert!(!out.status.success(), "a breaking change is not locked");
+    // With a version bump it is a new contract: it checks, and locking retires v2.
+    p.write(
+        "mappings/orders.toml",
+        &orders
+            .replace(
+                "order_id = \"new.id\", total = \"new.total\", paid_at",
+                "order_id = \"new.id\", paid_at",
+            )
+            .replace("version = 2", "version = 3"),
+    );
+    let out = p.ok(&["check", "--offline"]);
+    assert!(crate::support::stderr(&out).contains("warning: OrderPaid v2 is locked and no mapping makes it any more"));
+    p.ok(&["catalog", "--lock"]);
+    let out = p.ok(&["check", "--offline"]);
+    assert!(
+        !crate::support::stderr(&out).contains("warning"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+
+    // The monolith retypes a column: the same mappings now make strings where consumers expect
+    // integers, under the same version.
+    p.db.exec("alter table orders drop constraint orders_customer_id_fkey; alter table orders alter column customer_id type text").await;
+    let out = p.ficus(&["check"]).output().unwrap();
+    assert!(!out.status.success());
+    let said = crate::support::stderr(&out);
+    assert!(
+        said.contains("error: OrderPlaced v1: data.customer_id: its type changed from integer to string"),
+        "{said}"
+    );
+}

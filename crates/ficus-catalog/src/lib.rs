@@ -3,6 +3,8 @@
 //! columns (from fixtures or the live schema); the caller writes the files.
 #![deny(missing_docs)]
 
+pub mod lock;
+
 use std::collections::BTreeMap;
 
 use ficus_mapping::{Compiled, DataShape, FieldShape, JsonType, Schema};

@@ -105,6 +105,10 @@ enum Command {
         /// The fixture files whose [tables] give the columns' types.
         #[arg(long, default_value = ficus_project::fixtures::DEFAULT_FIXTURES)]
         fixtures: String,
+        /// Also release the events' current shapes into mappings/ficus.lock (refused when a
+        /// change breaks an event's consumers without a version bump).
+        #[arg(long)]
+        lock: bool,
     },
     /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
     ///
@@ -361,7 +365,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             fixtures,
             accept,
         } => test(&config, &fixtures, accept),
-        Command::Catalog { config, out, fixtures } => catalog(&config, &out, &fixtures),
+        Command::Catalog {
+            config,
+            out,
+            fixtures,
+            lock,
+        } => catalog(&config, &out, &fixtures, lock),
         Command::Init {
             source_url,
             tables,
@@ -632,7 +641,7 @@ fn describe_backfill(state: &BackfillState) -> String {
 }
 
 /// `ficus catalog`: needs only the project's files and the engine.
-fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str) -> anyhow::Result<ExitCode> {
+fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: bool) -> anyhow::Result<ExitCode> {
     let config = ficus_project::Config::load(path).map_err(RunError::from)?;
     let compiled = ficus_project::load_mappings(&config)
         .and_then(|loaded| loaded.compile(None))
@@ -653,7 +662,70 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str) -> any
         }
     }
     println!("wrote {} event schema(s) to {}", events.len(), dir.display());
+    if lock {
+        let file = lock_path(&config.dir);
+        let current = read_lock(&file)?;
+        if !guard(&current, &events) {
+            eprintln!(
+                "not locked: bump the version of each event above (a new version is a new contract), or set its compatibility in {}",
+                file.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        let released = current.release(&events);
+        std::fs::write(&file, released.to_text()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        println!("locked {} event(s) in {}", released.events.len(), file.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mappings/ficus.lock`, next to the mapping files.
+fn lock_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("mappings").join(ficus_catalog::lock::LOCK_FILE)
+}
+
+/// The lock file, or an empty lock when there is none.
+fn read_lock(file: &std::path::Path) -> anyhow::Result<ficus_catalog::lock::Lock> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => ficus_catalog::lock::Lock::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}\nhint: it is written by `ficus catalog --lock`; restore it from version control",
+                file.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ficus_catalog::lock::Lock::default()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+    }
+}
+
+/// The evolution guard: prints what the mappings do to the lock's events; false when a change
+/// breaks consumers.
+fn guard(lock: &ficus_catalog::lock::Lock, events: &[ficus_catalog::EventVersion]) -> bool {
+    let verdict = lock.check(events);
+    for b in &verdict.breaking {
+        eprintln!(
+            "error: {b}\nhint: bump the mapping's version (version = {}) to release it as a new contract; keep the old version's mapping while consumers move\n",
+            b.version + 1
+        );
+    }
+    for (name, version) in &verdict.retired {
+        eprintln!(
+            "warning: {name} v{version} is locked and no mapping makes it any more: its consumers stop getting events\n"
+        );
+    }
+    for (name, version) in &verdict.unknown {
+        eprintln!(
+            "warning: {name} v{version}: its data's fields are not known (a whole row of a table no fixture declares): not checked\n"
+        );
+    }
+    if !verdict.unlocked.is_empty() && !lock.events.is_empty() {
+        let list: Vec<String> = verdict.unlocked.iter().map(|(n, v)| format!("{n} v{v}")).collect();
+        eprintln!(
+            "note: not locked yet: {} (`ficus catalog --lock` releases them)",
+            list.join(", ")
+        );
+    }
+    verdict.breaking.is_empty()
 }
 
 /// `ficus test`: needs only the project's files and the engine.
@@ -708,9 +780,20 @@ fn test(path: &std::path::Path, pattern: &str, accept: bool) -> anyhow::Result<E
 async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let files = ficus_runtime::load_mappings(&config)?;
+    let lock_file = lock_path(&config.dir);
+    let lock = read_lock(&lock_file)?;
     if offline {
         let compiled = files.compile(None)?;
         println!("{} mapping(s) check out offline", compiled.mappings().len());
+        if !lock.events.is_empty() {
+            let project = ficus_project::Config::load(path).map_err(RunError::from)?;
+            let tables = ficus_project::fixtures::tables(&project, ficus_project::fixtures::DEFAULT_FIXTURES)
+                .map_err(RunError::from)?;
+            if !guard(&lock, &ficus_catalog::events(&compiled, &tables)) {
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("the events keep their locked contracts ({})", lock_file.display());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // The sinks, whatever the source says: each problem with the sink's name.
@@ -751,6 +834,18 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
     for warning in compiled.warnings() {
         eprintln!("warning: {warning}\n");
     }
+    // The lock against the live columns: a column retyped in the monolith changes the events.
+    let mut guarded = true;
+    if !lock.events.is_empty() {
+        let tables = ficus_postgres::catalog::tables(&pool).await.map_err(RunError::from)?;
+        guarded = guard(&lock, &ficus_catalog::events(&compiled, &tables));
+        if guarded {
+            println!(
+                "the events keep their locked contracts against the live columns ({})",
+                lock_file.display()
+            );
+        }
+    }
     let findings = ficus_runtime::check::source(&config, &pool, &compiled).await?;
     for finding in &findings {
         eprintln!("error: {}\nhint: {}\n", finding.message, finding.hint);
@@ -760,6 +855,10 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
             "{} problem(s) of the source: ficus run and ficus backfill would stop on them",
             findings.len()
         );
+        sinks_ok();
+        return Ok(ExitCode::FAILURE);
+    }
+    if !guarded {
         sinks_ok();
         return Ok(ExitCode::FAILURE);
     }
