@@ -90,15 +90,29 @@ async fn redis_after_kill_9_and_a_server_down_has_every_event() {
     let port = redis.port;
     let ids = move || async move {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        // Reading 30,000 entries at once outlasts the client's default response timeout on a
+        // busy machine: a longer one, and a failed read is read again, not taken for an empty
+        // stream.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(30)));
+        let Ok(mut conn) = client.get_multiplexed_async_connection_with_config(&config).await else {
             return vec![];
         };
-        let reply: redis::streams::StreamRangeReply = conn.xrange_all("ticks").await.unwrap_or_default();
-        reply
-            .ids
-            .into_iter()
-            .map(|entry| entry.get::<String>("id").unwrap())
-            .collect()
+        for _ in 0..10 {
+            match conn.xrange_all::<_, redis::streams::StreamRangeReply>("ticks").await {
+                Ok(reply) => {
+                    return reply
+                        .ids
+                        .into_iter()
+                        .map(|entry| entry.get::<String>("id").unwrap())
+                        .collect();
+                }
+                Err(e) => {
+                    eprintln!("reading the stream failed ({e}); reading again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        vec![]
     };
     // Redis keeps repeats (a consumer drops them by id).
     kill_9_and_an_outage(&p, &mut redis, ids, Repeats::Allowed).await;

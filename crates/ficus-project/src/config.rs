@@ -44,8 +44,6 @@ pub struct Config {
     pub dir: PathBuf,
     /// The file it was read from.
     pub path: PathBuf,
-    /// The file's text (sinks' settings are read from it later, with their position).
-    pub text: String,
 }
 
 #[derive(Deserialize)]
@@ -190,7 +188,6 @@ impl Config {
             sinks,
             dir: path.parent().map(Path::to_owned).unwrap_or_default(),
             path: path.to_owned(),
-            text: text.to_owned(),
         };
         config.check_sinks()?;
         Ok(config)
