@@ -356,12 +356,22 @@ impl Lock {
                 for release in releases.as_array().into_iter().flatten() {
                     let mut fields = Released::new();
                     for (f, l) in release.as_object().into_iter().flatten() {
+                        // A field missing a key would weaken the guard without a word: refused.
+                        let flag = |key: &str| {
+                            l.get(key)
+                                .and_then(Json::as_bool)
+                                .ok_or_else(|| format!("{name} v{v}: field {f:?} has no {key} true/false"))
+                        };
+                        let ty = l
+                            .get("type")
+                            .cloned()
+                            .ok_or_else(|| format!("{name} v{v}: field {f:?} has no type"))?;
                         fields.insert(
                             f.clone(),
                             LockedField {
-                                ty: l.get("type").cloned().unwrap_or(json!({})),
-                                nullable: l.get("nullable").and_then(Json::as_bool).unwrap_or(true),
-                                required: l.get("required").and_then(Json::as_bool).unwrap_or(false),
+                                ty,
+                                nullable: flag("nullable")?,
+                                required: flag("required")?,
                             },
                         );
                     }
