@@ -106,11 +106,8 @@ fn a_fixture_that_names_a_missing_column_fails_with_its_line() {
     assert!(said.contains("1 passed, 1 failed"), "{said}");
 }
 
-/// Every event `ficus run` makes of the shop's workload validates against the JSON Schema
-/// `ficus catalog` wrote for its type and version (typed from the shop's fixtures); an event
-/// with a field of the wrong type does not.
-#[tokio::test]
-async fn every_shop_event_validates_against_its_catalog_schema() {
+/// The shop's project against a database, with its fixtures (mappings/tests/).
+async fn shop_with_fixtures() -> crate::support::Project {
     let p = crate::pipeline::shop().await;
     std::fs::create_dir_all(p.path("mappings/tests")).unwrap();
     for file in ["customers.toml", "orders.toml"] {
@@ -120,6 +117,15 @@ async fn every_shop_event_validates_against_its_catalog_schema() {
         )
         .unwrap();
     }
+    p
+}
+
+/// Every event `ficus run` makes of the shop's workload validates against the JSON Schema
+/// `ficus catalog` wrote for its type and version (typed from the shop's fixtures); an event
+/// with a field of the wrong type does not.
+#[tokio::test]
+async fn every_shop_event_validates_against_its_catalog_schema() {
+    let p = shop_with_fixtures().await;
     p.ok(&["backfill"]);
     p.db.exec(&std::fs::read_to_string(format!("{}/workload.sql", crate::pipeline::SHOP)).unwrap())
         .await;
@@ -165,15 +171,7 @@ async fn every_shop_event_validates_against_its_catalog_schema() {
 /// `ficus check` against the database.
 #[tokio::test]
 async fn the_lock_refuses_breaking_changes_of_mappings_and_of_the_database() {
-    let p = crate::pipeline::shop().await;
-    std::fs::create_dir_all(p.path("mappings/tests")).unwrap();
-    for file in ["customers.toml", "orders.toml"] {
-        std::fs::copy(
-            format!("{}/mappings/tests/{file}", crate::pipeline::SHOP),
-            p.path(&format!("mappings/tests/{file}")),
-        )
-        .unwrap();
-    }
+    let p = shop_with_fixtures().await;
     let out = p.ok(&["catalog", "--lock"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("locked 6 event(s) in mappings/ficus.lock"));
     let out = p.ok(&["check"]);
