@@ -232,3 +232,132 @@ async fn the_lock_refuses_breaking_changes_of_mappings_and_of_the_database() {
         "{said}"
     );
 }
+
+/// The `[expect] events` of a fixture file, one JSON object a line.
+fn expected_events(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    doc["expect"]["events"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What a fixture compares of an event.
+fn compared(event: &serde_json::Value) -> String {
+    let mut o = serde_json::Map::new();
+    for k in ["type", "subject", "eventversion", "ficusunavailable", "data"] {
+        if let Some(v) = event.get(k) {
+            o.insert(k.into(), v.clone());
+        }
+    }
+    serde_json::Value::Object(o).to_string()
+}
+
+/// `ficus record` runs as `ficus run` does and writes what it mapped as fixtures: the first
+/// start's backfill (a snapshot row) and then the shop's workload. The recorded expectations are
+/// exactly the events delivered, and `ficus test` reproduces them with no database — values,
+/// types (the domain's numeric, the enum, the array) and transactions as the stream had them.
+#[tokio::test]
+async fn record_then_test_round_trips() {
+    let p = crate::pipeline::shop().await;
+    let out = p.ok(&["record", "--until-caught-up", "--out", "mappings/tests/first"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("wrote mappings/tests/first/customers.recorded.toml (1 changes)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("ficus test --fixtures 'mappings/tests/first/*.toml'"),
+        "{said}"
+    );
+    p.db.exec(&std::fs::read_to_string(format!("{}/workload.sql", crate::pipeline::SHOP)).unwrap())
+        .await;
+    let out = p.ok(&["record", "--until-caught-up", "--limit", "4"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("wrote mappings/tests/customers.recorded.toml (3 changes)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("wrote mappings/tests/orders.recorded.toml (4 changes, 2 more left out (--limit 4))"),
+        "{said}"
+    );
+    assert!(said.contains("next: `ficus test` runs them"), "{said}");
+
+    // The sinks got the events, as from `ficus run`; the fixtures expect the same ones.
+    let delivered: Vec<String> = p.events().iter().map(compared).collect();
+    assert_eq!(delivered.len(), 9, "{delivered:#?}");
+    let orders = p.path("mappings/tests/orders.recorded.toml");
+    let mut recorded: Vec<String> = [
+        p.path("mappings/tests/first/customers.recorded.toml"),
+        p.path("mappings/tests/customers.recorded.toml"),
+        orders.clone(),
+    ]
+    .iter()
+    .flat_map(|f| expected_events(f))
+    .map(|e| compared(&e))
+    .collect();
+    // The limit left the last two order updates out, and their events.
+    let left_out: Vec<String> = delivered
+        .iter()
+        .filter(|e| e.contains("OrderShipped") || e.contains("OrderCancelled"))
+        .cloned()
+        .collect();
+    assert_eq!(left_out.len(), 2);
+    recorded.extend(left_out);
+    let (mut a, mut b) = (delivered.clone(), recorded);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the recorded expectations are the events delivered");
+
+    let text = std::fs::read_to_string(&orders).unwrap();
+    assert!(text.contains("total = \"numeric(12,2) not null\""), "{text}");
+    assert!(text.contains("status = \"order_status not null\""), "{text}");
+    assert!(
+        text.contains("# 2 more changes of public.orders were seen and left out"),
+        "{text}"
+    );
+    let tx1: Vec<&str> = text.lines().filter(|l| *l == "tx = 1").collect();
+    assert_eq!(tx1.len(), 2, "the two orders inserted in one transaction: {text}");
+
+    // With no database, the mappings make the same events of the recorded changes.
+    let (passed, out) = ficus(p.dir.path(), &["test"]);
+    assert!(passed, "{out}");
+    assert!(
+        out.contains("ok      mappings/tests/orders.recorded.toml (3 events)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok      mappings/tests/customers.recorded.toml (3 events)"),
+        "{out}"
+    );
+    let (passed, out) = ficus(p.dir.path(), &["test", "--fixtures", "mappings/tests/first/*.toml"]);
+    assert!(passed, "{out}");
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+
+    // A mapping changed since the recording: the recorded fixtures catch it.
+    let mapping = p.path("mappings/orders.toml");
+    let m = std::fs::read_to_string(&mapping).unwrap();
+    std::fs::write(&mapping, m.replacen("order_id", "id_of_order", 1)).unwrap();
+    let (passed, out) = ficus(p.dir.path(), &["test"]);
+    assert!(!passed, "{out}");
+    assert!(out.contains("FAILED  mappings/tests/orders.recorded.toml"), "{out}");
+    std::fs::write(&mapping, m).unwrap();
+
+    // Recorded fixtures are not written over without --force, and nothing is streamed then.
+    let slot = p.confirmed_flush().await;
+    p.db.exec("update customers set name = 'Ada King' where id = 1").await;
+    let again = p.ficus(&["record", "--until-caught-up"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "{}", crate::support::stderr(&again));
+    let err = crate::support::stderr(&again);
+    assert!(
+        err.contains("not recording: recorded fixtures are there already"),
+        "{err}"
+    );
+    assert!(err.contains("hint: --force"), "{err}");
+    assert_eq!(p.confirmed_flush().await, slot);
+}

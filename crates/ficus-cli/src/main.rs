@@ -42,6 +42,34 @@ enum Command {
         #[command(flatten)]
         recovery: Recovery,
     },
+    /// Run as `ficus run` does, and write the row changes it maps, with the events it delivers
+    /// of them, as fixture files for `ficus test`.
+    ///
+    /// The usual way to make fixtures: against a staging database while its application is
+    /// used. It is a run: the sinks get the events and the slot moves as with `ficus run` (stop a
+    /// `ficus run` of the same slot first, or give record a config with a slot of its own).
+    /// Writes <table>.recorded.toml per table, with the columns' types, each change's
+    /// transaction, and the events delivered as the expectation. Overwrites recorded files only
+    /// with --force.
+    Record {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// Stop once everything committed before the start is delivered and acknowledged.
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Where to write the fixture files (default: mappings/tests next to the config).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Record at most this many changes per table (the others are counted in the file).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Write over recorded fixture files that are there.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        recovery: Recovery,
+    },
     /// Write a starting ficus.toml and a mapping file per table, from the live schema.
     ///
     /// Per table: <Entity>Created (inserts and snapshot rows), <Entity>Updated and
@@ -249,6 +277,7 @@ impl Recovery {
             until_caught_up,
             resync: self.resync,
             give_up_after,
+            recording: None,
         }
     }
 }
@@ -357,6 +386,50 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 report.events, report.transactions, report.acknowledged
             );
             warn_all(&report.warnings);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record {
+            config,
+            until_caught_up,
+            out,
+            limit,
+            force,
+            recovery,
+        } => {
+            let config = Config::load(&config)?;
+            let out = out.unwrap_or_else(|| config.dir.join("mappings").join("tests"));
+            let there = ficus_runtime::record::recorded_files_in(&out);
+            if !there.is_empty() && !force {
+                let shown: Vec<String> = there.iter().map(|p| p.display().to_string()).collect();
+                return Err(RunError::Config(format!(
+                    "not recording: recorded fixtures are there already ({})\nhint: --force writes over them, or --out DIR writes elsewhere",
+                    shown.join(", ")
+                ))
+                .into());
+            }
+            let rx = stop_on_signal(Some("stopping: finishing what is in flight, then writing the fixtures"));
+            let report =
+                ficus_runtime::record::record(&config, recovery.options(until_caught_up), rx, &out, limit).await?;
+            warn_all(&report.warnings);
+            for (path, file) in &report.written {
+                let left_out = match file.left_out {
+                    0 => String::new(),
+                    n => format!(", {n} more left out (--limit {limit})"),
+                };
+                println!("wrote {} ({} changes{left_out})", path.display(), file.changes);
+            }
+            if report.written.is_empty() {
+                println!("recorded nothing: no change of a mapped table was streamed");
+            }
+            let run = report.run?;
+            eprintln!(
+                "delivered {} events from {} transactions; acknowledged {}",
+                run.events, run.transactions, run.acknowledged
+            );
+            warn_all(&run.warnings);
+            if !report.written.is_empty() {
+                println!("next: `{}` runs them with no database", test_command(&config, &out));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
@@ -872,6 +945,17 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
 }
 
 /// What sinks had to say at the end (dead letters), after the summary line.
+/// The `ficus test` that runs the fixtures of `dir`.
+fn test_command(config: &Config, dir: &std::path::Path) -> String {
+    let shown = dir.strip_prefix(&config.dir).unwrap_or(dir).display().to_string();
+    let pattern = format!("{shown}/*.toml");
+    if pattern == ficus_project::fixtures::DEFAULT_FIXTURES {
+        "ficus test".to_owned()
+    } else {
+        format!("ficus test --fixtures '{pattern}'")
+    }
+}
+
 fn warn_all(warnings: &[String]) {
     for w in warnings {
         eprintln!("warning: {w}");

@@ -162,6 +162,39 @@ pub async fn tables(pool: &PgPool) -> Result<BTreeMap<TableRef, CatalogTable>, S
     Ok(out)
 }
 
+/// The base type of every column whose type is a domain, as `format_type` names it (a domain of
+/// a domain resolved to the last base): what a fixture declares so that the value converts as
+/// the stream converts it.
+pub async fn domain_bases(pool: &PgPool) -> Result<BTreeMap<TableRef, HashMap<String, String>>, SourceError> {
+    let rows = sqlx::query(
+        "with recursive d(attrelid, attname, oid, typmod, depth) as (
+             select a.attrelid, a.attname, a.atttypid, a.atttypmod, 0
+             from pg_attribute a join pg_type t on t.oid = a.atttypid
+             where t.typtype = 'd' and a.attnum > 0 and not a.attisdropped
+           union all
+             select d.attrelid, d.attname, t.typbasetype, t.typtypmod, d.depth + 1
+             from d join pg_type t on t.oid = d.oid
+             where t.typtype = 'd' and d.depth < 16
+         )
+         select distinct on (d.attrelid, d.attname)
+                n.nspname::text, c.relname::text, d.attname::text, format_type(d.oid, d.typmod)
+         from d join pg_class c on c.oid = d.attrelid join pg_namespace n on n.oid = c.relnamespace
+         where c.relkind in ('r', 'p')
+           and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
+         order by d.attrelid, d.attname, d.depth desc",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading the columns' domains", e))?;
+    let mut out: BTreeMap<TableRef, HashMap<String, String>> = BTreeMap::new();
+    for row in rows {
+        out.entry(TableRef::new(row.get::<String, _>(0), row.get::<String, _>(1)))
+            .or_default()
+            .insert(row.get(2), row.get(3));
+    }
+    Ok(out)
+}
+
 /// Type OIDs resolved to how ficus converts them, cached.
 #[derive(Default)]
 pub struct TypeCache {

@@ -32,7 +32,8 @@
 //! out of `new` is NULL, one listed in `unchanged` is a value the update did not send (an
 //! unchanged TOASTed value); a column left out of `old` was not sent, unless the replica
 //! identity is `full` (then it is NULL). Changes with the same `tx` are one transaction; by
-//! default each change is its own.
+//! default each change is its own. `xid` and `commit_time` give what a mapping reads of `tx`
+//! (`ficus record` writes them); `op` may also be `truncate` (no row) and `snapshot`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -104,6 +105,13 @@ struct ChangeDecl {
     unchanged: Vec<String>,
     #[serde(default)]
     tx: Option<u32>,
+    /// The transaction's id as the source numbered it (`ficus record` writes it); `tx` by default.
+    #[serde(default)]
+    xid: Option<u32>,
+    /// The commit's time (`ficus record` writes it); by default transaction N commits N seconds
+    /// after 2026-01-01T00:00:00Z.
+    #[serde(default)]
+    commit_time: Option<toml::value::Datetime>,
 }
 
 /// The commit time of transaction 1 in fixtures (each next one a second later):
@@ -188,10 +196,11 @@ impl Fixture {
                 "update" => Op::Update,
                 "delete" => Op::Delete,
                 "snapshot" => Op::Snapshot,
+                "truncate" => Op::Truncate,
                 other => {
                     return Err(err(
                         format!("op = {other:?}"),
-                        "op is insert, update, delete or snapshot",
+                        "op is insert, update, delete, truncate or snapshot",
                     ));
                 }
             };
@@ -205,6 +214,9 @@ impl Fixture {
                     },
                     "inserts, updates and snapshots have new; updates and deletes may have old",
                 ));
+            }
+            if op == Op::Truncate && !decl.unchanged.is_empty() {
+                return Err(err("a truncate has no row".into(), "leave unchanged out"));
             }
             if decl.old.is_some() && !matches!(op, Op::Update | Op::Delete) {
                 return Err(err(format!("an {op} has no old row"), "leave old out"));
@@ -230,15 +242,26 @@ impl Fixture {
                 .map_err(|e| err(e, "name the columns of [tables] only"))?;
             let tx = decl.tx.unwrap_or(i as u32 + 1);
             let commit_lsn = Lsn(u64::from(tx) << 24);
+            let commit_time_micros = match &decl.commit_time {
+                None => EPOCH_MICROS + i64::from(tx) * 1_000_000,
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&t.to_string())
+                    .map(|t| t.timestamp_micros())
+                    .map_err(|e| {
+                        err(
+                            format!("commit_time = {t}: {e}"),
+                            "write it with a date, a time and an offset: 2026-01-01T10:00:00.123456Z",
+                        )
+                    })?,
+            };
             changes.push(RowChange {
                 op,
                 relation: relation.clone(),
                 new,
                 old,
                 tx: TxMeta {
-                    xid: tx,
+                    xid: decl.xid.unwrap_or(tx),
                     commit_lsn,
-                    commit_time_micros: EPOCH_MICROS + i64::from(tx) * 1_000_000,
+                    commit_time_micros,
                 },
                 origin: match op {
                     Op::Snapshot => Origin::Backfill {

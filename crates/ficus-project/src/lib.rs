@@ -7,6 +7,7 @@
 pub mod config;
 pub mod fixtures;
 pub mod mappings;
+pub mod recording;
 pub mod scaffold;
 
 pub use config::{Config, SinkConfig, SourceConfig};

@@ -9,6 +9,8 @@
 
 use std::fmt::Write;
 
+use ficus_model::PgType;
+
 /// A table as the scaffold needs it.
 #[derive(Clone, Debug)]
 pub struct Table {
@@ -34,6 +36,24 @@ pub struct Column {
     /// The values it takes when it looks like a state: an enum's labels, or the few distinct
     /// values of a `status`/`state` column. `None` otherwise.
     pub states: Option<Vec<String>>,
+    /// Its type as the stream converts it (a domain is its base type, an enum text).
+    pub ty: PgType,
+    /// A domain's base type, as Postgres names it (`numeric(12,2)`).
+    pub base_type: Option<String>,
+    /// Whether it is declared `NOT NULL`.
+    pub not_null: bool,
+}
+
+impl Column {
+    /// Its type as a fixture declares it: one that converts as the stream converts it
+    /// (`numeric(12,2) not null` for a `NOT NULL` column of a domain over `numeric(12,2)`).
+    pub fn declared(&self) -> String {
+        let mut t = crate::recording::fixture_type(&self.type_name, &self.ty, self.base_type.as_deref());
+        if self.not_null {
+            t.push_str(" not null");
+        }
+        t
+    }
 }
 
 /// A mapping file to write, and what to tell the user about it.
@@ -135,31 +155,7 @@ fn singular(word: &str) -> String {
     word.strip_suffix('s').unwrap_or(word).to_owned()
 }
 
-/// A TOML key: bare when it can be.
-fn toml_key(name: &str) -> String {
-    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        name.to_owned()
-    } else {
-        toml_string(name)
-    }
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+use crate::recording::{key_of as toml_key, quoted as toml_string};
 
 /// A column of `row` in CEL: `new.id`, or `new["odd name"]`.
 fn cel_column(row: &str, column: &str) -> String {
@@ -329,6 +325,157 @@ pub fn mapping(table: &Table) -> Scaffold {
         file_name: format!("{}.toml", table.name),
         text,
         warnings,
+    }
+}
+
+/// A value for a fixture row: `n` = 1 for the first row, 2 for it changed.
+fn sample(column: &Column, n: usize) -> String {
+    let quoted = toml_string;
+    if let Some(states) = column.states.as_ref().filter(|s| !s.is_empty()) {
+        return quoted(&states[(n - 1) % states.len()]);
+    }
+    let text = match &column.ty {
+        PgType::Bool => return (n == 1).to_string(),
+        PgType::Int | PgType::Int8 => return n.to_string(),
+        PgType::Array(_) => return "[]".into(),
+        PgType::Float => format!("{n}.5"),
+        PgType::Numeric => format!("{n}0.00"),
+        PgType::Bytea => format!("\\x0{n}"),
+        PgType::Json => ["{}", "{\"changed\": true}"][(n - 1) % 2].into(),
+        PgType::Timestamptz => format!("2026-01-0{n} 10:00:00+00"),
+        PgType::Timestamp => format!("2026-01-0{n} 10:00:00"),
+        PgType::Date => format!("2026-01-0{n}"),
+        PgType::Time => format!("1{n}:00:00"),
+        PgType::Interval => format!("{n} days"),
+        PgType::Text if column.type_name == "uuid" => format!("00000000-0000-0000-0000-00000000000{n}"),
+        PgType::Text => format!("{} {n}", column.name),
+    };
+    quoted(&text)
+}
+
+/// `{ a = 1, ... }` of the columns, with `changed` given its second value.
+fn sample_row(columns: &[&Column], changed: Option<&str>) -> String {
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let n = if changed == Some(c.name.as_str()) { 2 } else { 1 };
+            format!("{} = {}", toml_key(&c.name), sample(c, n))
+        })
+        .collect();
+    format!("{{ {} }}", fields.join(", "))
+}
+
+/// The fixture file of a table (`mappings/tests/<table>.toml`): its columns with the types the
+/// database gives them, and a row inserted, updated and deleted, to make into the cases the
+/// business cares about. It expects nothing yet: `ficus test --accept` writes what the mappings
+/// make, to review.
+pub fn fixture(table: &Table) -> Scaffold {
+    let (quoted, key_of) = (toml_string, toml_key);
+    let entity = entity_name(&table.name);
+    let qualified = format!("{}.{}", table.schema, table.name);
+    let shown = if table.schema == "public" {
+        table.name.clone()
+    } else {
+        qualified.clone()
+    };
+    let mut text = format!(
+        "# Fixtures of {qualified}, written by `ficus init`: row changes that `ficus test` runs through\n\
+         # the mappings with no database. Make them the cases the business cares about; then\n\
+         # `ficus test --accept` writes the events the mappings make as the expectation, to review.\n\
+         # The columns' types are the database's (a domain's by its base type), so values convert\n\
+         # exactly as `ficus run` converts them. See docs/mappings.md#testing-mappings-ficus-test.\n\n"
+    );
+    let _ = writeln!(text, "[tables.{}]", quoted(&qualified));
+    if !table.primary_key.is_empty() {
+        let key: Vec<String> = table.primary_key.iter().map(|k| quoted(k)).collect();
+        let _ = writeln!(text, "key = [{}]", key.join(", "));
+    }
+    let identity = if table.replica_identity_full { "full" } else { "default" };
+    let _ = writeln!(text, "replica_identity = \"{identity}\"");
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("{} = {}", key_of(&c.name), quoted(&c.declared())))
+        .collect();
+    let _ = writeln!(text, "columns = {{ {} }}", columns.join(", "));
+
+    let all: Vec<&Column> = table.columns.iter().collect();
+    let key_columns: Vec<&Column> = all
+        .iter()
+        .copied()
+        .filter(|c| table.primary_key.contains(&c.name))
+        .collect();
+    // The column the update changes: a state when there is one, else the first that is not key.
+    let changed = table
+        .columns
+        .iter()
+        .filter(|c| !table.primary_key.contains(&c.name) && !looks_secret(&c.name))
+        .find(|c| c.states.is_some())
+        .or_else(|| {
+            table
+                .columns
+                .iter()
+                .find(|c| !table.primary_key.contains(&c.name) && !looks_secret(&c.name))
+        })
+        .map(|c| c.name.as_str());
+    let change = |text: &mut String, comment: &str, op: &str, old: Option<String>, new: Option<String>| {
+        let _ = writeln!(
+            text,
+            "\n# {comment}\n[[change]]\ntable = {}\nop = \"{op}\"",
+            quoted(&shown)
+        );
+        if let Some(old) = old {
+            let _ = writeln!(text, "old = {old}");
+        }
+        if let Some(new) = new {
+            let _ = writeln!(text, "new = {new}");
+        }
+    };
+    change(
+        &mut text,
+        &format!("A new {entity}."),
+        "insert",
+        None,
+        Some(sample_row(&all, None)),
+    );
+    // What a delete's old row carries: the whole row under FULL, the primary key's columns
+    // otherwise.
+    let old_row = |changed: Option<&str>| {
+        if table.replica_identity_full {
+            Some(sample_row(&all, changed))
+        } else if key_columns.is_empty() {
+            None
+        } else {
+            Some(sample_row(&key_columns, None))
+        }
+    };
+    if table.primary_key.is_empty() && !table.replica_identity_full {
+        let _ = writeln!(
+            text,
+            "\n# No primary key and REPLICA IDENTITY DEFAULT: Postgres refuses updates and deletes of a\n\
+             # published table without a replica identity, so there are none here."
+        );
+    } else {
+        let what = match changed {
+            Some(c) => format!("The {entity} changed: {c}."),
+            None => format!("The {entity} updated."),
+        };
+        // An update that keeps the key sends no old row under the default replica identity.
+        let old = table.replica_identity_full.then(|| sample_row(&all, None));
+        change(&mut text, &what, "update", old, Some(sample_row(&all, changed)));
+        change(
+            &mut text,
+            &format!("The {entity} deleted."),
+            "delete",
+            old_row(changed),
+            None,
+        );
+    }
+    Scaffold {
+        entity,
+        file_name: format!("{}.toml", table.name),
+        text,
+        warnings: Vec::new(),
     }
 }
 

@@ -1,7 +1,12 @@
-//! `ficus init`: a starting `ficus.toml` and a mapping file per table, from the live schema.
+//! `ficus init`: a starting `ficus.toml`, a mapping file and a fixture file per table, from the
+//! live schema.
 //! What the files say is `ficus_project::scaffold`'s; this reads the catalog and writes them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use ficus_model::{CatalogTable, PgType, TableRef};
+use ficus_project::recording::ColumnFacts;
 
 use ficus_postgres::{SourceError, SourceUrl};
 use ficus_project::scaffold::{self, Column, MAX_STATES, Table};
@@ -20,13 +25,15 @@ pub struct InitReport {
 }
 
 /// Reads the tables (`only`: `schema.table` or `table` of `public`; all user tables when empty)
-/// and writes `out/ficus.toml` and `out/mappings/<table>.toml`. Overwrites nothing unless
+/// and writes `out/ficus.toml`, `out/mappings/<table>.toml` and `out/mappings/tests/<table>.toml`. Overwrites nothing unless
 /// `force`: when a file is there, nothing is written.
 pub async fn init(url: &str, only: &[String], out: &Path, force: bool) -> Result<InitReport, RunError> {
     let source = SourceUrl::parse(url)?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
     let mut warnings = Vec::new();
-    let tables = read_tables(&pool, only, &mut warnings).await?;
+    let facts = crate::record::column_facts(&pool).await?;
+    let catalog = ficus_postgres::catalog::tables(&pool).await?;
+    let tables = read_tables(&pool, only, &facts, &catalog, &mut warnings).await?;
     if tables.is_empty() {
         return Err(RunError::Config(
             "no table to scaffold: the database has no user table, or --tables names none of them".into(),
@@ -46,7 +53,11 @@ pub async fn init(url: &str, only: &[String], out: &Path, force: bool) -> Result
             s.file_name.clone()
         };
         warnings.extend(s.warnings);
-        files.push((out.join("mappings").join(name), s.text));
+        files.push((out.join("mappings").join(&name), s.text));
+        files.push((
+            out.join("mappings").join("tests").join(&name),
+            scaffold::fixture(t).text,
+        ));
     }
     let existing: Vec<String> = files
         .iter()
@@ -73,7 +84,13 @@ pub async fn init(url: &str, only: &[String], out: &Path, force: bool) -> Result
     Ok(InitReport { written, warnings })
 }
 
-async fn read_tables(pool: &PgPool, only: &[String], warnings: &mut Vec<String>) -> Result<Vec<Table>, RunError> {
+async fn read_tables(
+    pool: &PgPool,
+    only: &[String],
+    facts: &BTreeMap<TableRef, ColumnFacts>,
+    catalog: &BTreeMap<TableRef, CatalogTable>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Table>, RunError> {
     let sql_error = |e| SourceError::from_sqlx("reading the schema", e);
     let rows = sqlx::query(
         "select c.oid::int8, n.nspname::text, c.relname::text, c.relreplident = 'f'
@@ -138,7 +155,16 @@ async fn read_tables(pool: &PgPool, only: &[String], warnings: &mut Vec<String>)
             if states.is_none() && c.get::<bool, _>(4) && scaffold::named_like_state(&column) {
                 states = few_values(pool, &schema, &name, &column).await?;
             }
+            let table_ref = TableRef::new(schema.clone(), name.clone());
+            let ty = catalog
+                .get(&table_ref)
+                .and_then(|t| t.relation.columns.iter().find(|k| k.name == column))
+                .map_or(PgType::Text, |k| k.ty.clone());
+            let facts = facts.get(&table_ref);
             table.columns.push(Column {
+                base_type: facts.and_then(|f| f.base_types.get(&column).cloned()),
+                not_null: facts.is_some_and(|f| f.not_null.contains(&column)),
+                ty,
                 name: column,
                 type_name: c.get(1),
                 states,

@@ -18,6 +18,7 @@ mod error;
 pub mod gap;
 pub mod init;
 pub mod position;
+pub mod record;
 pub mod remap;
 pub mod replay;
 pub mod request;

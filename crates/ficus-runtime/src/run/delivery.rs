@@ -140,7 +140,12 @@ pub(crate) struct Delivery {
     /// Told when a lane's status changes.
     notify: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
+    /// `ficus record`'s recording of the changes mapped and their events.
+    pub recording: Option<Recorder>,
 }
+
+/// Where `ficus record` keeps what it records while the run goes on.
+pub type Recorder = Arc<std::sync::Mutex<ficus_project::recording::Recording>>;
 
 impl Delivery {
     /// Builds the config's live sinks (stdout when none is configured) and checks each can take
@@ -213,6 +218,7 @@ impl Delivery {
             descriptions: Vec::new(),
             notify: Arc::new(Notify::new()),
             shutdown,
+            recording: None,
         })
     }
 
@@ -252,6 +258,7 @@ impl Delivery {
             descriptions: Vec::new(),
             notify: Arc::new(Notify::new()),
             shutdown,
+            recording: None,
         }
     }
 
@@ -322,6 +329,14 @@ impl Delivery {
         }
         let description = self.description(&change.relation, ctx);
         self.changes.push(archive::encode(change, &description));
+    }
+
+    /// Records a change and its events, when `ficus record` records.
+    pub fn record(&self, change: &RowChange, events: &[Event]) {
+        if let Some(r) = &self.recording {
+            let made = events.iter().map(ficus_project::fixtures::expectation).collect();
+            r.lock().unwrap_or_else(|e| e.into_inner()).record(change, made);
+        }
     }
 
     /// A relation's description, as the archive stores it.
@@ -544,6 +559,8 @@ struct MappedPart {
     events: Vec<Outgoing>,
     /// The rows as archived changes, when the store archives.
     changes: Vec<ArchivedChange>,
+    /// The rows as changes with their events, when `ficus record` records.
+    recorded: Vec<(RowChange, Vec<serde_json::Value>)>,
     rows: u64,
 }
 
@@ -583,18 +600,23 @@ pub(crate) async fn emit_snapshot_rows(
         parts.push(part);
     }
     let description = delivery.archives().then(|| delivery.description(relation, ctx));
+    let recording = delivery.recording.is_some();
     let map_part = |part: Vec<(ficus_model::Row, String)>| -> Result<MappedPart, RunError> {
         let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
             return Err(
                 SourceError::definite(format!("no mapping reads {}", relation.table), "report this as a bug").into(),
             );
         };
-        let (mut events, mut changes, mut emitted) = (Vec::new(), Vec::new(), 0);
+        let (mut events, mut changes, mut recorded, mut emitted) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for (row, key) in part {
             let change = snapshot_change(relation, id, row, key, at, now);
             let mapped = bound.apply(&change, ctx)?;
             if let Some(description) = &description {
                 changes.push(archive::encode(&change, description));
+            }
+            if recording {
+                let made = mapped.iter().map(ficus_project::fixtures::expectation).collect();
+                recorded.push((change, made));
             }
             events.extend(mapped.into_iter().map(Outgoing::new));
             emitted += 1;
@@ -602,6 +624,7 @@ pub(crate) async fn emit_snapshot_rows(
         Ok(MappedPart {
             events,
             changes,
+            recorded,
             rows: emitted,
         })
     };
@@ -625,11 +648,18 @@ pub(crate) async fn emit_snapshot_rows(
         let MappedPart {
             events: outgoing,
             changes,
+            recorded,
             rows,
         } = match part {
             Ok(part) => part,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(r) = &delivery.recording {
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            for (change, made) in recorded {
+                r.record(&change, made);
+            }
+        }
         *events += outgoing.len() as u64;
         delivery.write_outgoing(outgoing, changes).await?;
         emitted += rows;

@@ -26,6 +26,7 @@ mod lane;
 mod session;
 mod startup;
 
+pub use delivery::Recorder;
 pub(crate) use delivery::{Delivery, Positions, emit_snapshot_rows};
 use session::Session;
 pub(crate) use startup::{publication_needs, retrying};
@@ -46,6 +47,8 @@ pub struct RunOptions {
     pub resync: bool,
     /// Give up once the source has been unreachable this long (`None`: retry for ever).
     pub give_up_after: Option<Duration>,
+    /// `ficus record`: where the changes mapped and their events are recorded.
+    pub recording: Option<Recorder>,
 }
 
 /// What a run did.
@@ -112,6 +115,7 @@ pub async fn run(
     let mut report = RunReport::default();
     // The sinks first: a sink that cannot take events must not get a slot created for it.
     let mut delivery = Delivery::open(config, shutdown.clone()).await?;
+    delivery.recording = options.recording.clone();
     let prepared = retrying(
         "connecting to the source",
         &mut shutdown,

@@ -179,6 +179,7 @@ impl Session<'_> {
                     // Archived with its events: a transaction that gave no event must still be in
                     // the store before the slot moves past it.
                     self.delivery.archive(&change, &self.ctx);
+                    self.delivery.record(&change, &events);
                     let written = self.delivery.write(events).await?;
                     self.report.events += written as u64;
                 }

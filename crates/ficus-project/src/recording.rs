@@ -1,0 +1,327 @@
+//! What `ficus record` writes: the row changes a live run mapped, with the events it made of
+//! them, as fixture files that `ficus test` runs with no database.
+//!
+//! One file per table (`orders.recorded.toml`; a second one, `orders.recorded.2.toml`, when the
+//! table's columns changed during the run), its columns declared with their types, each change
+//! with its transaction's id and commit time (a mapping may read `tx`), and the events `ficus run`
+//! delivered as the expectation. Up to a limit of changes per table: a recording is a test, not
+//! an archive.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use ficus_model::{Cell, Column, Lsn, Origin, PgType, Relation, ReplicaIdentity, RowChange, TableRef};
+use serde_json::Value as Json;
+
+use crate::ProjectError;
+
+/// A column's type as a fixture declares it: so that `PgType::from_name` gives back the type the
+/// source resolved (`ty`). Postgres' name (`numeric(10,2)`, an enum's name) when it does; a
+/// domain's base type from `base` (what `format_type` names it) when there is one; else the
+/// resolved type's own name.
+pub fn fixture_type(type_name: &str, ty: &PgType, base: Option<&str>) -> String {
+    for name in [Some(type_name), base].into_iter().flatten() {
+        if !name.is_empty() && PgType::from_name(name) == *ty {
+            return name.to_owned();
+        }
+    }
+    pg_name(ty)
+}
+
+/// The name of a resolved type that `PgType::from_name` reads back as it.
+pub fn pg_name(ty: &PgType) -> String {
+    match ty {
+        PgType::Bool => "boolean".into(),
+        PgType::Int => "integer".into(),
+        PgType::Int8 => "bigint".into(),
+        PgType::Float => "double precision".into(),
+        PgType::Numeric => "numeric".into(),
+        PgType::Text => "text".into(),
+        PgType::Bytea => "bytea".into(),
+        PgType::Json => "jsonb".into(),
+        PgType::Timestamptz => "timestamptz".into(),
+        PgType::Timestamp => "timestamp".into(),
+        PgType::Date => "date".into(),
+        PgType::Time => "time".into(),
+        PgType::Interval => "interval".into(),
+        PgType::Array(elem) => format!("{}[]", pg_name(elem)),
+    }
+}
+
+/// What the source knows of a table's columns beyond what the stream says: their type names,
+/// domains' base types, `NOT NULL`. Keyed by column.
+#[derive(Clone, Debug, Default)]
+pub struct ColumnFacts {
+    /// The type as Postgres names it (`numeric(10,2)`, `order_status`).
+    pub type_names: HashMap<String, String>,
+    /// A domain's base type, as Postgres names it.
+    pub base_types: HashMap<String, String>,
+    /// Columns declared `NOT NULL`.
+    pub not_null: BTreeSet<String>,
+}
+
+/// A table's `[tables."schema.name"]` declaration.
+pub fn table_declaration(relation: &Relation, facts: &ColumnFacts) -> String {
+    let mut s = format!("[tables.{}]\n", quoted(&relation.table.to_string()));
+    let key: Vec<String> = relation
+        .columns
+        .iter()
+        .filter(|c| c.identity)
+        .map(|c| quoted(&c.name))
+        .collect();
+    if !key.is_empty() {
+        let _ = writeln!(s, "key = [{}]", key.join(", "));
+    }
+    let identity = match relation.replica_identity {
+        ReplicaIdentity::Default => "default",
+        ReplicaIdentity::Full => "full",
+        ReplicaIdentity::Index => "index",
+        ReplicaIdentity::Nothing => "nothing",
+    };
+    let _ = writeln!(s, "replica_identity = \"{identity}\"");
+    let columns: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| format!("{} = {}", key_of(&c.name), quoted(&column_type(c, facts))))
+        .collect();
+    let _ = writeln!(s, "columns = {{ {} }}", columns.join(", "));
+    s
+}
+
+fn column_type(c: &Column, facts: &ColumnFacts) -> String {
+    let name = facts
+        .type_names
+        .get(&c.name)
+        .map_or(c.type_name.as_str(), String::as_str);
+    let mut ty = fixture_type(name, &c.ty, facts.base_types.get(&c.name).map(String::as_str));
+    if facts.not_null.contains(&c.name) {
+        ty.push_str(" not null");
+    }
+    ty
+}
+
+/// A TOML basic string.
+pub fn quoted(s: &str) -> String {
+    toml_edit::Value::from(s).to_string().trim().to_owned()
+}
+
+/// A TOML key: bare when it can be.
+pub fn key_of(name: &str) -> String {
+    toml_edit::Key::new(name).display_repr().into_owned()
+}
+
+/// A value's text form as a fixture writes it: integers and booleans as TOML's own, everything
+/// else as the string Postgres sent (which the fixture converts exactly as `ficus run` does).
+pub(crate) fn value_of(ty: &PgType, text: &str) -> String {
+    match ty {
+        PgType::Int | PgType::Int8 if text.parse::<i64>().is_ok() => text.to_owned(),
+        PgType::Bool if text == "t" => "true".into(),
+        PgType::Bool if text == "f" => "false".into(),
+        _ => quoted(text),
+    }
+}
+
+/// The changes of one table, under one description of its columns.
+#[derive(Debug)]
+struct Recorded {
+    relation: Arc<Relation>,
+    /// Its changes and the events made of each, as `expect` lines.
+    changes: Vec<(RowChange, Vec<Json>)>,
+    /// Changes seen past the limit, not recorded.
+    left_out: u64,
+}
+
+/// The row changes of a run and their events, for fixture files.
+#[derive(Debug)]
+pub struct Recording {
+    limit: usize,
+    /// Per table, its descriptions in the order they came (a schema change starts another).
+    tables: BTreeMap<TableRef, Vec<Recorded>>,
+    /// The last WAL change recorded: (commit, change's LSN, its place in the record). A stream
+    /// resumed after a lost connection sends again from the last acknowledged commit; what is
+    /// not past this was recorded already.
+    last_wal: Option<(Lsn, Lsn, u32)>,
+}
+
+/// A fixture file a recording makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedFile {
+    /// Its name (`orders.recorded.toml`).
+    pub name: String,
+    /// The table.
+    pub table: TableRef,
+    /// Its text.
+    pub text: String,
+    /// The changes in it.
+    pub changes: usize,
+    /// The changes of its table seen past the limit and left out.
+    pub left_out: u64,
+}
+
+/// The suffix of recorded fixture files: `<table>.recorded.toml`.
+pub const RECORDED_SUFFIX: &str = ".recorded";
+
+impl Recording {
+    /// A recording of at most `limit` changes per table.
+    pub fn new(limit: usize) -> Recording {
+        Recording {
+            limit,
+            tables: BTreeMap::new(),
+            last_wal: None,
+        }
+    }
+
+    /// Records a change and the events mapped from it (each as [`crate::fixtures::expectation`]
+    /// makes it). A WAL change seen before (a resumed stream sends again) is not recorded twice.
+    pub fn record(&mut self, change: &RowChange, events: Vec<Json>) {
+        if let Origin::Wal { lsn, seq } = change.origin {
+            let at = (change.tx.commit_lsn, lsn, seq);
+            if self.last_wal.is_some_and(|last| at <= last) {
+                return;
+            }
+            self.last_wal = Some(at);
+        }
+        let parts = self.tables.entry(change.relation.table.clone()).or_default();
+        let same = parts.last().is_some_and(|r| {
+            r.relation.columns == change.relation.columns
+                && r.relation.replica_identity == change.relation.replica_identity
+        });
+        if !same {
+            parts.push(Recorded {
+                relation: change.relation.clone(),
+                changes: Vec::new(),
+                left_out: 0,
+            });
+        }
+        let recorded: usize = parts.iter().map(|r| r.changes.len()).sum();
+        let Some(part) = parts.last_mut() else { return };
+        if recorded >= self.limit {
+            part.left_out += 1;
+            return;
+        }
+        part.changes.push((change.clone(), events));
+    }
+
+    /// How many changes are recorded.
+    pub fn len(&self) -> usize {
+        self.tables.values().flatten().map(|r| r.changes.len()).sum()
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The fixture files: one per table (and per change of its columns), with the events as
+    /// their expectation. `facts` gives what the stream does not say of a table's columns.
+    pub fn files(&self, facts: &BTreeMap<TableRef, ColumnFacts>) -> Result<Vec<RecordedFile>, ProjectError> {
+        let mut files = Vec::new();
+        for (table, parts) in &self.tables {
+            let facts = facts.get(table).cloned().unwrap_or_default();
+            for (n, part) in parts.iter().enumerate() {
+                if part.changes.is_empty() {
+                    continue;
+                }
+                let stem = if table.schema == "public" {
+                    table.name.clone()
+                } else {
+                    table.to_string()
+                };
+                let name = match n {
+                    0 => format!("{stem}{RECORDED_SUFFIX}.toml"),
+                    n => format!("{stem}{RECORDED_SUFFIX}.{}.toml", n + 1),
+                };
+                let text = fixture_text(table, part, &facts);
+                let events: Vec<Json> = part.changes.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
+                files.push(RecordedFile {
+                    name,
+                    table: table.clone(),
+                    text: crate::fixtures::accept(&text, &events)?,
+                    changes: part.changes.len(),
+                    left_out: part.left_out,
+                });
+            }
+        }
+        Ok(files)
+    }
+}
+
+fn fixture_text(table: &TableRef, part: &Recorded, facts: &ColumnFacts) -> String {
+    let mut s = format!(
+        "# Recorded by `ficus record`: row changes of {table} that `ficus run` mapped, and the events it\n\
+         # delivered of them. `ficus test` runs them through the mappings with no database.\n"
+    );
+    if part.left_out > 0 {
+        let _ = writeln!(
+            s,
+            "# {} more changes of {table} were seen and left out (ficus record --limit).",
+            part.left_out
+        );
+    }
+    s.push('\n');
+    s.push_str(&table_declaration(&part.relation, facts));
+    let shown = if table.schema == "public" {
+        table.name.clone()
+    } else {
+        table.to_string()
+    };
+    let relation = &part.relation;
+    let mut txs: HashMap<Lsn, usize> = HashMap::new();
+    for (change, _) in &part.changes {
+        let next = txs.len() + 1;
+        let tx = *txs.entry(change.tx.commit_lsn).or_insert(next);
+        let _ = writeln!(s, "\n[[change]]\ntable = {}", quoted(&shown));
+        let _ = writeln!(s, "op = \"{}\"", change.op.as_str());
+        let _ = writeln!(s, "tx = {tx}");
+        let _ = writeln!(s, "xid = {}", change.tx.xid);
+        if let Some(t) = chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros) {
+            let _ = writeln!(
+                s,
+                "commit_time = {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+        }
+        if let Some(old) = &change.old {
+            // Under FULL a column left out is NULL; otherwise one the source did not send (the
+            // replica identity's columns, which it sends, are never NULL).
+            let _ = writeln!(s, "old = {}", row_text(relation, old));
+        }
+        if let Some(new) = &change.new {
+            let _ = writeln!(s, "new = {}", row_text(relation, new));
+            let unchanged: Vec<String> = relation
+                .columns
+                .iter()
+                .zip(&new.0)
+                .filter(|(_, c)| **c == Cell::Unsent)
+                .map(|(col, _)| quoted(&col.name))
+                .collect();
+            if !unchanged.is_empty() {
+                let _ = writeln!(s, "unchanged = [{}]", unchanged.join(", "));
+            }
+        }
+    }
+    s
+}
+
+/// `{ id = 1, status = "paid" }`: the row's sent values (NULLs and unsent values left out).
+fn row_text(relation: &Relation, row: &ficus_model::Row) -> String {
+    let mut fields = Vec::new();
+    for (column, cell) in relation.columns.iter().zip(&row.0) {
+        if let Cell::Text(bytes) = cell {
+            fields.push(format!(
+                "{} = {}",
+                key_of(&column.name),
+                value_of(&column.ty, &ficus_model::text_of(bytes))
+            ));
+        }
+    }
+    if fields.is_empty() {
+        "{}".into()
+    } else {
+        format!("{{ {} }}", fields.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests;
