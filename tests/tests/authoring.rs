@@ -361,3 +361,132 @@ async fn record_then_test_round_trips() {
     assert!(err.contains("hint: --force"), "{err}");
     assert_eq!(p.confirmed_flush().await, slot);
 }
+
+/// The page at `path` as headless Chromium (Debian's `chromium`) loads it from the file system:
+/// its DOM after parsing, the files the browser read for it, and what it logged to the console.
+fn in_chromium(path: &Path) -> (String, Vec<String>, Vec<String>) {
+    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=1",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", path.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e}\nhint: apt-get install chromium (.ci/run does)"));
+    assert!(out.status.success(), "{bin} failed on {}", path.display());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let read: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split("FileURLLoader::Start: ").nth(1))
+        .map(str::to_owned)
+        .collect();
+    let console: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_owned)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), read, console)
+}
+
+/// The values of an attribute in a DOM, in order.
+fn attributes<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
+    dom.split(&format!(" {name}=\""))
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect()
+}
+
+/// The shop's catalog site opens in a real browser from the file system: every page loads with
+/// nothing missing and nothing on the console, the flow picture has a node per table, mapping
+/// file, event and sink, and every link resolves to a file (and an anchor to an id in it).
+#[test]
+fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
+    let dir = shop();
+    let (ok, said) = ficus(dir.path(), &["catalog", "--out", "catalog"]);
+    assert!(ok, "{said}");
+    assert!(said.contains("open catalog/index.html"), "{said}");
+    let root = dir.path().join("catalog");
+    let mut pages = vec![root.join("index.html")];
+    for entry in std::fs::read_dir(root.join("events")).unwrap() {
+        pages.push(entry.unwrap().path());
+    }
+    pages.sort();
+    assert_eq!(pages.len(), 7, "the index and a page per event");
+    let mut doms = std::collections::BTreeMap::new();
+    for page in &pages {
+        let (dom, read, console) = in_chromium(page);
+        assert!(
+            dom.contains("</html>") && dom.contains("<h1>"),
+            "{}: {dom}",
+            page.display()
+        );
+        assert!(console.is_empty(), "{}: {console:#?}", page.display());
+        // What the browser read: the page and its stylesheet, each there.
+        assert!(
+            read.iter().any(|u| u.ends_with("style.css")),
+            "{}: {read:?}",
+            page.display()
+        );
+        for url in &read {
+            let file = url.strip_prefix("file://").unwrap();
+            assert!(
+                Path::new(file).is_file(),
+                "{}: read {url}, which is not there",
+                page.display()
+            );
+        }
+        doms.insert(page.clone(), dom);
+    }
+    let index = &doms[&root.join("index.html")];
+    let nodes = |kind: &str| attributes(index, "data-kind").iter().filter(|k| **k == kind).count();
+    assert_eq!(
+        (nodes("table"), nodes("mapping"), nodes("event"), nodes("sink")),
+        (2, 2, 6, 2),
+        "public.orders and public.customers; their two mapping files; six events; the store and stdout"
+    );
+    let names = attributes(index, "data-name");
+    for name in [
+        "public.orders",
+        "mappings/customers.toml",
+        "OrderPaid",
+        "store",
+        "stdout",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let mut links = 0;
+    for (page, dom) in &doms {
+        for href in attributes(dom, "href") {
+            let (target, anchor) = href.split_once('#').unwrap_or((href, ""));
+            let file = if target.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(target)
+            };
+            assert!(file.exists(), "{}: {href} does not resolve", page.display());
+            if !anchor.is_empty() {
+                let there = doms.get(&file.canonicalize().unwrap()).or_else(|| doms.get(&file));
+                let text = there
+                    .cloned()
+                    .unwrap_or_else(|| std::fs::read_to_string(&file).unwrap());
+                assert!(text.contains(&format!("id=\"{anchor}\"")), "{}: {href}", page.display());
+            }
+            links += 1;
+        }
+    }
+    assert!(links > 30, "{links} links checked");
+    // The AsyncAPI document is beside the site.
+    let asyncapi: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("asyncapi.json")).unwrap()).unwrap();
+    assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 6);
+}

@@ -1,9 +1,14 @@
 //! The event catalog: what each event is, where it comes from, and the JSON Schema (2020-12) of
-//! the whole CloudEvent with its `data` — pure functions of the compiled mappings and the tables'
-//! columns (from fixtures or the live schema); the caller writes the files.
+//! the whole CloudEvent with its `data`; the AsyncAPI 3.0 document of the sinks' channels
+//! (`asyncapi`); the static HTML site with the flow picture (`site`) — pure functions of the
+//! compiled mappings, the tables' columns (from fixtures or the live schema) and the sinks of
+//! `ficus.toml`; the caller writes the files.
 #![deny(missing_docs)]
 
+pub mod asyncapi;
 pub mod lock;
+pub mod sinks;
+pub mod site;
 
 use std::collections::BTreeMap;
 

@@ -6,7 +6,7 @@ use ficus_project::fixtures::Fixture;
 
 use super::*;
 
-fn shop() -> (Compiled, Schema) {
+pub(crate) fn shop() -> (Compiled, Schema) {
     let mut files = Vec::new();
     for (name, text) in [
         (

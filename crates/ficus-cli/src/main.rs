@@ -120,7 +120,9 @@ enum Command {
         accept: bool,
     },
     /// Write the event catalog: a JSON Schema (2020-12) per event version, of the whole
-    /// CloudEvent with its data, typed from the mappings and the columns the fixtures declare.
+    /// CloudEvent with its data, typed from the mappings and the columns the fixtures declare;
+    /// the AsyncAPI 3.0 document of the sinks' channels; and a static HTML site (index.html)
+    /// with the flow from tables to sinks, a page per event, examples from the fixtures.
     ///
     /// Needs no database: the tables' columns come from the fixture files' [tables].
     Catalog {
@@ -735,21 +737,83 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: 
         }
     }
     println!("wrote {} event schema(s) to {}", events.len(), dir.display());
+    let lock_file = lock_path(&config.dir);
+    let mut current = read_lock(&lock_file)?;
     if lock {
-        let file = lock_path(&config.dir);
-        let current = read_lock(&file)?;
         if !guard(&current, &events) {
             eprintln!(
                 "not locked: bump the version of each event above (a new version is a new contract), or set its compatibility in {}",
-                file.display()
+                lock_file.display()
             );
             return Ok(ExitCode::FAILURE);
         }
-        let released = current.release(&events);
-        std::fs::write(&file, released.to_text()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        println!("locked {} event(s) in {}", released.events.len(), file.display());
+        current = current.release(&events);
+        std::fs::write(&lock_file, current.to_text()).map_err(|e| anyhow::anyhow!("{}: {e}", lock_file.display()))?;
+        println!("locked {} event(s) in {}", current.events.len(), lock_file.display());
     }
+
+    // The AsyncAPI document and the HTML site.
+    let title = catalog_title(&config);
+    let sinks: Vec<ficus_catalog::sinks::Sink> = if config.sinks.is_empty() {
+        // No sink configured: ficus writes to stdout.
+        vec![ficus_catalog::sinks::Sink::from_config(&ficus_project::SinkConfig {
+            kind: "stdout".into(),
+            name: None,
+            live: true,
+            events: vec![],
+            max_in_flight: 0,
+            settings: Default::default(),
+            at: (0, 0),
+        })]
+    } else {
+        config
+            .sinks
+            .iter()
+            .map(ficus_catalog::sinks::Sink::from_config)
+            .collect()
+    };
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let file = out.join(name);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&file, text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    };
+    let asyncapi = ficus_catalog::asyncapi::document(&title, &events, &sinks);
+    write("asyncapi.json", &(serde_json::to_string_pretty(&asyncapi)? + "\n"))?;
+    let examples = ficus_project::fixtures::examples(&config, fixtures).map_err(RunError::from)?;
+    let files = ficus_catalog::site::site(&ficus_catalog::site::Site {
+        title: &title,
+        events: &events,
+        sinks: &sinks,
+        examples: &examples,
+        lock: (!current.events.is_empty()).then_some(&current),
+    });
+    for (name, text) in &files {
+        write(name, text)?;
+    }
+    println!(
+        "wrote {} and the site: open {}",
+        out.join("asyncapi.json").display(),
+        out.join("index.html").display()
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the catalog is of: the source's name, else its database's.
+fn catalog_title(config: &ficus_project::Config) -> String {
+    if let Some(name) = &config.source.name {
+        return name.clone();
+    }
+    config
+        .url()
+        .ok()
+        .and_then(|u| {
+            let path = u.split_once("://")?.1.split(['?', '#']).next()?.to_owned();
+            let db = path.split_once('/')?.1.to_owned();
+            (!db.is_empty()).then_some(db)
+        })
+        .unwrap_or_else(|| "ficus".to_owned())
 }
 
 /// `mappings/ficus.lock`, next to the mapping files.

@@ -591,6 +591,35 @@ pub fn test(
 #[cfg(test)]
 mod tests;
 
+/// Examples of events by type and version: an event as `[expect]` has it, and its file.
+pub type Examples = BTreeMap<(String, u32), (Json, String)>;
+
+/// An example of each event version the fixtures expect: the first `[expect]` event of each
+/// type and version, with the file it is in. No fixture file at all is no examples.
+pub fn examples(config: &crate::Config, pattern: &str) -> Result<Examples, ProjectError> {
+    let Ok(paths) = crate::mappings::mapping_paths(&config.dir, &[pattern.to_owned()]) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for path in paths {
+        let file = config.shown(&path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
+        let fixture = Fixture::parse(&file, &text)?;
+        for event in fixture.expect.into_iter().flatten() {
+            let (Some(ty), Some(version)) = (
+                event["type"].as_str(),
+                event["eventversion"].as_u64().and_then(|v| u32::try_from(v).ok()),
+            ) else {
+                continue;
+            };
+            out.entry((ty.to_owned(), version))
+                .or_insert_with(|| (event.clone(), file.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// The tables every fixture file that `pattern` matches declares, merged: the columns' types
 /// the catalog and the lock type fields with when there is no database. Two files that declare
 /// one table differently are an error; no fixture file at all is no tables.
