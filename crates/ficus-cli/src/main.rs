@@ -140,6 +140,15 @@ enum Command {
         #[arg(long)]
         lock: bool,
     },
+    /// Write the JSON Schemas of ficus.toml and of mapping files, for editors.
+    ///
+    /// A TOML editor extension (Taplo / Even Better TOML) completes and checks keys as they are
+    /// typed with them: see docs/config.md#editor-support.
+    Schemas {
+        /// Where to write ficus.toml.schema.json and mapping.schema.json.
+        #[arg(long, default_value = ".ficus/schemas")]
+        out: PathBuf,
+    },
     /// Turn the rows that already exist into `snapshot` events, consistently with the stream.
     ///
     /// Reads the tables in chunks by their primary key, without locks, and emits each chunk
@@ -435,6 +444,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Schemas { out } => {
+            std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            for (name, schema) in [
+                (CONFIG_SCHEMA, ficus_runtime::config::config_schema()),
+                (MAPPING_SCHEMA, ficus_mapping::mapping_file_schema()),
+            ] {
+                let file = out.join(name);
+                std::fs::write(&file, serde_json::to_string_pretty(&schema)? + "\n")
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                println!("wrote {}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test {
             config,
             fixtures,
@@ -1009,6 +1031,11 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
 }
 
 /// What sinks had to say at the end (dead letters), after the summary line.
+/// The JSON Schema of ficus.toml, as `ficus schemas` names it.
+const CONFIG_SCHEMA: &str = "ficus.toml.schema.json";
+/// The JSON Schema of mapping files, as `ficus schemas` names it.
+const MAPPING_SCHEMA: &str = "mapping.schema.json";
+
 /// The `ficus test` that runs the fixtures of `dir`.
 fn test_command(config: &Config, dir: &std::path::Path) -> String {
     let shown = dir.strip_prefix(&config.dir).unwrap_or(dir).display().to_string();

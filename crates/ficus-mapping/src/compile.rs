@@ -20,7 +20,8 @@ pub const DEFAULT_VERSION: u32 = 1;
 
 /// What a mapping does with a value an update left unchanged and Postgres did not send (a TOASTed
 /// value, on a table whose replica identity is not FULL).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum UnchangedToast {
     /// Stop before acknowledging the change, naming table, key and column (the default).
     #[default]

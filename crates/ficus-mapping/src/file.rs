@@ -28,25 +28,78 @@ pub struct MappingFile {
 }
 
 /// One `[[event]]` table as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEvent {
+    /// The event's type, named after what the business says happened: `OrderPaid`.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
+    /// The event's version (`eventversion`), default 1: a new version is a new contract.
     #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub version: Option<Spanned<i64>>,
+    /// The table whose row changes make it: `public.orders`, or `orders` in `public`.
+    #[schemars(with = "String")]
     pub table: Spanned<String>,
+    /// The operations that make it: `insert`, `update`, `delete`, `truncate`, `snapshot` (rows a
+    /// backfill reads).
+    #[schemars(with = "Vec<Op>")]
     pub on: Spanned<Vec<Spanned<String>>>,
+    /// A CEL condition over `new`, `old`, `changed`, `op`, `table`, `tx`: the event is made only
+    /// when it is true.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub when: Option<Spanned<String>>,
+    /// A CEL expression: the aggregate's key, the event's `subject` (`new.id`).
+    #[schemars(with = "String")]
     pub key: Spanned<String>,
+    /// The aggregate's name, default the table's.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub aggregate: Option<Spanned<String>>,
+    /// The event's data: `"new"` or `"old"` (the whole row), or a table of field = CEL
+    /// expression.
     #[serde(default)]
+    #[schemars(with = "Option<RawData>")]
     pub data: Option<Spanned<RawData>>,
+    /// Columns left out of `data = "new"`/`"old"`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    /// What an update whose TOASTed value was not sent does: `stop` (default), `reselect`
+    /// (read it from the table), `omit` (leave the field out and name it in
+    /// `ficusunavailable`).
     #[serde(default)]
+    #[schemars(with = "Option<crate::UnchangedToast>")]
     pub unchanged_toast: Option<Spanned<String>>,
+}
+
+/// An operation, as `on` names it (for the schema of mapping files).
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Snapshot,
+}
+
+/// A mapping file (for its schema): `[[event]]` tables.
+#[derive(schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "ficus mapping file")]
+#[allow(dead_code)]
+struct FileSchema {
+    /// The events of row changes, each an `[[event]]` table.
+    event: Vec<RawEvent>,
+}
+
+/// The JSON Schema (2020-12) of mapping files, for editors: keys completed and checked as they
+/// are typed. What only the engine can check (CEL, tables, columns) is `ficus check`'s.
+pub fn mapping_file_schema() -> serde_json::Value {
+    schemars::schema_for!(FileSchema).to_value()
 }
 
 /// `data = "new"` or `data = { field = "expr", ... }`.
@@ -54,6 +107,22 @@ pub(crate) struct RawEvent {
 pub(crate) enum RawData {
     Row(String),
     Fields(Vec<(String, Spanned<String>)>),
+}
+
+impl schemars::JsonSchema for RawData {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Data".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The event's data: `\"new\"` or `\"old\"` (the whole row), or a table of field = CEL expression.",
+            "oneOf": [
+                { "enum": ["new", "old"] },
+                { "type": "object", "additionalProperties": { "type": "string" } }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for RawData {

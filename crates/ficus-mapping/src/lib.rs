@@ -25,5 +25,5 @@ mod shape;
 pub use apply::{Bound, EvalError, EventContext, MapError, UnsentValue};
 pub use compile::{ColumnsRead, Compiled, Mapping, Schema, Sources, UnchangedToast, compile};
 pub use diagnostic::Diagnostic;
-pub use file::{MappingFile, parse_file};
+pub use file::{MappingFile, mapping_file_schema, parse_file};
 pub use shape::{DataShape, FieldShape, FieldSource, JsonType};

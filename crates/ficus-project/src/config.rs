@@ -55,7 +55,7 @@ struct File {
 }
 
 /// `[source]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Postgres URL; `FICUS_SOURCE_URL` overrides it.
@@ -96,7 +96,7 @@ fn yes() -> bool {
 }
 
 /// `[[sink]]`: what every sink has; its type's own settings are read by the sink's config type.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 pub struct SinkConfig {
     /// The sink's type: `stdout`, `jsonl`, `store`, `kafka`, `nats`, `amqp`, `redis`, `http`.
     #[serde(rename = "type")]
@@ -116,6 +116,7 @@ pub struct SinkConfig {
     pub max_in_flight: usize,
     /// The type's own settings, as written.
     #[serde(flatten)]
+    #[schemars(skip)]
     pub settings: toml::Table,
     /// Where the `[[sink]]` table starts in the file (line, column), for messages.
     #[serde(skip)]

@@ -39,7 +39,7 @@ pub struct SinkConfig {
 }
 
 /// A sink's type, with its settings: one variant per sink module.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
     /// Events on standard output, one per line.
@@ -230,3 +230,70 @@ pub use ficus_project::Loaded;
 pub fn load_mappings(config: &Config) -> Result<Loaded, RunError> {
     Ok(ficus_project::mappings::load(&config.dir, &config.source.mappings)?)
 }
+
+/// The JSON Schema (2020-12) of `ficus.toml`, from the config types: `[source]`, and each
+/// `[[sink]]` as one of the sink types, its own keys with the keys every sink has. For editors
+/// (keys completed and checked as they are typed) and `ficus schemas`.
+pub fn config_schema() -> serde_json::Value {
+    use schemars::JsonSchema;
+    use serde_json::{Value, json};
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let source = SourceConfig::json_schema(&mut generator).to_value();
+    let common = ficus_project::SinkConfig::json_schema(&mut generator).to_value();
+    let kinds = SinkKind::json_schema(&mut generator).to_value();
+    let mut defs = serde_json::Map::new();
+    for (name, schema) in generator.take_definitions(true) {
+        defs.insert(name, schema);
+    }
+    let variants: Vec<Value> = kinds["oneOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut variant| {
+            // A variant may be a reference to its config type's definition.
+            if let Some(name) = variant["$ref"].as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+                variant = defs.get(name).cloned().unwrap_or(variant);
+            }
+            let mut merged = common.clone();
+            let properties = merged["properties"].as_object_mut().expect("a sink's common keys");
+            if let Some(own) = variant["properties"].as_object() {
+                for (k, v) in own {
+                    properties.insert(k.clone(), v.clone());
+                }
+            }
+            let mut required: Vec<Value> = merged["required"].as_array().cloned().unwrap_or_default();
+            for r in variant["required"].as_array().into_iter().flatten() {
+                if !required.contains(r) {
+                    required.push(r.clone());
+                }
+            }
+            merged["required"] = Value::Array(required);
+            merged["additionalProperties"] = json!(false);
+            if let Some(d) = variant.get("description") {
+                merged["description"] = d.clone();
+            }
+            merged
+        })
+        .collect();
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ficus.toml",
+        "description": "ficus's config: the source database and where events go (docs/config.md).",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["source"],
+        "properties": {
+            "source": source,
+            "sink": {
+                "description": "Where events go; stdout when none is configured (docs/sinks.md).",
+                "type": "array",
+                "items": { "oneOf": variants },
+            },
+        },
+        "$defs": defs,
+    })
+}
+
+#[cfg(test)]
+mod schema_tests;

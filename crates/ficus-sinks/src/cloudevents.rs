@@ -16,7 +16,7 @@ use crate::Outgoing;
 pub const STRUCTURED: &str = "application/cloudevents+json";
 
 /// A binding's content mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentMode {
     /// The data as the body, the attributes as headers (the default).

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::{Outgoing, Sink, SinkError};
 
 /// `[[sink]] type = "jsonl"`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlConfig {
     /// The file (relative to the config's directory); created with its directory when absent.

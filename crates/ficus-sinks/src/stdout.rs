@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::{Outgoing, Sink, SinkError};
 
 /// `[[sink]] type = "stdout"`: no settings of its own.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {}
 

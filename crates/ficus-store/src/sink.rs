@@ -21,7 +21,7 @@ pub const DEFAULT_STORE_PATH: &str = "ficus.db";
 
 /// `[[sink]] type = "store"` (docs/store.md): a SQLite file (`path`, default `ficus.db`) or a
 /// Postgres database (`url`, the store is its schema `ficus`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// The SQLite file (relative to the config's directory).

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::cloudevents::ContentMode;
 
 /// `[[sink]] type = "amqp"` (docs/sinks.md#amqp-rabbitmq).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// The broker: `amqp://user:password@host:5672/vhost` (`%2f` is the default vhost `/`),
@@ -33,7 +33,7 @@ pub struct AmqpConfig {
 }
 
 /// An exchange's type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExchangeType {
     /// Routing keys matched against binding patterns (`shop.#`).

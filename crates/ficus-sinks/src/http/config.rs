@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// `[[sink]] type = "http"` (docs/sinks.md#http-webhooks).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// The endpoint events are POSTed to.
@@ -38,7 +38,7 @@ pub struct HttpConfig {
 }
 
 /// How events are put in requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpMode {
     /// One event a request: `ce-` headers, the data as the body.

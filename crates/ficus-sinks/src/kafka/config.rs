@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::cloudevents::ContentMode;
 
 /// `[[sink]] type = "kafka"` (docs/sinks.md#kafka).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated (`kafka-1:9092,kafka-2:9092`).

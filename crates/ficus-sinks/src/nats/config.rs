@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::cloudevents::ContentMode;
 
 /// `[[sink]] type = "nats"` (docs/sinks.md#nats-jetstream).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URLs, comma-separated (`nats://user:password@host:4222`).
@@ -38,7 +38,7 @@ pub struct NatsConfig {
 }
 
 /// `[sink.stream]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// The stream's name.
@@ -51,6 +51,7 @@ pub struct StreamConfig {
     pub subjects: Option<Vec<String>>,
     /// `limits` (default), `interest` or `workqueue`, when created.
     #[serde(default)]
+    #[schemars(schema_with = "retention_schema")]
     pub retention: RetentionPolicy,
     /// Replicas, when created (default 1).
     #[serde(default = "one")]
@@ -75,4 +76,9 @@ fn one() -> usize {
 }
 fn default_duplicate_window() -> u64 {
     120
+}
+
+/// The schema of `retention` (async-nats' type has none).
+fn retention_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "enum": ["limits", "interest", "workqueue"] })
 }

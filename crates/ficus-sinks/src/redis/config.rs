@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::cloudevents::ContentMode;
 
 /// `[[sink]] type = "redis"` (docs/sinks.md#redis-redis-streams).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// The server: `redis://[user:password@]host:6379/db`, `rediss://` for TLS.
