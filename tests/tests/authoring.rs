@@ -490,3 +490,37 @@ fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
     assert_eq!(asyncapi["asyncapi"], "3.0.0");
     assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 6);
 }
+
+/// The cookbook at the repository's root (`ficus.toml`, `mappings/`): every pattern's fixtures
+/// pass with no database, and every event they expect has the data its catalog schema describes.
+#[test]
+fn the_cookbook_passes_and_its_events_fit_their_schemas() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (ok, said) = ficus(&root, &["test"]);
+    assert!(ok, "{said}");
+    let files = said
+        .lines()
+        .filter(|l| l.starts_with("ok      mappings/tests/"))
+        .count();
+    assert!(files >= 8, "{said}");
+    let out = tempfile::tempdir().unwrap();
+    let (ok, said) = ficus(&root, &["catalog", "--out", out.path().to_str().unwrap()]);
+    assert!(ok, "{said}");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("mappings/tests")).unwrap() {
+        let path = entry.unwrap().path();
+        for event in expected_events(&path) {
+            let file = out.path().join(format!(
+                "schemas/{}.v{}.schema.json",
+                event["type"].as_str().unwrap(),
+                event["eventversion"]
+            ));
+            let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let validator = jsonschema::validator_for(&schema["properties"]["data"]).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&event["data"]).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{}: {event}\n{errors:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "{checked}");
+}

@@ -46,10 +46,15 @@ async fn init_scaffolds_the_shop_into_mappings_that_check_and_stream() {
     let out = p.ok(&["test", "-c", "app/ficus.toml"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("3 passed, 0 failed"), "{said}");
-    // The catalog types the events from the fixtures' columns.
-    p.ok(&["catalog", "-c", "app/ficus.toml", "--out", "app/catalog"]);
+    // The catalog types the events from the fixtures' columns, and --lock releases them: from an
+    // empty folder to tested, documented, locked mappings with init, test and catalog.
+    p.ok(&["catalog", "-c", "app/ficus.toml", "--out", "app/catalog", "--lock"]);
     let schema = std::fs::read_to_string(p.path("app/catalog/schemas/OrderCreated.v1.schema.json")).unwrap();
     assert!(schema.contains("numeric(12,2)"), "{schema}");
+    assert!(p.path("app/catalog/index.html").is_file());
+    let lock = std::fs::read_to_string(p.path("app/mappings/ficus.lock")).unwrap();
+    assert!(lock.contains("\"OrderCreated\""), "{lock}");
+    p.ok(&["check", "--offline", "-c", "app/ficus.toml"]);
 
     // A slot of the test's own (the cluster is shared), then: it checks and it streams.
     let config = std::fs::read_to_string(p.path("app/ficus.toml")).unwrap();
