@@ -27,6 +27,7 @@ export FICUS_SOURCE_URL="postgres://postgres@127.0.0.1:$PGPORT/shop?sslmode=disa
 export FICUS_LOG=${FICUS_LOG:-warn}
 cd "$here"
 "$FICUS" test >&2                   # the mappings' fixtures (mappings/tests/), no database
+"$FICUS" catalog >&2                # the event catalog: open examples/shop/catalog/index.html
 "$FICUS" check                      # the mappings against the live schema
 echo "--- the rows that were there before ficus, as snapshot events:" >&2
 "$FICUS" backfill                   # creates the publication and the slot, prints them
