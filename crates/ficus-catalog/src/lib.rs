@@ -168,7 +168,8 @@ pub fn field_schema(field: &FieldShape) -> Json {
     s
 }
 
-fn source_text(field: &FieldShape) -> String {
+/// What a field comes from: `new.total (numeric(12,2))`, or its expression.
+pub fn source_text(field: &FieldShape) -> String {
     match &field.source {
         ficus_mapping::FieldSource::Column {
             row,

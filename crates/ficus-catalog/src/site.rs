@@ -337,15 +337,7 @@ fn event(site: &Site, name: &str) -> String {
                         "<table>\n<tr><th>Field</th><th>Type</th><th>Null</th><th>Present</th><th>From</th></tr>"
                     );
                     for f in &source.shape.fields {
-                        let from = match &f.source {
-                            ficus_mapping::FieldSource::Column {
-                                row,
-                                column,
-                                type_name: Some(t),
-                            } => format!("{row}.{column} ({t})"),
-                            ficus_mapping::FieldSource::Column { row, column, .. } => format!("{row}.{column}"),
-                            ficus_mapping::FieldSource::Expression(x) => x.clone(),
-                        };
+                        let from = crate::source_text(f);
                         let _ = writeln!(
                             s,
                             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",

@@ -589,7 +589,7 @@ pub fn test(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Examples of events by type and version: an event as `[expect]` has it, and its file.
 pub type Examples = BTreeMap<(String, u32), (Json, String)>;

@@ -4,30 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ficus_mapping::{Compiled, EventContext, compile, parse_file};
+use ficus_mapping::{Compiled, EventContext};
 use ficus_model::{Cell, Column, Lsn, Op, Origin, PgType, Relation, ReplicaIdentity, Row, RowChange, TableRef, TxMeta};
 
 use super::*;
+use crate::fixtures::tests::shop;
 use crate::fixtures::{Fixture, expectation};
-
-fn shop() -> Compiled {
-    let mut files = Vec::new();
-    for (name, text) in [
-        (
-            "mappings/orders.toml",
-            include_str!("../../../../examples/shop/mappings/orders.toml"),
-        ),
-        (
-            "mappings/customers.toml",
-            include_str!("../../../../examples/shop/mappings/customers.toml"),
-        ),
-    ] {
-        let (file, errors) = parse_file(name, text);
-        assert!(errors.is_empty(), "{errors:?}");
-        files.push(file);
-    }
-    compile(&files, None).unwrap()
-}
 
 fn column(name: &str, ty: PgType, type_name: &str, identity: bool) -> Column {
     Column {
