@@ -448,7 +448,8 @@ pub(crate) async fn coordinate(
                 .await
                 .map_err(|e| SourceError::from_sqlx(&ctx("high watermark"), e))?;
             let snapshot = snapshot.parse().map_err(|e: crate::watermark::ParseSnapshotError| {
-                SourceError::definite(e.to_string(), "report this as a bug")
+                // The task's errors are the source's; this one is ficus's own.
+                SourceError::definite(format!("the high watermark's snapshot: {e}"), crate::error::BUG_HINT)
             })?;
             let exhausted = chunk.exhausted;
             let rows = chunk.rows.len() as u64;

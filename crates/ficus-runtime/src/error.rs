@@ -34,6 +34,10 @@ pub enum RunError {
     /// Changes were lost: the slot or the publication is not what ficus streamed from.
     #[error(transparent)]
     Gap(Box<crate::position::Gap>),
+    /// Something ficus itself got wrong — not the source, a sink or the files: what it did is
+    /// stopped before anything after it is acknowledged, and the hint says to report it.
+    #[error("internal error: {0}")]
+    Bug(String),
     /// The source stayed unreachable too long (`--give-up-after`).
     #[error("{what} failed for {after:?}; giving up: {error}")]
     GaveUp {
@@ -55,6 +59,7 @@ impl RunError {
             RunError::Sink(e) => e.hint().map(str::to_owned),
             RunError::Store(e) => Some(e.hint().to_owned()),
             RunError::Gap(gap) => Some(gap.repair()),
+            RunError::Bug(_) => Some(BUG_HINT.to_owned()),
             RunError::GaveUp { error, .. } => Some(match error.hint() {
                 Some(hint) => hint.to_owned(),
                 None => "check that the source is up and reachable from here; `ficus run` without --until-caught-up retries until it is, and --give-up-after sets how long the others wait"
@@ -62,6 +67,16 @@ impl RunError {
             }),
             _ => None,
         }
+    }
+}
+
+/// What to do about an internal error.
+pub const BUG_HINT: &str = "this is a bug in ficus, not a problem of the source, the sinks or the files: nothing after the last acknowledged commit is acknowledged, so starting ficus again resumes from there; please report it with the log (FICUS_LOG=debug)";
+
+impl RunError {
+    /// An internal error: `what` ficus got wrong.
+    pub fn bug(what: impl Into<String>) -> RunError {
+        RunError::Bug(what.into())
     }
 }
 
@@ -83,5 +98,21 @@ impl From<ficus_project::ProjectError> for RunError {
             ficus_project::ProjectError::File { message, hint } => RunError::Config(format!("{message}\nhint: {hint}")),
             ficus_project::ProjectError::Mappings(errors) => RunError::Mappings(errors),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_says_it_is_ficus_own_and_how_to_go_on() {
+        let e = RunError::bug("the delivery task of sink kafka ended");
+        assert_eq!(e.to_string(), "internal error: the delivery task of sink kafka ended");
+        let hint = e.hint().unwrap();
+        assert!(hint.starts_with("this is a bug in ficus"), "{hint}");
+        assert!(hint.contains("resumes from there"), "{hint}");
+        // Not a source error: nothing retries it as if the network had failed.
+        assert!(!matches!(e, RunError::Source(_)));
     }
 }

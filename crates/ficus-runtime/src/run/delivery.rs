@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use ficus_mapping::{Compiled, EventContext};
 use ficus_model::{Event, Lsn, Relation, RowChange};
-use ficus_postgres::SourceError;
-use ficus_sinks::{Outgoing, SinkError};
+use ficus_sinks::Outgoing;
 use ficus_store::{ArchivedChange, EventStore, Mode, SavedCheckpoint, Store, StoreSink};
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -548,9 +547,7 @@ async fn until<T>(
 fn lane_ended(lane: &Lane) -> RunError {
     match lane.status.borrow().failed.clone() {
         Some(e) => RunError::Sink(e),
-        None => RunError::Sink(Arc::new(
-            SinkError::definite("its delivery task ended", "report this as a bug").named(&lane.name),
-        )),
+        None => RunError::bug(format!("the delivery task of sink {} ended", lane.name)),
     }
 }
 
@@ -603,9 +600,10 @@ pub(crate) async fn emit_snapshot_rows(
     let recording = delivery.recording.is_some();
     let map_part = |part: Vec<(ficus_model::Row, String)>| -> Result<MappedPart, RunError> {
         let Some(bound) = compiled.bind(relation.clone(), ctx)? else {
-            return Err(
-                SourceError::definite(format!("no mapping reads {}", relation.table), "report this as a bug").into(),
-            );
+            return Err(RunError::bug(format!(
+                "snapshot rows of {}, which no mapping reads",
+                relation.table
+            )));
         };
         let (mut events, mut changes, mut recorded, mut emitted) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for (row, key) in part {
@@ -636,9 +634,8 @@ pub(crate) async fn emit_snapshot_rows(
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SourceError::definite("mapping snapshot rows panicked", "report this as a bug").into())
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err(RunError::bug("mapping snapshot rows panicked")))
                 })
                 .collect()
         })

@@ -292,11 +292,10 @@ impl Session<'_> {
             },
         };
         if read.marker != marker {
-            return Err(SourceError::definite(
-                format!("backfill marker {marker} arrived, {} was expected", read.marker),
-                "report this as a bug",
-            )
-            .into());
+            return Err(RunError::bug(format!(
+                "backfill marker {marker} arrived, {} was expected",
+                read.marker
+            )));
         }
         let Some(b) = self.backfills.current.as_mut() else {
             return Ok(());
@@ -400,12 +399,10 @@ impl Session<'_> {
                     return Err(e.into());
                 }
                 Ok(Err(e)) => e.into(),
-                Ok(Ok(())) => {
-                    SourceError::definite("the backfill ended before its last chunk", "report this as a bug").into()
-                }
-                Err(e) => SourceError::definite(format!("the backfill failed: {e}"), "report this as a bug").into(),
+                Ok(Ok(())) => RunError::bug("the backfill ended before its last chunk"),
+                Err(e) => RunError::bug(format!("the backfill's task failed: {e}")),
             },
-            None => SourceError::definite("the backfill stopped", "report this as a bug").into(),
+            None => RunError::bug("the backfill's task stopped"),
         };
         self.backfills.fail(b.state, &error);
         Ok(())

@@ -383,9 +383,9 @@ async fn in_snapshot(
         .fetch_one(&mut *tx)
         .await
         .map_err(err("verify: snapshot"))?;
-    let snapshot = snapshot.parse().map_err(|e: crate::watermark::ParseSnapshotError| {
-        SourceError::definite(e.to_string(), "report this as a bug")
-    })?;
+    let snapshot = snapshot
+        .parse()
+        .map_err(|e: crate::watermark::ParseSnapshotError| RunError::bug(format!("verify's snapshot: {e}")))?;
     Ok((tx, snapshot))
 }
 
@@ -407,7 +407,7 @@ async fn covered(config: &Config, pool: &PgPool, store: &Store, wait: Duration) 
         .map_err(|e| SourceError::from_sqlx("verify: writing its marker", e))?;
     let marker: Lsn = marker
         .parse()
-        .map_err(|e: ficus_model::lsn::ParseLsnError| SourceError::definite(e.to_string(), "report this as a bug"))?;
+        .map_err(|e: ficus_model::lsn::ParseLsnError| RunError::bug(format!("verify's marker position: {e}")))?;
     let slot_name = &config.source.slot;
     let began = Instant::now();
     loop {
