@@ -17,6 +17,7 @@ mod nats;
 mod pipeline;
 mod publication;
 mod redis;
+mod status;
 mod store;
 mod values;
 mod verify;

@@ -140,6 +140,17 @@ enum Command {
         #[arg(long)]
         lock: bool,
     },
+    /// Where ficus is: the slot (streaming? by which process? its WAL status), what it confirmed,
+    /// the WAL it holds and how far behind the server it is, the position ficus recorded, and
+    /// the backfills. Works while `ficus run` runs, and while it does not.
+    Status {
+        /// The config file.
+        #[arg(short, long, default_value = "ficus.toml")]
+        config: PathBuf,
+        /// The status as JSON (its shape is documented in docs/operations.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the JSON Schemas of ficus.toml and of mapping files, for editors.
     ///
     /// A TOML editor extension (Taplo / Even Better TOML) completes and checks keys as they are
@@ -444,6 +455,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let status = ficus_runtime::status::status(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", ficus_runtime::status::describe(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schemas { out } => {
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             for (name, schema) in [

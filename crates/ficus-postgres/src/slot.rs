@@ -189,3 +189,59 @@ pub async fn holds_changes_after(
     }
     Ok(Some(false))
 }
+
+/// What `ficus status` shows of the slot and the server: positions and what they cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotState {
+    /// The server's current WAL position.
+    pub current: Lsn,
+    /// The slot, when there is one.
+    pub slot: Option<SlotRow>,
+}
+
+/// A row of `pg_replication_slots`, with the server's distances from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotRow {
+    /// Whether a walsender streams from it.
+    pub active: bool,
+    /// That walsender's process.
+    pub active_pid: Option<i32>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Everything before it was acknowledged.
+    pub confirmed_flush: Option<Lsn>,
+    /// The oldest WAL the slot keeps.
+    pub restart: Option<Lsn>,
+    /// WAL the server keeps for the slot: from its restart position to the current one.
+    pub retained_bytes: Option<u64>,
+    /// WAL written since what the slot confirmed: what ficus has yet to acknowledge.
+    pub lag_bytes: Option<u64>,
+}
+
+/// The slot's state and the server's position, read in one statement (so the distances are
+/// between positions of one moment).
+pub async fn state(pool: &PgPool, name: &str) -> Result<SlotState, SourceError> {
+    let row = sqlx::query(
+        "select c.lsn::text, s.slot_name is not null, coalesce(s.active, false), s.active_pid, s.wal_status,
+                s.confirmed_flush_lsn::text, s.restart_lsn::text,
+                pg_wal_lsn_diff(c.lsn, s.restart_lsn)::int8, pg_wal_lsn_diff(c.lsn, s.confirmed_flush_lsn)::int8
+         from (select pg_current_wal_lsn() as lsn) c
+         left join pg_replication_slots s on s.slot_name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading the slot's state", e))?;
+    let lsn = |s: Option<String>| s.and_then(|s| s.parse::<Lsn>().ok());
+    let current = lsn(row.get(0)).unwrap_or(Lsn(0));
+    let slot = row.get::<bool, _>(1).then(|| SlotRow {
+        active: row.get(2),
+        active_pid: row.get(3),
+        wal_status: row.get(4),
+        confirmed_flush: lsn(row.get(5)),
+        restart: lsn(row.get(6)),
+        retained_bytes: row.get::<Option<i64>, _>(7).map(|b| b.max(0) as u64),
+        lag_bytes: row.get::<Option<i64>, _>(8).map(|b| b.max(0) as u64),
+    });
+    Ok(SlotState { current, slot })
+}

@@ -24,6 +24,7 @@ pub mod replay;
 pub mod request;
 mod run;
 mod state;
+pub mod status;
 mod target;
 pub mod verify;
 pub mod watermark;
