@@ -81,3 +81,17 @@ async fn status_shows_the_slot_the_record_and_the_backfill_from_outside() {
     signal(&run, libc::SIGTERM);
     assert!(wait_exit(&mut run, Duration::from_secs(30)).await.success());
 }
+
+/// With the event store, the recorded position is its checkpoint, read beside the writer.
+#[tokio::test]
+async fn status_reads_the_store_checkpoint() {
+    let p = crate::pipeline::shop().await;
+    p.config("\n[[sink]]\ntype = \"store\"\n");
+    let before = status(&p);
+    assert_eq!(before["recorded"], Value::Null, "no store yet: {before:#}");
+    p.catch_up();
+    let after = status(&p);
+    let (_, _, confirmed) = slot_row(&p).await;
+    assert_eq!(after["recorded"]["in"], "store", "{after:#}");
+    assert_eq!(after["recorded"]["lsn"], confirmed.as_str(), "{after:#}");
+}

@@ -150,11 +150,14 @@ pub async fn status(config: &Config) -> Result<Status, RunError> {
 async fn recorded(config: &Config) -> Result<Option<Recorded>, RunError> {
     for sink in &config.sinks {
         if let SinkKind::Store(c) = &sink.kind {
-            let store = match ficus_store::Store::open(&c.location(&config.dir), ficus_store::Mode::Existing).await {
-                Ok(store) => store,
+            let location = c.location(&config.dir);
+            if let ficus_store::Location::Sqlite(path) = &location
+                && !path.exists()
+            {
                 // No store yet: nothing was delivered.
-                Err(_) => return Ok(None),
-            };
+                return Ok(None);
+            }
+            let store = ficus_store::Store::open(&location, ficus_store::Mode::Existing).await?;
             use ficus_store::EventStore;
             let saved = store.checkpoint(&config.source.slot).await?;
             return Ok(saved.map(|s| Recorded {
