@@ -8,7 +8,7 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::sinks::Sink;
-use crate::{EventVersion, json_schema};
+use crate::{EventVersion, json_schema, safe_name};
 
 /// The document: `title` names it (the source's name), `events` are every event version.
 pub fn document(title: &str, events: &[EventVersion], sinks: &[Sink]) -> Json {
@@ -27,7 +27,7 @@ pub fn document(title: &str, events: &[EventVersion], sinks: &[Sink]) -> Json {
         schemas.insert(id(event), whole);
     }
     for sink in sinks {
-        let channel_id = key(&sink.name);
+        let channel_id = safe_name(&sink.name);
         if let (Some(protocol), Some(host)) = (&sink.protocol, &sink.host) {
             let mut server = json!({
                 "host": host,
@@ -101,20 +101,8 @@ pub fn document(title: &str, events: &[EventVersion], sinks: &[Sink]) -> Json {
 
 /// An event version's id in the document: `OrderPaid.v2`.
 fn id(event: &EventVersion) -> String {
-    key(&format!("{}.v{}", event.name, event.version))
-}
-
-/// A component key: `^[\w\d\.\-_]+$`.
-fn key(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    // A component key: `^[\w\d\.\-_]+$`.
+    safe_name(&format!("{}.v{}", event.name, event.version))
 }
 
 fn pascal(s: &str) -> String {

@@ -75,6 +75,20 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
     out.into_values().collect()
 }
 
+/// A name made of letters, digits, `.`, `-` and `_` only (others become `_`): an AsyncAPI
+/// component key, a page's file name.
+pub(crate) fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The `$id` of an event version's schema: its file name in the catalog.
 pub fn schema_file(name: &str, version: u32) -> String {
     format!("{name}.v{version}.schema.json")

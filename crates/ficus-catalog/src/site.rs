@@ -32,17 +32,7 @@ pub struct Site<'a> {
 
 /// The page of an event, relative to the site's root.
 pub fn event_page(name: &str) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("events/{safe}.html")
+    format!("events/{}.html", crate::safe_name(name))
 }
 
 /// Text for HTML.

@@ -764,7 +764,8 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: 
     let compiled = ficus_project::load_mappings(&config)
         .and_then(|loaded| loaded.compile(None))
         .map_err(RunError::from)?;
-    let tables = ficus_project::fixtures::tables(&config, fixtures).map_err(RunError::from)?;
+    let read = ficus_project::fixtures::read(&config, fixtures).map_err(RunError::from)?;
+    let tables = ficus_project::fixtures::tables_of(&read).map_err(RunError::from)?;
     let events = ficus_catalog::events(&compiled, &tables);
     let dir = out.join("schemas");
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
@@ -824,7 +825,7 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: 
     };
     let asyncapi = ficus_catalog::asyncapi::document(&title, &events, &sinks);
     write("asyncapi.json", &(serde_json::to_string_pretty(&asyncapi)? + "\n"))?;
-    let examples = ficus_project::fixtures::examples(&config, fixtures).map_err(RunError::from)?;
+    let examples = ficus_project::fixtures::examples(&read);
     let files = ficus_catalog::site::site(&ficus_catalog::site::Site {
         title: &title,
         events: &events,

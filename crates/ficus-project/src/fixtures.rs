@@ -594,19 +594,29 @@ pub(crate) mod tests;
 /// Examples of events by type and version: an event as `[expect]` has it, and its file.
 pub type Examples = BTreeMap<(String, u32), (Json, String)>;
 
-/// An example of each event version the fixtures expect: the first `[expect]` event of each
-/// type and version, with the file it is in. No fixture file at all is no examples.
-pub fn examples(config: &crate::Config, pattern: &str) -> Result<Examples, ProjectError> {
+/// Every fixture file that `pattern` (relative to the config's directory) matches, read; no file
+/// at all is none.
+pub fn read(config: &crate::Config, pattern: &str) -> Result<Vec<Fixture>, ProjectError> {
     let Ok(paths) = crate::mappings::mapping_paths(&config.dir, &[pattern.to_owned()]) else {
-        return Ok(BTreeMap::new());
+        return Ok(Vec::new());
     };
+    paths
+        .iter()
+        .map(|path| {
+            let file = config.shown(path);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
+            Fixture::parse(&file, &text)
+        })
+        .collect()
+}
+
+/// An example of each event version the fixtures expect: the first `[expect]` event of each
+/// type and version, with the file it is in.
+pub fn examples(fixtures: &[Fixture]) -> Examples {
     let mut out = BTreeMap::new();
-    for path in paths {
-        let file = config.shown(&path);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
-        let fixture = Fixture::parse(&file, &text)?;
-        for event in fixture.expect.into_iter().flatten() {
+    for fixture in fixtures {
+        for event in fixture.expect.iter().flatten() {
             let (Some(ty), Some(version)) = (
                 event["type"].as_str(),
                 event["eventversion"].as_u64().and_then(|v| u32::try_from(v).ok()),
@@ -614,26 +624,25 @@ pub fn examples(config: &crate::Config, pattern: &str) -> Result<Examples, Proje
                 continue;
             };
             out.entry((ty.to_owned(), version))
-                .or_insert_with(|| (event.clone(), file.clone()));
+                .or_insert_with(|| (event.clone(), fixture.file.clone()));
         }
     }
-    Ok(out)
+    out
 }
 
-/// The tables every fixture file that `pattern` matches declares, merged: the columns' types
-/// the catalog and the lock type fields with when there is no database. Two files that declare
-/// one table differently are an error; no fixture file at all is no tables.
+/// The tables every fixture file that `pattern` matches declares, merged (see [`tables_of`]).
 pub fn tables(config: &crate::Config, pattern: &str) -> Result<ficus_mapping::Schema, ProjectError> {
-    let Ok(paths) = crate::mappings::mapping_paths(&config.dir, &[pattern.to_owned()]) else {
-        return Ok(ficus_mapping::Schema::new());
-    };
+    tables_of(&read(config, pattern)?)
+}
+
+/// The tables the fixtures declare, merged: the columns' types the catalog and the lock type
+/// fields with when there is no database. Two files that declare one table differently are an
+/// error; no fixture at all is no tables.
+pub fn tables_of(fixtures: &[Fixture]) -> Result<ficus_mapping::Schema, ProjectError> {
     let mut schema = ficus_mapping::Schema::new();
     let mut declared_in: BTreeMap<TableRef, String> = BTreeMap::new();
-    for path in paths {
-        let file = config.shown(&path);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ProjectError::new(format!("{file}: {e}"), "check the file's permissions"))?;
-        let fixture = Fixture::parse(&file, &text)?;
+    for fixture in fixtures {
+        let file = &fixture.file;
         for (table, t) in fixture.schema() {
             match schema.get(&table) {
                 Some(seen) if seen.relation.columns != t.relation.columns || seen.not_null != t.not_null => {

@@ -31,8 +31,8 @@ pub async fn init(url: &str, only: &[String], out: &Path, force: bool) -> Result
     let source = SourceUrl::parse(url)?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
     let mut warnings = Vec::new();
-    let facts = crate::record::column_facts(&pool).await?;
     let catalog = ficus_postgres::catalog::tables(&pool).await?;
+    let facts = crate::record::column_facts(&pool, &catalog).await?;
     let tables = read_tables(&pool, only, &facts, &catalog, &mut warnings).await?;
     if tables.is_empty() {
         return Err(RunError::Config(

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ficus_model::TableRef;
+use ficus_model::{CatalogTable, TableRef};
 use ficus_postgres::SourceUrl;
 use ficus_project::recording::{ColumnFacts, RECORDED_SUFFIX, RecordedFile, Recording};
 use sqlx::PgPool;
@@ -18,12 +18,15 @@ use tokio::sync::watch;
 
 use crate::{Config, RunError, RunOptions, RunReport};
 
-/// What the catalog says of every user table's columns that the stream does not.
-pub async fn column_facts(pool: &PgPool) -> Result<BTreeMap<TableRef, ColumnFacts>, RunError> {
-    let tables = ficus_postgres::catalog::tables(pool).await?;
+/// What the catalog says of every user table's columns that the stream does not; `tables` are
+/// the user tables as `ficus_postgres::catalog::tables` read them.
+pub async fn column_facts(
+    pool: &PgPool,
+    tables: &BTreeMap<TableRef, CatalogTable>,
+) -> Result<BTreeMap<TableRef, ColumnFacts>, RunError> {
     let mut bases = ficus_postgres::catalog::domain_bases(pool).await?;
     Ok(tables
-        .into_iter()
+        .iter()
         .map(|(table, t)| {
             let facts = ColumnFacts {
                 type_names: t
@@ -32,10 +35,10 @@ pub async fn column_facts(pool: &PgPool) -> Result<BTreeMap<TableRef, ColumnFact
                     .iter()
                     .map(|c| (c.name.clone(), c.type_name.clone()))
                     .collect(),
-                base_types: bases.remove(&table).unwrap_or_default(),
-                not_null: t.not_null,
+                base_types: bases.remove(table).unwrap_or_default(),
+                not_null: t.not_null.clone(),
             };
-            (table, facts)
+            (table.clone(), facts)
         })
         .collect())
 }
@@ -109,7 +112,7 @@ pub async fn record(
 async fn facts_of_source(config: &Config) -> Result<BTreeMap<TableRef, ColumnFacts>, RunError> {
     let source = SourceUrl::parse(&config.url()?)?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
-    let facts = column_facts(&pool).await;
+    let facts = async { column_facts(&pool, &ficus_postgres::catalog::tables(&pool).await?).await }.await;
     pool.close().await;
     facts
 }
