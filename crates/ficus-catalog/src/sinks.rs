@@ -2,7 +2,7 @@
 //! subject, key or path template), on which server, in which CloudEvents content mode, and which
 //! event types it takes. Read from `ficus.toml`'s `[[sink]]` tables with the sinks' defaults.
 
-use ficus_project::SinkConfig;
+use ficus_project::{Config, ProjectError, SinkConfig};
 
 /// A sink, as the catalog shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +40,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// The sink a `[[sink]]` table describes, with its type's defaults.
-    pub fn from_config(config: &SinkConfig) -> Sink {
+    /// The sink a `[[sink]]` table describes, with its type's defaults; an unknown type is an
+    /// error (the catalog does not guess where such a sink puts events).
+    pub fn from_config(config: &SinkConfig) -> Result<Sink, String> {
         let setting = |key: &str, default: &str| config.setting(key).unwrap_or(default).to_owned();
         let mut sink = Sink {
             name: config.name().to_owned(),
@@ -114,13 +115,14 @@ impl Sink {
                 sink.address_is = "event store";
                 sink.mode = "structured".into();
             }
-            _ => {
+            "stdout" => {
                 sink.address = "standard output".into();
                 sink.address_is = "stream";
                 sink.mode = "structured".into();
             }
+            other => return Err(format!("unknown sink type {other:?}")),
         }
-        sink
+        Ok(sink)
     }
 
     /// Whether it takes events of this type (the patterns as the sink reads them).
@@ -141,6 +143,36 @@ impl Sink {
     }
 }
 
+/// The config's sinks as the catalog shows them; stdout when none is configured (where `ficus
+/// run` then writes).
+pub fn sinks_of(config: &Config) -> Result<Vec<Sink>, ProjectError> {
+    if config.sinks.is_empty() {
+        let stdout = SinkConfig {
+            kind: "stdout".into(),
+            name: None,
+            live: true,
+            events: vec![],
+            max_in_flight: 1,
+            settings: Default::default(),
+            at: (0, 0),
+        };
+        return Ok(vec![Sink::from_config(&stdout).expect("stdout is a sink type")]);
+    }
+    config
+        .sinks
+        .iter()
+        .map(|s| {
+            Sink::from_config(s).map_err(|e| {
+                config.sink_error(
+                    s,
+                    e,
+                    "type is stdout, jsonl, store, kafka, nats, redis, amqp or http (docs/sinks.md)",
+                )
+            })
+        })
+        .collect()
+}
+
 /// `scheme://user:secret@host:port/path?q` → (`host:port`, `/path`): what can be shown of a URL.
 fn server(url: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -156,6 +188,20 @@ fn server(url: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_sink_type_is_an_error_not_a_guess() {
+        let text = "[source]\n\n[[sink]]\nname = \"bus\"\ntype = \"kafak\"\nbrokers = \"b:9092\"\n";
+        let config = Config::parse(std::path::Path::new("ficus.toml"), text).unwrap();
+        let e = sinks_of(&config).unwrap_err().to_string();
+        assert_eq!(e, "ficus.toml:3:1: sink \"bus\": unknown sink type \"kafak\"");
+        let none = Config::parse(std::path::Path::new("ficus.toml"), "[source]\n").unwrap();
+        let stdout = sinks_of(&none).unwrap();
+        assert_eq!(
+            (stdout.len(), stdout[0].kind.as_str(), stdout[0].live),
+            (1, "stdout", true)
+        );
+    }
 
     #[test]
     fn urls_are_shown_without_credentials() {

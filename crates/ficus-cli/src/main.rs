@@ -764,6 +764,8 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: 
     let compiled = ficus_project::load_mappings(&config)
         .and_then(|loaded| loaded.compile(None))
         .map_err(RunError::from)?;
+    // The sinks first: a sink the catalog cannot describe stops it before it writes anything.
+    let sinks = ficus_catalog::sinks::sinks_of(&config).map_err(RunError::from)?;
     let read = ficus_project::fixtures::read(&config, fixtures).map_err(RunError::from)?;
     let tables = ficus_project::fixtures::tables_of(&read).map_err(RunError::from)?;
     let events = ficus_catalog::events(&compiled, &tables);
@@ -798,24 +800,6 @@ fn catalog(path: &std::path::Path, out: &std::path::Path, fixtures: &str, lock: 
 
     // The AsyncAPI document and the HTML site.
     let title = catalog_title(&config);
-    let sinks: Vec<ficus_catalog::sinks::Sink> = if config.sinks.is_empty() {
-        // No sink configured: ficus writes to stdout.
-        vec![ficus_catalog::sinks::Sink::from_config(&ficus_project::SinkConfig {
-            kind: "stdout".into(),
-            name: None,
-            live: true,
-            events: vec![],
-            max_in_flight: 0,
-            settings: Default::default(),
-            at: (0, 0),
-        })]
-    } else {
-        config
-            .sinks
-            .iter()
-            .map(ficus_catalog::sinks::Sink::from_config)
-            .collect()
-    };
     let write = |name: &str, text: &str| -> anyhow::Result<()> {
         let file = out.join(name);
         if let Some(parent) = file.parent() {

@@ -232,16 +232,25 @@ pub async fn state(pool: &PgPool, name: &str) -> Result<SlotState, SourceError> 
     .fetch_one(pool)
     .await
     .map_err(|e| SourceError::from_sqlx("reading the slot's state", e))?;
-    let lsn = |s: Option<String>| s.and_then(|s| s.parse::<Lsn>().ok());
-    let current = lsn(row.get(0)).unwrap_or(Lsn(0));
-    let slot = row.get::<bool, _>(1).then(|| SlotRow {
-        active: row.get(2),
-        active_pid: row.get(3),
-        wal_status: row.get(4),
-        confirmed_flush: lsn(row.get(5)),
-        restart: lsn(row.get(6)),
-        retained_bytes: row.get::<Option<i64>, _>(7).map(|b| b.max(0) as u64),
-        lag_bytes: row.get::<Option<i64>, _>(8).map(|b| b.max(0) as u64),
-    });
+    // A position the server sends that does not parse is an error, not a missing position.
+    let lsn = |s: Option<String>| -> Result<Option<Lsn>, SourceError> {
+        s.map(|s| s.parse::<Lsn>())
+            .transpose()
+            .map_err(|e| SourceError::definite(format!("the slot's state: {e}"), "report this as a bug"))
+    };
+    let current = lsn(row.get(0))?
+        .ok_or_else(|| SourceError::definite("the server gave no current WAL position", "report this as a bug"))?;
+    let slot = match row.get::<bool, _>(1) {
+        false => None,
+        true => Some(SlotRow {
+            active: row.get(2),
+            active_pid: row.get(3),
+            wal_status: row.get(4),
+            confirmed_flush: lsn(row.get(5))?,
+            restart: lsn(row.get(6))?,
+            retained_bytes: row.get::<Option<i64>, _>(7).map(|b| b.max(0) as u64),
+            lag_bytes: row.get::<Option<i64>, _>(8).map(|b| b.max(0) as u64),
+        }),
+    };
     Ok(SlotState { current, slot })
 }

@@ -26,7 +26,7 @@ pub struct Status {
 }
 
 /// The slot.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SlotStatus {
     /// Its name.
     pub name: String,
@@ -105,14 +105,7 @@ pub async fn status(config: &Config) -> Result<Status, RunError> {
         },
         None => SlotStatus {
             name: config.source.slot.clone(),
-            exists: false,
-            active: false,
-            active_pid: None,
-            wal_status: None,
-            confirmed_flush_lsn: None,
-            restart_lsn: None,
-            retained_wal_bytes: None,
-            lag_bytes: None,
+            ..SlotStatus::default()
         },
     };
     let all = BackfillState::all(&config.dir)?;

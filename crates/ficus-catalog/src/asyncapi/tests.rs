@@ -55,7 +55,7 @@ type = "store"
 
 fn sinks() -> Vec<Sink> {
     let config = ficus_project::Config::parse(std::path::Path::new("ficus.toml"), CONFIG).unwrap();
-    config.sinks.iter().map(Sink::from_config).collect()
+    crate::sinks::sinks_of(&config).unwrap()
 }
 
 fn shop_document() -> Json {

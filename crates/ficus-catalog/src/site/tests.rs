@@ -33,7 +33,7 @@ fn shop() -> Shop {
     let (compiled, schema) = crate::tests::shop();
     let events = events(&compiled, &schema);
     let config = ficus_project::Config::parse(std::path::Path::new("ficus.toml"), CONFIG).unwrap();
-    let sinks = config.sinks.iter().map(Sink::from_config).collect();
+    let sinks = crate::sinks::sinks_of(&config).unwrap();
     // OrderPaid v1 was released and is made no more: its total was a string, it had no `big`.
     let mut lock = Lock::default().release(&events);
     let mut v1 = released(events.iter().find(|e| e.name == "OrderPaid").unwrap()).unwrap();
