@@ -14,6 +14,7 @@ mod http;
 mod init;
 mod kafka;
 mod nats;
+mod operations;
 mod pipeline;
 mod publication;
 mod redis;

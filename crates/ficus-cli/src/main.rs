@@ -20,6 +20,16 @@ use tokio::sync::watch;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written on stderr: `text` for people, `json` (one object per line,
+    /// with its fields) for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +49,10 @@ enum Command {
         /// Stop once everything committed before the start is delivered and acknowledged.
         #[arg(long)]
         until_caught_up: bool,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this host:port; overrides
+        /// [metrics] addr (docs/operations.md).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         recovery: Recovery,
     },
@@ -300,6 +314,7 @@ impl Recovery {
             resync: self.resync,
             give_up_after,
             recording: None,
+            health: Default::default(),
         }
     }
 }
@@ -353,12 +368,17 @@ impl Which {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FICUS_LOG").unwrap_or_else(|_| "info".into()))
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    let json = cli.log_format == LogFormat::Json;
+    if json {
+        logs.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -369,7 +389,13 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            report(&e);
+            if json {
+                // One object like every other line, for the pipeline that reads them.
+                let hint = e.downcast_ref::<RunError>().and_then(RunError::hint);
+                tracing::error!(hint, "{e:#}");
+            } else {
+                report(&e);
+            }
             ExitCode::FAILURE
         }
     }
@@ -398,11 +424,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             config,
             until_caught_up,
+            metrics_addr,
             recovery,
         } => {
             let config = Config::load(&config)?;
+            let options = recovery.options(until_caught_up);
+            if let Some(addr) = metrics_addr.or_else(|| config.metrics.addr.clone()) {
+                let handle = ficus_runtime::telemetry::install()?;
+                ficus_runtime::serve::serve(&addr, options.health.clone(), handle).await?;
+            }
             let rx = stop_on_signal(Some("stopping: finishing what is in flight"));
-            let report = ficus_runtime::run(&config, recovery.options(until_caught_up), rx).await?;
+            let report = ficus_runtime::run(&config, options, rx).await?;
             eprintln!(
                 "delivered {} events from {} transactions; acknowledged {}",
                 report.events, report.transactions, report.acknowledged
@@ -978,13 +1010,13 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode
             ExitCode::FAILURE
         }
     };
-    let Ok(url) = config.url() else {
+    let Ok(_) = config.url() else {
         let compiled = files.compile(None)?;
         println!("{} mapping(s) check out offline", compiled.mappings().len());
         eprintln!("note: no source url; tables and columns were not checked");
         return Ok(sinks_ok());
     };
-    let url = ficus_postgres::SourceUrl::parse(&url)?;
+    let url = config.source_url()?;
     let pool = match ficus_postgres::catalog::connect(&url).await {
         Ok(pool) => pool,
         Err(e) => {

@@ -112,6 +112,18 @@ impl SourceUrl {
         })
     }
 
+    /// The same URL with `password` instead of the one it carries (a password from a file or
+    /// the environment).
+    pub fn with_password(mut self, password: String) -> SourceUrl {
+        self.password = password;
+        self
+    }
+
+    /// The password, to find it where it must not be (tests that scan outputs).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The URL without its password, for messages.
     pub fn redacted(&self) -> String {
         format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.database)
@@ -127,7 +139,10 @@ impl SourceUrl {
         })?;
         // The same text forms as the replication session's (see `replication_config`),
         // so rows read by queries (the backfill) convert like streamed ones.
-        Ok(opts.application_name("ficus").options(SESSION_SETTINGS))
+        Ok(opts
+            .password(&self.password)
+            .application_name("ficus")
+            .options(SESSION_SETTINGS))
     }
 
     /// Configuration of the replication connection. Pins the session's output

@@ -44,12 +44,16 @@ pub struct Config {
     pub dir: PathBuf,
     /// The file it was read from.
     pub path: PathBuf,
+    /// `[metrics]`: the metrics and health endpoint of `ficus run`.
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     source: SourceConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default, rename = "sink")]
     sinks: Vec<toml::Spanned<SinkConfig>>,
 }
@@ -77,6 +81,77 @@ pub struct SourceConfig {
     /// of it is added) is backfilled, so that its existing rows become snapshot events. Default true.
     #[serde(default = "yes")]
     pub backfill_new_tables: bool,
+    /// A file holding the password of the source url (its first line); `FICUS_SOURCE_PASSWORD`
+    /// overrides it, a password in the url is used only when neither is set. Relative to the config.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Warn, count and turn `/readyz` false once the slot holds more WAL than this (`"4GB"`,
+    /// `"512MiB"`; `"0"` turns the check off). Default 4GB.
+    #[serde(default = "default_max_retained_wal", deserialize_with = "byte_size")]
+    #[schemars(with = "String")]
+    pub max_retained_wal: u64,
+    /// Write a heartbeat (a transactional logical decoding message, no table needed) this often,
+    /// in seconds, so that the slot moves on a source where nothing ficus streams is written.
+    /// Default 0: none.
+    #[serde(default)]
+    pub heartbeat_secs: u64,
+    /// Drop and re-establish a replication connection on which the server said nothing for this
+    /// many seconds. Default: twice the server's `wal_sender_timeout` (two minutes when that is off).
+    #[serde(default)]
+    pub replication_timeout_secs: Option<u64>,
+}
+
+/// The default `max_retained_wal`: 4GB.
+pub const DEFAULT_MAX_RETAINED_WAL: u64 = 4_000_000_000;
+
+fn default_max_retained_wal() -> u64 {
+    DEFAULT_MAX_RETAINED_WAL
+}
+
+/// A size as people write it: `4GB`, `512MiB`, `1000000` (bytes).
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Bytes(u64),
+        Text(String),
+    }
+    match Written::deserialize(d)? {
+        Written::Bytes(n) => Ok(n),
+        Written::Text(t) => t
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| D::Error::custom(format!("{t:?} is not a size ({e}): write it as \"4GB\" or \"512MiB\""))),
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `ficus run` serves `/metrics` (Prometheus), `/healthz` and `/readyz`, as
+    /// `host:port`; `--metrics-addr` overrides it. Default: not served.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// `/readyz` turns false when the slot's position has not moved for this many seconds while
+    /// the server has WAL to send. Default 300.
+    #[serde(default = "default_stall_after")]
+    pub stall_after_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            addr: None,
+            stall_after_secs: default_stall_after(),
+        }
+    }
+}
+
+fn default_stall_after() -> u64 {
+    300
 }
 
 fn default_slot() -> String {
@@ -186,6 +261,7 @@ impl Config {
             .collect();
         let config = Config {
             source: file.source,
+            metrics: file.metrics,
             sinks,
             dir: path.parent().map(Path::to_owned).unwrap_or_default(),
             path: path.to_owned(),

@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 
 pub use ficus_project::config::{
-    DEFAULT_MAPPINGS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PUBLICATION, DEFAULT_SLOT, SourceConfig, URL_ENV,
+    DEFAULT_MAPPINGS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PUBLICATION, DEFAULT_SLOT, MetricsConfig, SourceConfig, URL_ENV,
 };
+
+/// The environment variable that holds the source's password (over `[source] password_file`
+/// and a password in the url).
+pub const PASSWORD_ENV: &str = "FICUS_SOURCE_PASSWORD";
 use serde::Deserialize;
 
 use crate::RunError;
@@ -19,6 +23,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// The directory relative paths are resolved against.
     pub dir: PathBuf,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// `[[sink]]`: what every sink has, and its type's own settings read by its config type (next
@@ -165,6 +171,7 @@ impl Config {
             source: project.source.clone(),
             sinks,
             dir: project.dir.clone(),
+            metrics: project.metrics.clone(),
         };
         for (sink, written) in config.sinks.iter().zip(&project.sinks) {
             if let Err(e) = sink.routes() {
@@ -212,6 +219,26 @@ impl Config {
                     "no source url\nhint: set [source] url in the config, or {URL_ENV}"
                 ))
             })
+    }
+
+    /// The source: its url (see [`Config::url`]) with the password from `FICUS_SOURCE_PASSWORD`,
+    /// else from `[source] password_file`, else the url's own.
+    pub fn source_url(&self) -> Result<ficus_postgres::SourceUrl, RunError> {
+        let url = ficus_postgres::SourceUrl::parse(&self.url()?)?;
+        if let Some(password) = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()) {
+            return Ok(url.with_password(password));
+        }
+        let Some(file) = &self.source.password_file else {
+            return Ok(url);
+        };
+        let path = self.resolve(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            RunError::Config(format!(
+                "[source] password_file {}: {e}\nhint: write the source's password in it (one line), readable by ficus only (chmod 600)",
+                path.display()
+            ))
+        })?;
+        Ok(url.with_password(text.lines().next().unwrap_or_default().to_owned()))
     }
 
     /// A path from the config, resolved against its directory.

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ficus_model::{CatalogTable, TableRef};
-use ficus_postgres::SourceUrl;
 use ficus_project::recording::{ColumnFacts, RECORDED_SUFFIX, RecordedFile, Recording};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -110,7 +109,7 @@ pub async fn record(
 }
 
 async fn facts_of_source(config: &Config) -> Result<BTreeMap<TableRef, ColumnFacts>, RunError> {
-    let source = SourceUrl::parse(&config.url()?)?;
+    let source = config.source_url()?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
     let facts = async { column_facts(&pool, &ficus_postgres::catalog::tables(&pool).await?).await }.await;
     pool.close().await;

@@ -92,6 +92,7 @@ fn compile(config: &Config, options: &RemapOptions) -> Result<Compiled, RunError
                 source,
                 sinks: vec![],
                 dir: config.dir.clone(),
+                metrics: config.metrics.clone(),
             })?
         }
     };

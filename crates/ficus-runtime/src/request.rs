@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use ficus_mapping::EventContext;
-use ficus_postgres::{SourceError, SourceUrl, catalog, slot};
+use ficus_postgres::{SourceError, catalog, slot};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -55,7 +55,7 @@ pub async fn backfill(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, RunError> {
     let files = load_mappings(config)?;
-    let url = SourceUrl::parse(&config.url()?)?;
+    let url = config.source_url()?;
     let pool = catalog::connect(&url).await?;
     catalog::preflight(&pool).await?;
     let compiled = check_live(&files, &pool, &config.source.publication).await?;

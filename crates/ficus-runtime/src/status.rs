@@ -5,7 +5,6 @@
 //! does not. The JSON shape (`--json`) is documented in docs/operations.md and kept stable.
 
 use ficus_model::Lsn;
-use ficus_postgres::SourceUrl;
 use serde::Serialize;
 
 use crate::backfill::BackfillState;
@@ -86,7 +85,7 @@ pub struct BackfillTable {
 
 /// Reads the status of the config's slot.
 pub async fn status(config: &Config) -> Result<Status, RunError> {
-    let source = SourceUrl::parse(&config.url()?)?;
+    let source = config.source_url()?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
     let state = ficus_postgres::slot::state(&pool, &config.source.slot).await;
     pool.close().await;

@@ -444,6 +444,18 @@ impl Delivery {
             .find_map(|l| l.status.borrow().failed.clone().map(RunError::Sink))
     }
 
+    /// The sinks failing now (retrying after an error): name, since when, the error.
+    pub fn failing(&self) -> Vec<(String, Instant, String)> {
+        self.lanes
+            .iter()
+            .filter_map(|l| {
+                let status = l.status.borrow();
+                let (since, error) = status.failing.clone()?;
+                Some((l.name.clone(), since, error))
+            })
+            .collect()
+    }
+
     /// Waits until a lane's status changes.
     pub async fn progress(&self) {
         self.notify.notified().await

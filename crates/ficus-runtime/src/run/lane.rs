@@ -12,6 +12,7 @@
 //! received. Permits bound the events in flight: the delivery takes one per event before it sends
 //! them, the lane gives them back once they are durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::telemetry;
+use metrics::{Counter, Histogram, counter, histogram};
 
 /// A lane flushes at least this often while it has events that are not durable.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -143,6 +146,7 @@ impl Lane {
             last_flush: Instant::now(),
             flush_at: (settings.max_in_flight / 2).max(1),
             give_up_after: settings.give_up_after,
+            metrics: LaneMetrics::new(&settings.name),
         };
         Lane {
             name: settings.name,
@@ -174,6 +178,48 @@ struct Driver {
     /// Flush at once past this many unflushed events.
     flush_at: usize,
     give_up_after: Option<Duration>,
+    metrics: LaneMetrics,
+}
+
+/// A lane's metrics: events and bytes made durable, write and flush times.
+struct LaneMetrics {
+    sink: String,
+    events: HashMap<Arc<str>, Counter>,
+    bytes: Counter,
+    write: Histogram,
+    flush: Histogram,
+}
+
+impl LaneMetrics {
+    fn new(sink: &str) -> LaneMetrics {
+        LaneMetrics {
+            sink: sink.to_owned(),
+            events: HashMap::new(),
+            bytes: counter!(telemetry::SINK_BYTES, "sink" => sink.to_owned()),
+            write: histogram!(telemetry::SINK_WRITE, "sink" => sink.to_owned()),
+            flush: histogram!(telemetry::SINK_FLUSH, "sink" => sink.to_owned()),
+        }
+    }
+
+    /// Counts the events of `batches` the routes take: they are durable now.
+    fn durable(&mut self, batches: &[(Arc<Vec<Outgoing>>, OwnedSemaphorePermit)], routes: &Routes) {
+        let mut bytes = 0;
+        for (batch, _) in batches {
+            for o in routed(batch, routes) {
+                bytes += o.line.len() as u64;
+                match self.events.get(&*o.event.ty) {
+                    Some(c) => c.increment(1),
+                    None => {
+                        let c =
+                            counter!(telemetry::EVENTS, "sink" => self.sink.clone(), "type" => o.event.ty.to_string());
+                        c.increment(1);
+                        self.events.insert(o.event.ty.clone(), c);
+                    }
+                }
+            }
+        }
+        self.bytes.increment(bytes);
+    }
 }
 
 impl Driver {
@@ -229,10 +275,12 @@ impl Driver {
             Item::Events(batch, permit) => {
                 let routed = routed(&batch, &self.routes);
                 let n = routed.len();
+                let began = Instant::now();
                 let written = match &mut self.target {
                     Target::Sink(s) => s.write(&routed).await,
                     Target::Store { sink, .. } => sink.write(&routed).await,
                 };
+                self.metrics.write.record(began.elapsed().as_secs_f64());
                 self.unflushed.push((batch, permit));
                 self.unflushed_events += n;
                 if let Err(e) = written {
@@ -276,6 +324,7 @@ impl Driver {
     async fn try_flush(&mut self) -> Result<(), SinkError> {
         let marked = self.marked;
         let checkpoint = self.checkpoint();
+        let began = Instant::now();
         match &mut self.target {
             Target::Sink(s) => {
                 if self.unflushed_events > 0 {
@@ -293,6 +342,8 @@ impl Driver {
             }
         }
         self.last_flush = Instant::now();
+        self.metrics.flush.record((self.last_flush - began).as_secs_f64());
+        self.metrics.durable(&self.unflushed, &self.routes);
         self.unflushed.clear(); // gives the permits back
         self.unflushed_events = 0;
         self.unflushed_changes = 0;
@@ -321,6 +372,7 @@ impl Driver {
                 )));
             }
             let wait = backoff.next().max(error.retry_after().unwrap_or_default());
+            telemetry::error("sink");
             warn!(sink = %self.name, error = %error.message(), retry_in = ?wait, unflushed = self.unflushed_events, "sink failed; retrying");
             let message = error.message().to_owned();
             self.status

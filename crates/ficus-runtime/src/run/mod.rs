@@ -3,6 +3,7 @@
 //! slot `delivery`, the backfill in a new slot's snapshot `exported`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ficus_mapping::{Compiled, EventContext, Schema};
@@ -17,17 +18,20 @@ use crate::backfill::Backfills;
 use crate::backoff::Backoff;
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
+use crate::health::{Health, Limits, Role};
 use crate::position::{Cause, Gap};
 use crate::{RunError, load_mappings};
 
 mod delivery;
 mod exported;
 mod lane;
+mod observe;
 mod session;
 mod startup;
 
 pub use delivery::Recorder;
 pub(crate) use delivery::{Delivery, Positions, emit_snapshot_rows};
+use observe::Observer;
 use session::Session;
 pub(crate) use startup::{publication_needs, retrying};
 
@@ -49,6 +53,8 @@ pub struct RunOptions {
     pub give_up_after: Option<Duration>,
     /// `ficus record`: where the changes mapped and their events are recorded.
     pub recording: Option<Recorder>,
+    /// What `/readyz` reports: the run keeps it up to date.
+    pub health: Arc<Health>,
 }
 
 /// What a run did.
@@ -105,14 +111,33 @@ pub(crate) async fn live_schema(pool: &PgPool, publication: Option<&Publication>
 
 /// Streams the source into the sinks until shutdown (or, with
 /// `until_caught_up`, until everything committed before the start is delivered).
-pub async fn run(
+pub async fn run(config: &Config, options: RunOptions, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
+    let files = load_mappings(config)?;
+    let url = config.source_url()?;
+    let health = options.health.clone();
+    health.set_limits(Limits {
+        stall_after: Duration::from_secs(config.metrics.stall_after_secs),
+        max_retained_wal: config.source.max_retained_wal,
+    });
+    health.role(Role::Starting);
+    let result = stream(config, options, &url, files, shutdown).await;
+    health.role(Role::Stopping);
+    if let Err(e) = &result {
+        crate::telemetry::error("fatal");
+        health.update(|s| s.last_error = Some(e.to_string()));
+    }
+    result
+}
+
+async fn stream(
     config: &Config,
     options: RunOptions,
+    url: &SourceUrl,
+    files: Loaded,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, RunError> {
-    let files = load_mappings(config)?;
-    let url = SourceUrl::parse(&config.url()?)?;
     let mut report = RunReport::default();
+    let health = options.health.clone();
     // The sinks first: a sink that cannot take events must not get a slot created for it.
     let mut delivery = Delivery::open(config, shutdown.clone()).await?;
     delivery.recording = options.recording.clone();
@@ -121,7 +146,7 @@ pub async fn run(
         &mut shutdown,
         &mut report.reconnects,
         options.give_up_after,
-        || startup::prepare(config, &url, &files, &options, &delivery),
+        || startup::prepare(config, url, &files, &options, &delivery),
     )
     .await;
     let prepared = match prepared {
@@ -179,6 +204,7 @@ pub async fn run(
             .await?;
         }
         info!(slot = %config.source.slot, publication = %config.source.publication, %from, mappings = compiled.mappings().len(), "streaming");
+        health.role(Role::Streaming);
 
         let mut reached_target = false;
         let mut backoff = Backoff::new();
@@ -194,7 +220,7 @@ pub async fn run(
                     .map(|limit| limit.saturating_sub(failing_since.map_or(Duration::ZERO, |t| t.elapsed()))),
                 || async {
                     Ok(ReplicationStream::start(
-                        &url,
+                        url,
                         pool.clone(),
                         &config.source.slot,
                         &config.source.publication,
@@ -223,6 +249,7 @@ pub async fn run(
                 reached_target: &mut reached_target,
                 current_xid: 0,
                 backfills: &mut backfills,
+                observer: Observer::new(health.clone(), acknowledged, config.source.max_retained_wal),
             };
             let began = Instant::now();
             let outcome = session.stream(&mut stream, &mut shutdown).await;
@@ -253,6 +280,8 @@ pub async fn run(
                     warn!(error = %e, retry_in = ?wait, "lost the source; resuming from the slot");
                     drop(stream);
                     report.reconnects += 1;
+                    crate::telemetry::reconnected("source");
+                    health.update(|s| s.last_error = Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
@@ -340,7 +369,7 @@ async fn confirm(pool: &PgPool, slot_name: &str, acked: Lsn) {
 
 /// Drops the slot and the publication, and forgets where ficus was in them.
 pub async fn teardown(config: &Config) -> Result<Vec<String>, RunError> {
-    let url = SourceUrl::parse(&config.url()?)?;
+    let url = config.source_url()?;
     let pool = catalog::connect(&url).await?;
     let mut done = slot::teardown(&pool, &config.source.slot, &config.source.publication).await?;
     // The store's checkpoint is a position of the dropped slot: a new slot starts elsewhere.

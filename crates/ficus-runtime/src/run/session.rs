@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::observe::Observer;
 use super::{CAUGHT_UP_PREFIX, Delivery, FLUSH_INTERVAL, Positions, RunReport, emit_snapshot_rows};
 use crate::RunError;
 use crate::backfill::{self, BackfillSession, BackfillState, Backfills, ChunkRead, Verdict, key_text, row_hash};
@@ -42,6 +43,8 @@ pub(super) struct Session<'a> {
     pub reached_target: &'a mut bool,
     pub current_xid: u32,
     pub backfills: &'a mut Backfills,
+    /// What the metrics and `/readyz` are told.
+    pub observer: Observer,
 }
 
 /// How often the publication is checked while streaming: a change to it (a table taken out, an
@@ -118,12 +121,14 @@ impl Session<'_> {
                     if let Some(e) = self.delivery.failed() {
                         return Err(e);
                     }
+                    self.observer.failing(self.delivery.failing());
                     self.ack_durable(stream, false).await?;
                     continue;
                 }
                 Step::Shutdown => continue,
                 Step::CheckPublication => {
                     self.check_publication().await?;
+                    self.check_retained_wal().await;
                     continue;
                 }
                 Step::Chunk(Some(read)) => {
@@ -152,6 +157,7 @@ impl Session<'_> {
                 SourceEvent::Begin(tx) => {
                     self.in_tx = true;
                     self.current_xid = tx.xid;
+                    self.observer.begin(&tx);
                 }
                 SourceEvent::Change(mut change) => {
                     let Some(Some(bound)) = self.bound.get(&change.relation.oid) else {
@@ -172,6 +178,7 @@ impl Session<'_> {
                         reselect_unsent(self.pool, &mut change, &reselect).await?;
                     }
                     self.report.changes += 1;
+                    self.observer.change(&change);
                     if let Some(b) = self.backfills.running() {
                         b.track(&change);
                     }
@@ -191,12 +198,14 @@ impl Session<'_> {
                     // Between transactions: where a backfill may start tracking.
                     self.next_backfill().await?;
                     self.report.transactions += 1;
+                    self.observer.commit(end_lsn);
                     self.delivery.mark(end_lsn).await?;
                     if self.finished_at(end_lsn) {
                         return Ok(()); // `stream` flushes and acknowledges on the way out
                     }
                 }
                 SourceEvent::KeepAlive { wal_end } => {
+                    self.observer.server(wal_end);
                     if !self.in_tx {
                         self.next_backfill().await?;
                         // Nothing in flight: the sinks are durable up to the server's position
@@ -455,12 +464,28 @@ impl Session<'_> {
     /// Acknowledges what every sink holds durable, once it is recorded (at once with `now`, else
     /// at most every [`super::delivery::RECORD_INTERVAL`]).
     async fn ack_durable(&mut self, stream: &ReplicationStream, now: bool) -> Result<(), RunError> {
-        self.wanted = self.wanted.max(self.delivery.durable());
+        let durable = self.delivery.durable();
+        self.wanted = self.wanted.max(durable);
         if self.wanted > self.report.acknowledged {
             self.positions.record(self.delivery, self.wanted, now).await?;
             self.acknowledge_recorded(stream);
         }
+        self.observer.progress(durable, self.report.acknowledged);
         Ok(())
+    }
+
+    /// Reads the WAL the slot holds, for the metric, `/readyz` and the warning past
+    /// `max_retained_wal`. A failure to read it is left to the next check (the stream tells
+    /// of a source that is gone).
+    async fn check_retained_wal(&mut self) {
+        match ficus_postgres::slot::state(self.pool, &self.config.source.slot).await {
+            Ok(state) => {
+                if let Some(bytes) = state.slot.and_then(|s| s.retained_bytes) {
+                    self.observer.retained(bytes, &self.config.source.slot);
+                }
+            }
+            Err(e) => debug!(error = %e, "could not read the WAL the slot holds"),
+        }
     }
 
     /// The one place the slot moves: up to what is both durable and recorded.

@@ -57,6 +57,7 @@ where
                 let wait = backoff.next();
                 warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
                 *reconnects += 1;
+                crate::telemetry::reconnected("source");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(None),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ficus_model::{Cell, Lsn, Relation, Row, TableRef, text_of};
 use ficus_postgres::backfill::{Keyset, keyset, read_chunk, read_keys};
-use ficus_postgres::{SourceError, SourceUrl, catalog, publication, slot};
+use ficus_postgres::{SourceError, catalog, publication, slot};
 use ficus_store::{EventStore, Filter, Mode, Store};
 use serde::Serialize;
 use sqlx::{Connection, PgPool};
@@ -143,7 +143,7 @@ pub async fn verify(
     options: &VerifyOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Report, RunError> {
-    let url = SourceUrl::parse(&config.url()?)?;
+    let url = config.source_url()?;
     let pool = catalog::connect(&url).await?;
     let published = publication::read(&pool, &config.source.publication).await?;
     let schema = live_schema(&pool, published.as_ref()).await?;
