@@ -56,6 +56,15 @@ fn spawn_with_metrics(p: &Project, addr: &str) -> KillOnDrop {
     )
 }
 
+/// Waits until the run in the background (logging to run.log) streams.
+async fn wait_streaming(p: &Project) {
+    wait_for("the run to stream", Duration::from_secs(60), || async {
+        let log = std::fs::read_to_string(p.path("run.log")).unwrap_or_default();
+        log.contains("INFO streaming").then_some(())
+    })
+    .await;
+}
+
 /// Waits until `/readyz` answers 200 (`ready`) or 503 with a body that says `why`.
 async fn wait_ready(addr: &str, ready: bool, why: &str) -> String {
     let want = if ready { 200 } else { 503 };
@@ -164,11 +173,7 @@ async fn retained_wal_over_the_threshold_warns_counts_and_turns_readyz() {
     p.write("ficus.toml", &config);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut run = spawn_with_metrics(&p, &addr);
-    wait_for("the run to stream", Duration::from_secs(60), || async {
-        let log = std::fs::read_to_string(p.path("run.log")).unwrap_or_default();
-        log.contains("INFO streaming").then_some(())
-    })
-    .await;
+    wait_streaming(&p).await;
     // Writes go on while it is checked (the slot's restart position moves now and then).
     let writing = {
         let url = p.db.url();
@@ -194,4 +199,206 @@ async fn retained_wal_over_the_threshold_warns_counts_and_turns_readyz() {
     wait_exit(&mut run.0, Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
     assert!(log.contains("the slot holds more WAL than max_retained_wal"), "{log}");
+}
+
+/// A TCP proxy that can go silent as a dead route does: the connections open when it freezes stop
+/// passing bytes either way and nothing is closed; connections made afterwards pass.
+struct Proxy {
+    port: u16,
+    frozen_before: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn to(upstream: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen_before = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(1));
+        let (frozen, ids) = (frozen_before.clone(), next.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if id < frozen.load(Ordering::SeqCst) {
+                                // Silent: keep the sockets, pass nothing, ever.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            frozen_before,
+            next,
+            task,
+        }
+    }
+
+    /// Every connection open now goes silent.
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_before
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_and_made_again_and_nothing_written_meanwhile_is_lost() {
+    // A server that ends a silent walsender after 2 s: ficus's limit is twice that.
+    let cluster: &'static ficus_testkit::Cluster = Box::leak(Box::new(ficus_testkit::Cluster::start(&[
+        "-c",
+        "wal_level=logical",
+        "-c",
+        "wal_sender_timeout=2s",
+    ])));
+    let p = Project::on(cluster, ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    let proxy = Proxy::to(cluster.port).await;
+    let through_proxy =
+        p.db.url()
+            .replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
+    let log = std::fs::File::create(p.path("run.log")).unwrap();
+    let mut run = KillOnDrop(
+        p.ficus(&["run"])
+            .env("FICUS_SOURCE_URL", &through_proxy)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_streaming(&p).await;
+    p.db.exec("insert into accounts select g, 'before', 1 from generate_series(1, 20) g")
+        .await;
+    p.wait_events(20).await;
+
+    proxy.freeze();
+    p.db.exec("insert into accounts select g, 'meanwhile', 1 from generate_series(21, 50) g")
+        .await;
+    let events = p.wait_events(50).await;
+    let opened: std::collections::HashSet<String> = events
+        .iter()
+        .filter(|e| e["type"] == "AccountOpened")
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(opened.len(), 50);
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(
+        log.contains("the source went silent: dropping its connections and making new ones"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the server said nothing on the replication connection for 4s"),
+        "{log}"
+    );
+    signal(&run.0, libc::SIGTERM);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test]
+async fn an_idle_source_is_not_taken_for_a_silent_one() {
+    // The server asks for a reply only after 30 s of quiet (wal_sender_timeout = 60 s): within
+    // ficus's 3 s limit, only its probes make an idle server speak.
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    let config = std::fs::read_to_string(p.path("ficus.toml"))
+        .unwrap()
+        .replace("[source]\n", "[source]\nreplication_timeout_secs = 3\n");
+    p.write("ficus.toml", &config);
+    let mut run = KillOnDrop(p.spawn_run());
+    wait_streaming(&p).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    p.db.exec("insert into accounts values (1, 'after a quiet spell', 1)")
+        .await;
+    p.wait_events(1).await;
+    signal(&run.0, libc::SIGTERM);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(!log.contains("went silent"), "{log}");
+}
+
+#[tokio::test]
+async fn slot_creation_behind_an_open_transaction_names_it_and_sigint_stops_the_wait() {
+    use sqlx::Connection;
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    // A session of the monolith, left idle in a transaction that wrote.
+    let mut monolith = p.db.connect().await;
+    let blocker: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut monolith)
+        .await
+        .unwrap();
+    let mut tx = monolith.begin().await.unwrap();
+    sqlx::query("insert into accounts values (1, 'forgotten', 1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let mut run = KillOnDrop(p.spawn_run());
+    let said = wait_for("the run to name what it waits for", Duration::from_secs(60), || async {
+        let log = std::fs::read_to_string(p.path("run.log")).unwrap_or_default();
+        log.contains("creating the slot waits for 1 transaction(s)")
+            .then_some(log)
+    })
+    .await;
+    assert!(
+        said.contains(&format!("pid {blocker} (idle in transaction for ")),
+        "{said}"
+    );
+    assert!(
+        said.contains("insert into accounts values (1, 'forgotten', 1)"),
+        "{said}"
+    );
+    signal(&run.0, libc::SIGINT);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(log.contains("its creation was cancelled"), "{log}");
+    // Nothing is left on the server once the transaction ends.
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        p.scalar(&format!(
+            "select count(*)::text from pg_replication_slots where slot_name = '{}'",
+            p.db.name
+        ))
+        .await,
+        "0"
+    );
 }

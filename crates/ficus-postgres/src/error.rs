@@ -9,6 +9,10 @@ pub enum SourceError {
     /// The connection dropped or the server is busy: back off, reconnect, resume from the slot.
     #[error("{0}")]
     Transient(String),
+    /// The server said nothing for longer than it may (a dead route, a dead NAT entry, a proxy
+    /// that stopped passing bytes): the connections are not trusted any more; make new ones.
+    #[error("{0}")]
+    Silent(String),
     /// Something only a person can fix; the slot stays where it is.
     #[error("{message}")]
     Definite {
@@ -54,14 +58,14 @@ impl SourceError {
 
     /// Whether reconnecting may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Transient(_))
+        matches!(self, SourceError::Transient(_) | SourceError::Silent(_))
     }
 
     /// How to fix it, for definite errors.
     pub fn hint(&self) -> Option<&str> {
         match self {
             SourceError::Definite { hint, .. } => Some(hint),
-            SourceError::Transient(_) => None,
+            SourceError::Transient(_) | SourceError::Silent(_) => None,
             SourceError::SlotMissing { .. }
             | SourceError::SlotInvalidated { .. }
             | SourceError::PublicationMissing { .. } => Some(GAP_HINT),

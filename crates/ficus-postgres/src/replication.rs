@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ficus_model::{Cell, Column, Lsn, Op, Origin, Relation, Row, RowChange, TableRef, TxMeta};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
@@ -180,6 +180,8 @@ pub struct ReplicationStream {
     /// A relation whose types are being resolved: kept here until done, so that
     /// [`next`](ReplicationStream::next) stays cancel-safe.
     unresolved: Option<RawRelation>,
+    /// When the server last said something (an event, a keepalive).
+    heard: Instant,
     /// The server's system identifier.
     pub system_id: String,
 }
@@ -215,6 +217,7 @@ impl ReplicationStream {
             last_change: (Lsn(0), 0),
             queued: VecDeque::new(),
             unresolved: None,
+            heard: Instant::now(),
             system_id: system.system_id,
         })
     }
@@ -229,9 +232,40 @@ impl ReplicationStream {
         self.client.stop();
     }
 
+    /// When the server last said something on this connection.
+    pub fn heard(&self) -> Instant {
+        self.heard
+    }
+
+    /// The next event, or [`SourceError::Silent`] once the server has said nothing for
+    /// `silence` (`None`: wait for ever). An event already received wins over the deadline, so
+    /// time the caller spent elsewhere is never taken for the server's silence. Cancel-safe.
+    pub async fn next_within(&mut self, silence: Option<Duration>) -> Result<Option<SourceEvent>, SourceError> {
+        let Some(limit) = silence else {
+            return self.next().await;
+        };
+        let deadline = tokio::time::Instant::from_std(self.heard + limit);
+        tokio::select! {
+            biased;
+            ev = self.next() => ev,
+            _ = tokio::time::sleep_until(deadline) => Err(SourceError::Silent(format!(
+                "the server said nothing on the replication connection for {}s (replication_timeout_secs): the route to it may be dead",
+                limit.as_secs()
+            ))),
+        }
+    }
+
     /// The next event; `None` when the server ended the stream. Cancel-safe:
     /// dropping the future loses nothing.
     pub async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
+        let ev = self.receive().await;
+        if matches!(ev, Ok(Some(_))) {
+            self.heard = Instant::now();
+        }
+        ev
+    }
+
+    async fn receive(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         loop {
             if let Some(raw) = &self.unresolved {
                 let relation = Arc::new(self.resolve(raw.clone()).await?);

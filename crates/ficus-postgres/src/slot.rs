@@ -77,6 +77,69 @@ pub async fn create(pool: &PgPool, name: &str) -> Result<Lsn, SourceError> {
         .map_err(|e: ficus_model::lsn::ParseLsnError| SourceError::definite(e.to_string(), "report this as a bug"))
 }
 
+/// A backend whose transaction a slot being created waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    /// Its process on the server.
+    pub pid: i32,
+    /// How long its transaction has been open, in seconds.
+    pub age_secs: i64,
+    /// `idle in transaction`, `active`, ...
+    pub state: Option<String>,
+    /// Its user.
+    pub user: Option<String>,
+    /// Its application (`application_name`).
+    pub application: Option<String>,
+    /// Its last statement (the first 200 characters).
+    pub query: Option<String>,
+}
+
+/// The transactions a slot being created waits for: every one holding a transaction id that was
+/// open before the creation started (a logical slot starts where no transaction is in flight),
+/// oldest first; not the creating backend itself (the slot's `active_pid`).
+pub async fn blockers(pool: &PgPool, slot: &str) -> Result<Vec<Blocker>, SourceError> {
+    type Row = (i32, i64, Option<String>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select a.pid, extract(epoch from now() - a.xact_start)::bigint, a.state, a.usename::text,
+                a.application_name, left(a.query, 200)
+         from pg_stat_activity a
+         where a.backend_xid is not null and a.pid <> pg_backend_pid()
+           and a.pid not in (select active_pid from pg_replication_slots where slot_name = $1 and active_pid is not null)
+           and a.xact_start < coalesce((select b.query_start from pg_stat_activity b
+                                        join pg_replication_slots s on s.active_pid = b.pid
+                                        where s.slot_name = $1), now())
+         order by a.xact_start",
+    )
+    .bind(slot)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("reading what the slot's creation waits for", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(pid, age_secs, state, user, application, query)| Blocker {
+            pid,
+            age_secs,
+            state,
+            user,
+            application,
+            query,
+        })
+        .collect())
+}
+
+/// Cancels the creation of `slot` on the server (the backend creating it), so that no slot is
+/// left behind once the transactions it waits for end.
+pub async fn cancel_creation(pool: &PgPool, slot: &str) -> Result<bool, SourceError> {
+    let cancelled: Option<bool> = sqlx::query_scalar(
+        "select pg_cancel_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| SourceError::from_sqlx("cancelling the slot's creation", e))?;
+    Ok(cancelled.unwrap_or(false))
+}
+
 /// Drops the slot, which nobody may be streaming from.
 pub async fn drop(pool: &PgPool, name: &str) -> Result<(), SourceError> {
     if let Some(pid) = active_pid(pool, name).await? {

@@ -130,6 +130,8 @@ impl TableState {
         self.rows_read += read;
         self.rows_emitted += emitted;
         self.chunks += 1;
+        metrics::counter!(crate::telemetry::BACKFILL_ROWS, "table" => self.table.clone()).increment(emitted);
+        metrics::counter!(crate::telemetry::BACKFILL_CHUNKS, "table" => self.table.clone()).increment(1);
         if exhausted {
             self.done = true;
         } else if last_key.is_some() {

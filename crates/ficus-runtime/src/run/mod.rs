@@ -140,18 +140,19 @@ async fn stream(
     let health = options.health.clone();
     // The sinks first: a sink that cannot take events must not get a slot created for it.
     let mut delivery = Delivery::open(config, shutdown.clone()).await?;
+    let stop = shutdown.clone();
     delivery.recording = options.recording.clone();
     let prepared = retrying(
         "connecting to the source",
         &mut shutdown,
         &mut report.reconnects,
         options.give_up_after,
-        || startup::prepare(config, url, &files, &options, &delivery),
+        || startup::prepare(config, url, &files, &options, &delivery, stop.clone()),
     )
     .await;
     let prepared = match prepared {
-        Ok(Some(prepared)) => prepared,
-        Ok(None) => {
+        Ok(Some(Some(prepared))) => prepared,
+        Ok(Some(None) | None) => {
             delivery.close().await;
             return Ok(report);
         }
@@ -209,8 +210,29 @@ async fn stream(
         let mut reached_target = false;
         let mut backoff = Backoff::new();
         let mut failing_since: Option<Instant> = None;
+        let silence = silence_limit(config, &pool).await;
+        let mut pool = pool;
+        // After a silence the connections are not trusted: the query connections are made anew too.
+        let mut renew_pool = false;
         loop {
             let acknowledged = report.acknowledged;
+            if renew_pool {
+                match catalog::connect(url).await {
+                    Ok(fresh) => {
+                        pool = fresh;
+                        renew_pool = false;
+                    }
+                    Err(e) if e.is_transient() => {
+                        let wait = backoff.next();
+                        warn!(error = %e, retry_in = ?wait, "connecting to the source failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => continue,
+                            _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let started = retrying(
                 "starting replication",
                 &mut shutdown,
@@ -250,6 +272,10 @@ async fn stream(
                 current_xid: 0,
                 backfills: &mut backfills,
                 observer: Observer::new(health.clone(), acknowledged, config.source.max_retained_wal),
+                silence,
+                heartbeat: (config.source.heartbeat_secs > 0).then(|| Duration::from_secs(config.source.heartbeat_secs)),
+                probed: None,
+                last_heartbeat: Instant::now(),
             };
             let began = Instant::now();
             let outcome = session.stream(&mut stream, &mut shutdown).await;
@@ -277,7 +303,12 @@ async fn stream(
                         });
                     }
                     let wait = backoff.next();
-                    warn!(error = %e, retry_in = ?wait, "lost the source; resuming from the slot");
+                    if matches!(e, SourceError::Silent(_)) {
+                        warn!(error = %e, retry_in = ?wait, "the source went silent: dropping its connections and making new ones; resuming from the slot");
+                        renew_pool = true;
+                    } else {
+                        warn!(error = %e, retry_in = ?wait, "lost the source; resuming from the slot");
+                    }
                     drop(stream);
                     report.reconnects += 1;
                     crate::telemetry::reconnected("source");
@@ -303,6 +334,27 @@ async fn stream(
     result
         .map(|report| RunReport { warnings, ..report })
         .map_err(|e| gap_recorded(config, e))
+}
+
+/// How long the server may say nothing on the replication connection: `replication_timeout_secs`
+/// (0: no limit), else twice the server's `wal_sender_timeout` (it ends a walsender that hears
+/// nothing that long, and asks for a reply at half of it), two minutes when that is off.
+async fn silence_limit(config: &Config, pool: &PgPool) -> Option<Duration> {
+    match config.source.replication_timeout_secs {
+        Some(0) => return None,
+        Some(secs) => return Some(Duration::from_secs(secs)),
+        None => {}
+    }
+    let millis: Option<i64> =
+        sqlx::query_scalar("select setting::bigint from pg_settings where name = 'wal_sender_timeout'")
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+    Some(match millis {
+        Some(ms) if ms > 0 => Duration::from_millis(2 * ms as u64),
+        _ => Duration::from_secs(120),
+    })
 }
 
 /// A gap is recorded where it is found: until `--resync` repairs it, every start refuses, even

@@ -45,7 +45,19 @@ pub(super) struct Session<'a> {
     pub backfills: &'a mut Backfills,
     /// What the metrics and `/readyz` are told.
     pub observer: Observer,
+    /// The server saying nothing this long is a silence (`None`: never).
+    pub silence: Option<Duration>,
+    /// A heartbeat this often (`None`: none).
+    pub heartbeat: Option<Duration>,
+    /// When the server was last heard when the last probe was sent (one probe per quiet spell).
+    pub probed: Option<Instant>,
+    pub last_heartbeat: Instant,
 }
+
+/// The queries of a session answer within this, or the source is taken to be silent.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The prefix of heartbeats and probes (logical decoding messages; the stream ignores them).
+pub(super) const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
 
 /// How often the publication is checked while streaming: a change to it (a table taken out, an
 /// operation or rows filtered) is caught within this long.
@@ -61,6 +73,9 @@ enum Step {
     Shutdown,
     Chunk(Option<ChunkRead>),
     CheckPublication,
+    /// The server has been quiet half the silence limit: make it speak.
+    Probe,
+    Heartbeat,
 }
 
 impl Session<'_> {
@@ -101,8 +116,24 @@ impl Session<'_> {
             let ack_due = self.wanted.max(self.delivery.durable()) > self.report.acknowledged;
             let step = {
                 let chunks = self.backfills.running().filter(|b| b.pending.is_none());
+                let heard = stream.heard();
+                let probe_at = self
+                    .silence
+                    .filter(|_| self.probed != Some(heard))
+                    .map(|limit| heard + limit / 2);
+                let heartbeat_at = self.heartbeat.map(|every| self.last_heartbeat + every);
                 tokio::select! {
-                    ev = stream.next() => Step::Event(ev?),
+                    ev = stream.next_within(self.silence) => match ev {
+                        Ok(ev) => Step::Event(ev),
+                        Err(e) => {
+                            if matches!(e, SourceError::Silent(_)) {
+                                crate::telemetry::error("silence");
+                            }
+                            return Err(e.into());
+                        }
+                    },
+                    _ = sleep_until(probe_at), if probe_at.is_some() => Step::Probe,
+                    _ = sleep_until(heartbeat_at), if heartbeat_at.is_some() => Step::Heartbeat,
                     _ = self.delivery.progress() => Step::Progress,
                     _ = tokio::time::sleep(FLUSH_INTERVAL), if ack_due => Step::Flush,
                     _ = tokio::time::sleep(PUBLICATION_CHECK.saturating_sub(self.checked.0.elapsed())) => Step::CheckPublication,
@@ -127,8 +158,27 @@ impl Session<'_> {
                 }
                 Step::Shutdown => continue,
                 Step::CheckPublication => {
-                    self.check_publication().await?;
-                    self.check_retained_wal().await;
+                    match tokio::time::timeout(QUERY_TIMEOUT, self.check_publication()).await {
+                        Ok(checked) => checked?,
+                        Err(_) => return Err(silent_query().into()),
+                    }
+                    if tokio::time::timeout(QUERY_TIMEOUT, self.check_retained_wal())
+                        .await
+                        .is_err()
+                    {
+                        return Err(silent_query().into());
+                    }
+                    continue;
+                }
+                Step::Probe => {
+                    self.probed = Some(stream.heard());
+                    debug!("the server has been quiet: a heartbeat makes it speak");
+                    heartbeat(self.pool);
+                    continue;
+                }
+                Step::Heartbeat => {
+                    self.last_heartbeat = Instant::now();
+                    heartbeat(self.pool);
                     continue;
                 }
                 Step::Chunk(Some(read)) => {
@@ -497,6 +547,39 @@ impl Session<'_> {
             debug!(lsn = %lsn, "acknowledged");
         }
     }
+}
+
+/// Sleeps until `at` (for ever when `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A query of the session that got no answer in time: the connections are not trusted any more.
+fn silent_query() -> SourceError {
+    SourceError::Silent(format!(
+        "the source did not answer a query within {}s: the route to it may be dead",
+        QUERY_TIMEOUT.as_secs()
+    ))
+}
+
+/// Writes a heartbeat: a transactional logical decoding message, so the stream carries it (and
+/// the slot can move) with no table written. In its own task, bounded in time: a source that does
+/// not answer is the stream's to notice, never a wait of the session.
+fn heartbeat(pool: &PgPool) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let write = sqlx::query("select pg_logical_emit_message(true, $1, '')")
+            .bind(HEARTBEAT_PREFIX)
+            .execute(&pool);
+        match tokio::time::timeout(QUERY_TIMEOUT, write).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not write a heartbeat"),
+            Err(_) => debug!("a heartbeat got no answer in time"),
+        }
+    });
 }
 
 /// Puts into an update's new row the values it did not send (unchanged TOASTed values) that a

@@ -93,7 +93,8 @@ pub(crate) async fn prepare(
     files: &Loaded,
     options: &RunOptions,
     delivery: &Delivery,
-) -> Result<Prepared, RunError> {
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<Prepared>, RunError> {
     let slot_name = &config.source.slot;
     let pool = catalog::connect(url).await?;
     catalog::preflight(&pool).await?;
@@ -190,11 +191,17 @@ pub(crate) async fn prepare(
         // A backfill waits and the slot is new: create it with an exported snapshot, which
         // makes the backfill the cheap special case.
         Start::Create if backfills_waiting(config)? => {
-            let exported = ExportedSlot::create(url, slot_name, &config.source.publication).await?;
+            let create = ExportedSlot::create(url, slot_name, &config.source.publication);
+            let Some(exported) = creating(&pool, slot_name, &mut shutdown, create).await? else {
+                return Ok(None);
+            };
             info!(slot = %slot_name, lsn = %exported.consistent_point, "created slot, with a snapshot for the backfill");
             (exported.consistent_point, Some(exported))
         }
-        Start::Create => (slot::create(&pool, slot_name).await?, None),
+        Start::Create => match creating(&pool, slot_name, &mut shutdown, slot::create(&pool, slot_name)).await? {
+            Some(lsn) => (lsn, None),
+            None => return Ok(None),
+        },
         Start::Gap(_) => unreachable!("a gap is refused or repaired above"),
     };
     // The marker is transactional: its commit flushes the WAL, so the stream brings it without
@@ -210,7 +217,7 @@ pub(crate) async fn prepare(
     } else {
         None
     };
-    Ok(Prepared {
+    Ok(Some(Prepared {
         pool,
         compiled,
         needs,
@@ -219,7 +226,62 @@ pub(crate) async fn prepare(
         recorded,
         exported,
         target,
-    })
+    }))
+}
+
+/// How often the creation of a slot says what it waits for.
+const BLOCKED_REPORT: Duration = Duration::from_secs(5);
+
+/// Creates the slot with `create`: a logical slot starts where no transaction is in flight, so
+/// the server waits for every transaction open before it — a session of the monolith left idle in
+/// a transaction holds it for as long as it stays so. Every few seconds of waiting, says which
+/// (pid, age, state, query). SIGINT/SIGTERM cancel the creation on the server (`None`).
+async fn creating<T>(
+    pool: &PgPool,
+    slot: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    create: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<Option<T>, RunError> {
+    tokio::pin!(create);
+    let mut report = tokio::time::interval_at(tokio::time::Instant::now() + BLOCKED_REPORT / 2, BLOCKED_REPORT);
+    loop {
+        tokio::select! {
+            created = &mut create => return Ok(Some(created?)),
+            _ = report.tick() => match slot::blockers(pool, slot).await {
+                Ok(blockers) if !blockers.is_empty() => {
+                    let named: Vec<String> = blockers
+                        .iter()
+                        .map(|b| {
+                            format!(
+                                "pid {} ({} for {}s, user {}, application {:?}): {}",
+                                b.pid,
+                                b.state.as_deref().unwrap_or("?"),
+                                b.age_secs,
+                                b.user.as_deref().unwrap_or("?"),
+                                b.application.as_deref().unwrap_or(""),
+                                b.query.as_deref().unwrap_or("").replace('\n', " ")
+                            )
+                        })
+                        .collect();
+                    warn!(
+                        %slot,
+                        "creating the slot waits for {} transaction(s) open before it (a logical slot starts where none is in flight): {}; hint: they must commit or roll back — an idle one can be ended with select pg_terminate_backend(pid)",
+                        blockers.len(),
+                        named.join("; ")
+                    );
+                }
+                Ok(_) => info!(%slot, "creating the slot: still waiting for the server"),
+                Err(e) => warn!(%slot, error = %e, "creating the slot: could not read what it waits for"),
+            },
+            _ = shutdown.changed() => {
+                match slot::cancel_creation(pool, slot).await {
+                    Ok(_) => warn!(%slot, "stopped while creating the slot: its creation was cancelled, nothing was created"),
+                    Err(e) => warn!(%slot, error = %e, "stopped while creating the slot, and could not cancel its creation on the server: check pg_replication_slots"),
+                }
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// What ficus recorded of its position: the store's checkpoint when there is a store (else the
