@@ -402,3 +402,65 @@ async fn slot_creation_behind_an_open_transaction_names_it_and_sigint_stops_the_
         "0"
     );
 }
+
+#[tokio::test]
+async fn of_two_runs_one_streams_the_other_stands_by_and_takes_over_after_kill_9_with_no_loss() {
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut first = spawn_with_metrics(&p, &a);
+    wait_ready(&a, true, r#""role":"streaming""#).await;
+    let second = spawn_with_metrics(&p, &b);
+    wait_ready(
+        &b,
+        false,
+        "standby: the lease is held by the ficus whose lease connection is pid",
+    )
+    .await;
+    let walsenders = || async {
+        p.scalar(&format!(
+            "select count(*)::text from pg_stat_activity where backend_type = 'walsender' and datname = '{}'",
+            p.db.name
+        ))
+        .await
+    };
+    // The standby opened no replication connection: one walsender, the first's.
+    assert_eq!(walsenders().await, "1");
+    let status: serde_json::Value = serde_json::from_slice(&p.ok(&["status", "--json"]).stdout).unwrap();
+    assert!(status["lease"]["holder"]["pid"].is_i64(), "{status:#}");
+    assert_eq!(status["lease"]["standbys"].as_array().unwrap().len(), 1, "{status:#}");
+    assert_eq!(status["slot"]["active"], true, "{status:#}");
+
+    p.db.exec("insert into accounts select g, 'first', 1 from generate_series(1, 100) g")
+        .await;
+    p.wait_events(100).await;
+    signal(&first.0, libc::SIGKILL);
+    wait_exit(&mut first.0, Duration::from_secs(10)).await;
+    let killed = std::time::Instant::now();
+    p.db.exec("insert into accounts select g, 'meanwhile', 1 from generate_series(101, 200) g")
+        .await;
+    wait_ready(&b, true, r#""role":"streaming""#).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(15), "the standby took over after {took:?}");
+    let events = p.wait_events(200).await;
+    // No loss; a repeat has the id (and the content) of what it repeats.
+    let mut by_id: std::collections::HashMap<&str, &serde_json::Value> = std::collections::HashMap::new();
+    for e in &events {
+        if let Some(seen) = by_id.insert(e["id"].as_str().unwrap(), e) {
+            assert_eq!(seen["data"], e["data"], "a repeat differs from what it repeats");
+        }
+    }
+    let opened: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "AccountOpened")
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(opened.len(), 200);
+    assert_eq!(walsenders().await, "1");
+    let mut second = second;
+    signal(&second.0, libc::SIGTERM);
+    assert!(wait_exit(&mut second.0, Duration::from_secs(30)).await.success());
+}

@@ -8,7 +8,7 @@ use sqlx::{PgPool, Row};
 use crate::SourceError;
 
 /// How long connecting may take before the source counts as not answering.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a small pool of ordinary connections to the source. A first connection is made on its
 /// own, so that what went wrong is named (a pool would only say it timed out): nothing listens on

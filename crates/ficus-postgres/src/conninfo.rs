@@ -12,13 +12,19 @@ use crate::SourceError;
 /// and `synchronous_commit = local`, so that the commit of a watermark or caught-up message
 /// flushes the WAL and the stream brings it at once, even on a source that runs with
 /// `synchronous_commit = off` (otherwise each would wait for the WAL writer, 200 ms by default).
-pub const SESSION_SETTINGS: [(&str, &str); 6] = [
+/// And TCP keepalives on the server's side of every connection: a ficus that died with its machine,
+/// or whose route died, is noticed by the server within about 25 seconds (not the kernel's two
+/// hours), which releases its slot and its lease for a standby.
+pub const SESSION_SETTINGS: [(&str, &str); 9] = [
     ("DateStyle", "ISO"),
     ("TimeZone", "UTC"),
     ("IntervalStyle", "iso_8601"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
     ("synchronous_commit", "local"),
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
 ];
 
 /// A parsed `postgres://user:password@host:port/db?sslmode=...` URL.

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod conninfo;
 pub mod decode;
 mod error;
+pub mod lease;
 pub mod publication;
 pub mod replication;
 pub mod slot;

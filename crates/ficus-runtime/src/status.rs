@@ -22,6 +22,38 @@ pub struct Status {
     pub recorded: Option<Recorded>,
     /// Backfills, newest last: those in progress and the last finished one.
     pub backfills: Vec<BackfillStatus>,
+    /// Who holds the lease on the slot (streams), and who waits for it.
+    pub lease: LeaseStatus,
+}
+
+/// The lease.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LeaseStatus {
+    /// The ficus that holds it: its lease connection.
+    pub holder: Option<LeaseConnectionStatus>,
+    /// The ficus processes waiting to take over.
+    pub standbys: Vec<LeaseConnectionStatus>,
+}
+
+/// A ficus's lease connection, as the server sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseConnectionStatus {
+    /// Its backend on the server.
+    pub pid: i32,
+    /// Where it connects from (null over a Unix socket).
+    pub client_addr: Option<String>,
+    /// Since when (the server's clock).
+    pub since: Option<String>,
+}
+
+impl From<ficus_postgres::lease::Leaseholder> for LeaseConnectionStatus {
+    fn from(h: ficus_postgres::lease::Leaseholder) -> LeaseConnectionStatus {
+        LeaseConnectionStatus {
+            pid: h.pid,
+            client_addr: h.client_addr,
+            since: h.since,
+        }
+    }
 }
 
 /// The slot.
@@ -88,8 +120,14 @@ pub async fn status(config: &Config) -> Result<Status, RunError> {
     let source = config.source_url()?;
     let pool = ficus_postgres::catalog::connect(&source).await?;
     let state = ficus_postgres::slot::state(&pool, &config.source.slot).await;
+    let lease = ficus_postgres::lease::holders(&pool, &config.source.slot).await;
     pool.close().await;
     let state = state?;
+    let (holder, standbys) = lease?;
+    let lease = LeaseStatus {
+        holder: holder.map(Into::into),
+        standbys: standbys.into_iter().map(Into::into).collect(),
+    };
     let slot = match state.slot {
         Some(s) => SlotStatus {
             name: config.source.slot.clone(),
@@ -134,6 +172,7 @@ pub async fn status(config: &Config) -> Result<Status, RunError> {
         server_lsn: state.current,
         recorded: recorded(config).await?,
         backfills,
+        lease,
     })
 }
 
@@ -193,6 +232,34 @@ pub fn describe(status: &Status) -> String {
             );
         }
         let _ = writeln!(s, "  WAL held by the slot: {}", bytes(slot.retained_wal_bytes));
+    }
+    match &status.lease.holder {
+        Some(h) => {
+            let _ = writeln!(
+                s,
+                "lease: held by the ficus whose lease connection is pid {}{}",
+                h.pid,
+                h.client_addr
+                    .as_ref()
+                    .map(|a| format!(" (from {a})"))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(s, "lease: free (no ficus run holds it)");
+        }
+    }
+    for standby in &status.lease.standbys {
+        let _ = writeln!(
+            s,
+            "  standby: lease connection pid {}{}",
+            standby.pid,
+            standby
+                .client_addr
+                .as_ref()
+                .map(|a| format!(" (from {a})"))
+                .unwrap_or_default()
+        );
     }
     match &status.recorded {
         Some(r) => {

@@ -25,6 +25,7 @@ use crate::{RunError, load_mappings};
 mod delivery;
 mod exported;
 mod lane;
+mod lease;
 mod observe;
 mod session;
 mod startup;
@@ -120,13 +121,65 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: watch::Receiver
         max_retained_wal: config.source.max_retained_wal,
     });
     health.role(Role::Starting);
-    let result = stream(config, options, &url, files, shutdown).await;
+    let result = leased(config, options, &url, files, shutdown).await;
     health.role(Role::Stopping);
     if let Err(e) = &result {
         crate::telemetry::error("fatal");
         health.update(|s| s.last_error = Some(e.to_string()));
     }
     result
+}
+
+/// Streams while this ficus holds the lease: waits as a standby until it gets it, stops streaming
+/// when it loses it (and waits again), until shutdown.
+async fn leased(
+    config: &Config,
+    options: RunOptions,
+    url: &SourceUrl,
+    files: Loaded,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, RunError> {
+    let health = options.health.clone();
+    let slot = &config.source.slot;
+    let mut files = Some(files);
+    loop {
+        let Some(mut lease) = lease::take(url, slot, &health, &mut shutdown).await? else {
+            return Ok(RunReport::default());
+        };
+        health.role(Role::Starting);
+        let files = match files.take() {
+            Some(files) => files,
+            None => load_mappings(config)?,
+        };
+        let (stop, stopped) = watch::channel(*shutdown.borrow());
+        let streaming = stream(config, options.clone(), url, files, stopped);
+        tokio::pin!(streaming);
+        let mut lost = None;
+        let result = {
+            let watching = lease.lost();
+            tokio::pin!(watching);
+            loop {
+                tokio::select! {
+                    result = &mut streaming => break result,
+                    e = &mut watching, if lost.is_none() => {
+                        warn!(%slot, error = %e, "lost the lease: stopping, so that a standby can take the slot over");
+                        crate::telemetry::error("lease");
+                        lost = Some(e);
+                        let _ = stop.send(true);
+                    }
+                    _ = shutdown.changed(), if !*stop.borrow() => {
+                        let _ = stop.send(true);
+                    }
+                }
+            }
+        };
+        if lost.is_some() && !*shutdown.borrow() && result.is_ok() {
+            drop(lease);
+            continue; // a standby again, until it can take the lease back
+        }
+        lease.release().await;
+        return result;
+    }
 }
 
 async fn stream(
