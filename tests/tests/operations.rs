@@ -40,6 +40,23 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .sum()
 }
 
+/// A project over the accounts table, with `setting` (a line) added to `[source]`.
+async fn accounts(setting: &str) -> Project {
+    let p = Project::new(ACCOUNTS).await;
+    p.mapping("accounts.toml", ACCOUNT_EVENTS);
+    let config = std::fs::read_to_string(p.path("ficus.toml"))
+        .unwrap()
+        .replace("[source]\n", &format!("[source]\n{setting}\n"));
+    p.write("ficus.toml", &config);
+    p
+}
+
+/// Stops a run with SIGTERM: it exits 0.
+async fn stop(mut run: KillOnDrop) {
+    signal(&run.0, libc::SIGTERM);
+    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+}
+
 /// `ficus run --metrics-addr` in the background, with its log in run.log.
 fn spawn_with_metrics(p: &Project, addr: &str) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
@@ -157,22 +174,15 @@ async fn metrics_count_what_was_delivered_and_readyz_turns_false_while_a_sink_is
     })
     .await;
 
-    let mut run = run;
-    signal(&run.0, libc::SIGTERM);
-    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+    stop(run).await;
 }
 
 #[tokio::test]
 async fn retained_wal_over_the_threshold_warns_counts_and_turns_readyz() {
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
     // A threshold any slot passes as soon as anything is written.
-    let config = std::fs::read_to_string(p.path("ficus.toml"))
-        .unwrap()
-        .replace("[source]\n", "[source]\nmax_retained_wal = \"1kB\"\n");
-    p.write("ficus.toml", &config);
+    let p = accounts("max_retained_wal = \"1kB\"").await;
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut run = spawn_with_metrics(&p, &addr);
+    let run = spawn_with_metrics(&p, &addr);
     wait_streaming(&p).await;
     // Writes go on while it is checked (the slot's restart position moves now and then).
     let writing = {
@@ -195,8 +205,7 @@ async fn retained_wal_over_the_threshold_warns_counts_and_turns_readyz() {
     let s = scrape(&addr).await;
     assert!(value(&s, "ficus_slot_retained_wal_bytes", &[]) > 1000.0);
     assert_eq!(value(&s, "ficus_slot_max_retained_wal_bytes", &[]), 1000.0);
-    signal(&run.0, libc::SIGTERM);
-    wait_exit(&mut run.0, Duration::from_secs(30)).await;
+    stop(run).await;
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
     assert!(log.contains("the slot holds more WAL than max_retained_wal"), "{log}");
 }
@@ -296,7 +305,7 @@ async fn a_silent_connection_is_dropped_and_made_again_and_nothing_written_meanw
         p.db.url()
             .replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
     let log = std::fs::File::create(p.path("run.log")).unwrap();
-    let mut run = KillOnDrop(
+    let run = KillOnDrop(
         p.ficus(&["run"])
             .env("FICUS_SOURCE_URL", &through_proxy)
             .stdout(Stdio::null())
@@ -328,28 +337,21 @@ async fn a_silent_connection_is_dropped_and_made_again_and_nothing_written_meanw
         log.contains("the server said nothing on the replication connection for 4s"),
         "{log}"
     );
-    signal(&run.0, libc::SIGTERM);
-    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+    stop(run).await;
 }
 
 #[tokio::test]
 async fn an_idle_source_is_not_taken_for_a_silent_one() {
     // The server asks for a reply only after 30 s of quiet (wal_sender_timeout = 60 s): within
     // ficus's 3 s limit, only its probes make an idle server speak.
-    let p = Project::new(ACCOUNTS).await;
-    p.mapping("accounts.toml", ACCOUNT_EVENTS);
-    let config = std::fs::read_to_string(p.path("ficus.toml"))
-        .unwrap()
-        .replace("[source]\n", "[source]\nreplication_timeout_secs = 3\n");
-    p.write("ficus.toml", &config);
-    let mut run = KillOnDrop(p.spawn_run());
+    let p = accounts("replication_timeout_secs = 3").await;
+    let run = KillOnDrop(p.spawn_run());
     wait_streaming(&p).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     p.db.exec("insert into accounts values (1, 'after a quiet spell', 1)")
         .await;
     p.wait_events(1).await;
-    signal(&run.0, libc::SIGTERM);
-    assert!(wait_exit(&mut run.0, Duration::from_secs(30)).await.success());
+    stop(run).await;
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
     assert!(!log.contains("went silent"), "{log}");
 }
@@ -460,7 +462,5 @@ async fn of_two_runs_one_streams_the_other_stands_by_and_takes_over_after_kill_9
         .collect();
     assert_eq!(opened.len(), 200);
     assert_eq!(walsenders().await, "1");
-    let mut second = second;
-    signal(&second.0, libc::SIGTERM);
-    assert!(wait_exit(&mut second.0, Duration::from_secs(30)).await.success());
+    stop(second).await;
 }
