@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::brokers::{
     Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage, offline_check_refuses,
 };
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 const SHARED: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -248,7 +249,7 @@ async fn a_misconfigured_amqp_sink_fails_check_with_its_name_and_a_hint() {
     ));
     p.catch_up();
     p.db.exec("insert into ticks values (1, 1)").await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("was returned: no queue is bound to take it"), "{err}");

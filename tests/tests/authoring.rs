@@ -6,6 +6,8 @@ use std::process::{Command, Output, Stdio};
 
 use ficus_testkit::workspace_bin;
 
+use crate::support::Scanned;
+
 /// The shop example (config, mappings, fixtures) copied into a temporary directory.
 fn shop() -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix("ficus-authoring-").tempdir().unwrap();
@@ -30,8 +32,7 @@ fn ficus(dir: &Path, args: &[&str]) -> (bool, String) {
         // No database is reachable: nothing here may try one.
         .env("FICUS_SOURCE_URL", "postgres://nobody@127.0.0.1:1/none")
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .out();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -192,14 +193,14 @@ async fn the_lock_refuses_breaking_changes_of_mappings_and_of_the_database() {
         ),
     );
     let expected = "error: OrderPaid v2: data.total: a required field was removed (breaks its consumers under backward compatibility)";
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    let out = p.ficus(&["check", "--offline"]).out();
     assert!(!out.status.success());
     assert!(
         crate::support::stderr(&out).contains(expected),
         "{}",
         crate::support::stderr(&out)
     );
-    let out = p.ficus(&["catalog", "--lock"]).output().unwrap();
+    let out = p.ficus(&["catalog", "--lock"]).out();
     assert!(!out.status.success(), "a breaking change is not locked");
     // With a version bump it is a new contract: it checks, and locking retires v2.
     p.write(
@@ -224,7 +225,7 @@ async fn the_lock_refuses_breaking_changes_of_mappings_and_of_the_database() {
     // The monolith retypes a column: the same mappings now make strings where consumers expect
     // integers, under the same version.
     p.db.exec("alter table orders drop constraint orders_customer_id_fkey; alter table orders alter column customer_id type text").await;
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success());
     let said = crate::support::stderr(&out);
     assert!(
@@ -351,7 +352,7 @@ async fn record_then_test_round_trips() {
     // Recorded fixtures are not written over without --force, and nothing is streamed then.
     let slot = p.confirmed_flush().await;
     p.db.exec("update customers set name = 'Ada King' where id = 1").await;
-    let again = p.ficus(&["record", "--until-caught-up"]).output().unwrap();
+    let again = p.ficus(&["record", "--until-caught-up"]).out();
     assert_eq!(again.status.code(), Some(1), "{}", crate::support::stderr(&again));
     let err = crate::support::stderr(&again);
     assert!(

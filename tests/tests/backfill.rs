@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::Scanned;
 use crate::support::{Project, signal, wait_exit};
 
 /// Rows in the parity test: 20,000 by default, `FICUS_PARITY_ROWS` for more.
@@ -233,7 +234,7 @@ async fn a_table_without_a_key_is_refused_unless_a_full_scan_is_allowed() {
     );
     // In the publication, a table without a replica identity would break the
     // monolith's updates and deletes: ficus refuses to put it there.
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -242,7 +243,7 @@ async fn a_table_without_a_key_is_refused_unless_a_full_scan_is_allowed() {
     );
     assert!(err.contains("REPLICA IDENTITY FULL"), "{err}");
     p.db.exec("alter table loose replica identity full").await;
-    let out = p.ficus(&["backfill"]).output().unwrap();
+    let out = p.ficus(&["backfill"]).out();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public.loose has no primary key"), "{err}");
@@ -521,7 +522,7 @@ async fn a_row_the_mappings_cannot_map_fails_the_backfill_not_the_stream() {
     p.catch_up();
     let mut run = p.spawn_run();
     wait_until_streaming(&p).await;
-    let out = p.ficus(&["backfill"]).output().unwrap();
+    let out = p.ficus(&["backfill"]).out();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("failed"), "{err}");

@@ -2,6 +2,7 @@
 
 use ficus_testkit::Cluster;
 
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 const ORDERS: &str = "create table orders (id int primary key, status text not null, total numeric not null);";
@@ -32,11 +33,11 @@ on     = ["update"]
 key    = "new"
 "#,
     );
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success());
     insta::assert_snapshot!(stderr(&out));
     // run refuses to start on the same mappings, with the same errors
-    let run = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let run = p.ficus(&["run", "--until-caught-up"]).out();
     assert!(!run.status.success());
     assert!(stderr(&run).contains("3 error(s) in the mappings"), "{}", stderr(&run));
     assert!(
@@ -52,7 +53,7 @@ async fn replica_identity_default_and_old_values() {
         "orders.toml",
         "[[event]]\nname = \"OrderPaid\"\ntable = \"orders\"\non = [\"update\"]\nwhen = \"old.status != 'paid' && new.status == 'paid'\"\nkey = \"new.id\"\n",
     );
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -76,7 +77,7 @@ async fn wal_level_replica_is_refused_with_a_fix() {
         "orders.toml",
         "[[event]]\nname = \"OrderPlaced\"\ntable = \"orders\"\non = [\"insert\"]\nkey = \"new.id\"\n",
     );
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -87,7 +88,7 @@ async fn wal_level_replica_is_refused_with_a_fix() {
         err.contains("hint: run ALTER SYSTEM SET wal_level = logical; then restart Postgres"),
         "{err}"
     );
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success(), "check reports the source's setup too");
     assert!(stderr(&out).contains("wal_level"));
 }
@@ -102,12 +103,11 @@ async fn missing_replication_privilege_is_named() {
         "orders.toml",
         "[[event]]\nname = \"OrderPlaced\"\ntable = \"orders\"\non = [\"insert\"]\nkey = \"new.id\"\n",
     );
-    let url = p.db.url().replace("postgres@", &format!("{role}@"));
+    let url = p.db.url().replace("//postgres:", &format!("//{role}:"));
     let out = p
         .ficus(&["run", "--until-caught-up"])
         .env("FICUS_SOURCE_URL", url)
-        .output()
-        .unwrap();
+        .out();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -124,21 +124,21 @@ async fn missing_replication_privilege_is_named() {
 async fn bad_config_points_at_the_line() {
     let p = Project::new(ORDERS).await;
     p.write("ficus.toml", "[source]\nslot = \"x\"\nslott = \"y\"\n");
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("ficus.toml:3:1: unknown field `slott`"), "{err}");
-    let out = p.ficus(&["run", "-c", "missing.toml"]).output().unwrap();
+    let out = p.ficus(&["run", "-c", "missing.toml"]).out();
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
     p.config("");
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert!(
         stderr(&out).contains("no mapping file matches \"mappings/*.toml\""),
         "{}",
         stderr(&out)
     );
     p.mapping("empty.toml", "# nothing yet\n");
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("the mapping files declare no [[event]]"),
@@ -184,23 +184,20 @@ async fn scram_password_over_tls_verify_full() {
     let out = p
         .ficus(&["run", "--until-caught-up"])
         .env("FICUS_SOURCE_URL", &good)
-        .output()
-        .unwrap();
+        .out();
     assert!(out.status.success(), "{}", stderr(&out));
     p.db.exec("insert into orders values (1, 'placed', 9.99)").await;
     let out = p
         .ficus(&["run", "--until-caught-up"])
         .env("FICUS_SOURCE_URL", &good)
-        .output()
-        .unwrap();
+        .out();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(p.events().len(), 1);
 
     let wrong = p
         .ficus(&["run", "--until-caught-up"])
         .env("FICUS_SOURCE_URL", url("nope", "verify-full"))
-        .output()
-        .unwrap();
+        .out();
     assert_eq!(wrong.status.code(), Some(1));
     assert!(
         stderr(&wrong).contains("password authentication failed"),
@@ -217,8 +214,7 @@ async fn scram_password_over_tls_verify_full() {
     let plain = p
         .ficus(&["check"])
         .env("FICUS_SOURCE_URL", url("s3cret%20pass", "disable"))
-        .output()
-        .unwrap();
+        .out();
     assert!(!plain.status.success());
     assert!(stderr(&plain).contains("no encryption"), "{}", stderr(&plain));
     p.ok(&["teardown"]);
@@ -236,15 +232,14 @@ async fn an_unreachable_source_is_named_and_until_caught_up_gives_up() {
         "postgres://postgres@127.0.0.1:{}/x?sslmode=disable",
         ficus_testkit::free_port()
     );
-    let check = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &closed).output().unwrap();
+    let check = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &closed).out();
     assert_eq!(check.status.code(), Some(1), "an unreachable source is not a pass");
     assert!(stderr(&check).contains("connection refused"), "{}", stderr(&check));
     let began = std::time::Instant::now();
     let out = p
         .ficus(&["run", "--until-caught-up", "--give-up-after", "2"])
         .env("FICUS_SOURCE_URL", &closed)
-        .output()
-        .unwrap();
+        .out();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         began.elapsed() < std::time::Duration::from_secs(30),
@@ -263,8 +258,7 @@ async fn an_unreachable_source_is_named_and_until_caught_up_gives_up() {
             "FICUS_SOURCE_URL",
             "postgres://postgres@no-such-host.invalid/x?sslmode=disable",
         )
-        .output()
-        .unwrap();
+        .out();
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
         stderr(&unknown).contains("host not found: no-such-host.invalid does not resolve"),
@@ -274,7 +268,7 @@ async fn an_unreachable_source_is_named_and_until_caught_up_gives_up() {
 }
 
 #[tokio::test]
-async fn a_least_privileged_role_streams_and_backfills_what_a_superuser_published() {
+async fn a_least_privileged_role_streams_backfills_and_verifies_what_a_superuser_published() {
     let p = Project::new(&format!(
         "{ORDERS} create table refunds (id int primary key, amount int not null);
          insert into orders values (1, 'placed', 9.99);"
@@ -285,13 +279,15 @@ async fn a_least_privileged_role_streams_and_backfills_what_a_superuser_publishe
         "create role {role} login replication; grant select on orders to {role};"
     ))
     .await;
+    // With the store, archiving: `verify` compares the table with what was delivered.
+    p.config("\n[[sink]]\ntype = \"store\"\narchive = true\n");
     p.mapping(
         "orders.toml",
         "[[event]]\nname = \"OrderSeen\"\ntable = \"orders\"\non = [\"insert\", \"snapshot\"]\nkey = \"new.id\"\n",
     );
-    let as_role = p.db.url().replace("postgres@", &format!("{role}@"));
+    let as_role = p.db.url().replace("//postgres:", &format!("//{role}:"));
     // No publication yet, and the role may not make one: check says who must run what.
-    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).out();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -307,26 +303,33 @@ async fn a_least_privileged_role_streams_and_backfills_what_a_superuser_publishe
     // A superuser makes it: the role checks out, streams and backfills.
     p.db.exec("create publication ficus for table orders with (publish_via_partition_root = true)")
         .await;
-    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).out();
     assert!(out.status.success(), "{}", stderr(&out));
     let run = p
         .ficus(&["run", "--until-caught-up"])
         .env("FICUS_SOURCE_URL", &as_role)
-        .output()
-        .unwrap();
+        .out();
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(p.events().len(), 1, "the order from before, as a snapshot event");
     p.db.exec("insert into orders values (2, 'placed', 1)").await;
-    let backfill = p
-        .ficus(&["backfill"])
-        .env("FICUS_SOURCE_URL", &as_role)
-        .output()
-        .unwrap();
+    let backfill = p.ficus(&["backfill"]).env("FICUS_SOURCE_URL", &as_role).out();
     assert!(backfill.status.success(), "{}", stderr(&backfill));
     assert_eq!(
         p.events().len(),
         1 + 1 + 2,
         "the insert, then both orders again as snapshot events"
+    );
+    let verify = p.ficus(&["verify"]).env("FICUS_SOURCE_URL", &as_role).out();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        stderr(&verify)
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("public.orders: "),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
     );
     // A table it may not read: named, with the GRANT.
     p.mapping(
@@ -334,7 +337,7 @@ async fn a_least_privileged_role_streams_and_backfills_what_a_superuser_publishe
         "[[event]]\nname = \"RefundSeen\"\ntable = \"refunds\"\non = [\"insert\"]\nkey = \"new.id\"\n",
     );
     p.db.exec("alter publication ficus add table refunds").await;
-    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).output().unwrap();
+    let out = p.ficus(&["check"]).env("FICUS_SOURCE_URL", &as_role).out();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ficus_testkit::{Server, wait_for};
 
+use crate::support::Scanned;
 use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, stderr, wait_exit};
 
 pub(crate) const ACCOUNTS: &str =
@@ -53,7 +54,7 @@ pub(crate) async fn accounts_through(sinks: &str, env: &[(&str, &str)]) -> (Proj
     p.mapping("accounts.toml", ACCOUNT_EVENTS);
     p.config(sinks);
     let ok = |args: &[&str]| {
-        let out = p.ficus(args).envs(env.iter().copied()).output().unwrap();
+        let out = p.ficus(args).envs(env.iter().copied()).out();
         assert!(
             out.status.success(),
             "ficus {args:?}: {}",
@@ -74,7 +75,7 @@ pub(crate) async fn accounts_through(sinks: &str, env: &[(&str, &str)]) -> (Proj
 /// `ficus check` refuses the project's sink: exit 1, `expected` said with a hint, and never the
 /// credential `wrong` the tests give. `case` names the case in a failure.
 pub(crate) fn check_refuses(p: &Project, case: &str, expected: &str) {
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{case}: {err}");
     assert!(err.contains(expected), "{case}: {err}");
@@ -85,7 +86,7 @@ pub(crate) fn check_refuses(p: &Project, case: &str, expected: &str) {
 /// `ficus check --offline` refuses the project's config (a bad template, a bad url) with
 /// `expected`, before anything connects.
 pub(crate) fn offline_check_refuses(p: &Project, expected: &str) {
-    let out = p.ficus(&["check", "--offline"]).output().unwrap();
+    let out = p.ficus(&["check", "--offline"]).out();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(expected), "{}", stderr(&out));
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ficus_testkit::wait_for;
 use serde_json::Value;
 
+use crate::support::Scanned;
 use crate::support::{Project, insert_ticks_while_killing, signal, wait_exit};
 
 const TICKS: &str = "create table ticks (id bigint primary key, n int not null);";
@@ -211,7 +212,7 @@ async fn a_renamed_table_stops_ficus_instead_of_losing_events() {
         "{log}"
     );
     // Started again on the old mappings: the live check says what changed.
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown table public.ticks"));
     assert_eq!(p.events().len(), 1);
     // Pointing the mapping at the new name delivers the change that waited.

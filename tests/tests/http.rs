@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::brokers::{
     Outage, Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage, offline_check_refuses,
 };
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 /// A request as the endpoint got it.
@@ -262,7 +263,7 @@ async fn webhooks_retry_5xx_and_429_after_retry_after_and_stop_at_a_4xx() {
     // A 400 is definite: ficus stops with the endpoint's answer, and the slot stays.
     let slot = p.confirmed_flush().await;
     p.db.exec("insert into ticks values (6, 13)").await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("sink http: POST http://127.0.0.1:"), "{err}");
@@ -286,7 +287,7 @@ async fn a_dead_letter_file_takes_what_the_endpoint_refuses_and_says_so() {
     p.config(&hook_sink(hook.port, "dead_letter = \"dead/letters.jsonl\""));
     p.catch_up();
     p.db.exec("insert into ticks values (1, 1), (2, 13), (3, 1)").await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("DEAD LETTER"), "{err}");
@@ -364,7 +365,7 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
         "\n[[sink]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n[sink.headers]\nauthorization = \"Bearer t0ken\"\n",
         hook.port
     ));
-    assert!(p.ficus(&["check"]).output().unwrap().status.success());
+    assert!(p.ficus(&["check"]).out().status.success());
     p.config("\n[[sink]]\ntype = \"http\"\nurl = \"not a url\"\n");
     offline_check_refuses(&p, "url \"not a url\"");
 }

@@ -1,6 +1,7 @@
 //! `ficus init` against the shop's schema: the files it writes check out against the live
 //! database and stream; it overwrites nothing without --force.
 
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 const SHOP: &str = include_str!("../../examples/shop/schema.sql");
@@ -37,7 +38,7 @@ async fn init_scaffolds_the_shop_into_mappings_that_check_and_stream() {
     let fixture = std::fs::read_to_string(p.path("app/mappings/tests/orders.toml")).unwrap();
     assert!(fixture.contains("total = \"numeric(12,2) not null\""), "{fixture}");
     assert!(fixture.contains("status = \"order_status not null\""), "{fixture}");
-    let first = p.ficus(&["test", "-c", "app/ficus.toml"]).output().unwrap();
+    let first = p.ficus(&["test", "-c", "app/ficus.toml"]).out();
     let said = String::from_utf8_lossy(&first.stdout).into_owned();
     assert_eq!(first.status.code(), Some(1), "{said}");
     assert!(said.contains("0 passed, 0 failed, 3 without expectations"), "{said}");
@@ -83,10 +84,7 @@ async fn init_scaffolds_the_shop_into_mappings_that_check_and_stream() {
 
     // Nothing is overwritten without --force.
     p.write("app/mappings/orders.toml", "# mine\n");
-    let again = p
-        .ficus(&["init", "--source-url", &url, "--out", "app"])
-        .output()
-        .unwrap();
+    let again = p.ficus(&["init", "--source-url", &url, "--out", "app"]).out();
     assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
     assert!(stderr(&again).contains("not overwriting"), "{}", stderr(&again));
     assert!(stderr(&again).contains("hint: --force"), "{}", stderr(&again));

@@ -11,6 +11,7 @@ use crate::brokers::{
     ACCOUNT_EVENTS, ACCOUNTS, Repeats, TICK, TICKS, accounts_through, check_refuses, kill_9_and_an_outage,
     offline_check_refuses,
 };
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 /// A message as a stream holds it.
@@ -197,7 +198,7 @@ async fn a_misconfigured_nats_sink_fails_check_with_its_name_and_a_hint() {
         "\n[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"nowhere.{{type}}\"\n",
         nats.port
     ));
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
         p.confirmed_flush().await,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ficus_testkit::{Cluster, TestDb, wait_for};
 use serde_json::Value;
 
+use crate::support::Scanned;
 use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, wait_exit};
 
 const TICKS: &str = "create table ticks (id bigint primary key, n int not null, kind text not null default 'a');";
@@ -329,7 +330,7 @@ async fn replay_refuses_what_it_cannot_do() {
     p.db.exec("insert into ticks (id, n) values (1, 1), (2, 2)").await;
     p.catch_up();
     let fail = |args: &[&str]| {
-        let out = p.ficus(args).output().unwrap();
+        let out = p.ficus(args).out();
         assert!(!out.status.success(), "ficus {args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -384,7 +385,7 @@ async fn a_bad_store_stops_ficus_before_it_takes_anything() {
     std::fs::write(p.path("history/ficus.db"), "id,total\n1,9.99\n").unwrap();
     p.db.exec("insert into ticks (id, n) values (1, 1)").await;
     let before = p.confirmed_flush().await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(e.contains("history/ficus.db is not a ficus store"), "{e}");
@@ -410,7 +411,7 @@ async fn a_bad_store_stops_ficus_before_it_takes_anything() {
     store_db.exec("drop table ficus.events").await;
     p.db.exec("insert into ticks (id, n) values (1, 1)").await;
     let before = p.confirmed_flush().await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(e.contains("its table ficus.events is missing"), "{e}");
@@ -444,8 +445,7 @@ async fn a_read_model_built_from_replayed_events_agrees_with_the_source() {
         let out = std::process::Command::new(ficus_testkit::workspace_bin("shop-read-model"))
             .arg(&model)
             .stdin(std::fs::File::open(p.path("events.jsonl")).unwrap())
-            .output()
-            .unwrap();
+            .out();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         (
             String::from_utf8(out.stdout).unwrap(),

@@ -12,6 +12,49 @@ pub struct Project {
     pub dir: tempfile::TempDir,
 }
 
+/// Every file the project's runs wrote (logs, events, state) is read for the source's password
+/// when the test ends.
+impl Drop for Project {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for entry in walk(self.dir.path()) {
+            if let Ok(bytes) = std::fs::read(&entry) {
+                ficus_testkit::assert_no_password(&entry.display().to_string(), &bytes);
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A command's output, which must not show the source's password: every ficus command of the
+/// tests is run through it (or its log is a file of the project, read when the test ends).
+pub trait Scanned {
+    fn out(&mut self) -> Output;
+}
+
+impl Scanned for Command {
+    fn out(&mut self) -> Output {
+        let out = self.output().unwrap();
+        ficus_testkit::assert_no_password("a command's stdout", &out.stdout);
+        ficus_testkit::assert_no_password("a command's stderr", &out.stderr);
+        out
+    }
+}
+
 impl Project {
     /// A new database with `schema` applied, and a project directory whose
     /// ficus.toml streams into events.jsonl through a slot named after the database.
@@ -70,7 +113,7 @@ impl Project {
 
     /// `ficus ARGS`, which must succeed.
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.ficus(args).output().unwrap();
+        let out = self.ficus(args).out();
         assert!(
             out.status.success(),
             "ficus {args:?} failed:\n{}",
@@ -139,7 +182,7 @@ pub fn stderr(out: &Output) -> String {
 
 /// `ficus run --until-caught-up`, which must fail with exit 1: its stderr.
 pub fn refused(p: &Project) -> String {
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     stderr(&out)
 }

@@ -1,6 +1,7 @@
 //! Values are delivered as they are, or ficus says why not: unchanged TOASTed values under each
 //! policy, generated columns, `json` text, identifiers that need encoding.
 
+use crate::support::Scanned;
 use crate::support::{Project, stderr};
 
 /// Documents with a body big enough to be TOASTed (16 kB of hex that does not compress away),
@@ -36,7 +37,7 @@ async fn an_unchanged_toasted_value_is_delivered_or_ficus_stops() {
     // Default: stop at the update, before acknowledging it.
     p.db.exec("update docs set title = 'second' where id = 1").await;
     let before = p.confirmed_flush().await;
-    let out = p.ficus(&["run", "--until-caught-up"]).output().unwrap();
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -92,7 +93,7 @@ async fn a_generated_column_is_caught_by_check() {
         "lines.toml",
         "[[event]]\nname = \"LineAdded\"\ntable = \"lines\"\non = [\"insert\"]\nkey = \"new.id\"\ndata = { total = \"new.total\" }\n",
     );
-    let out = p.ficus(&["check"]).output().unwrap();
+    let out = p.ficus(&["check"]).out();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

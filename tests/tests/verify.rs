@@ -6,11 +6,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::backfill::{accounts, writer};
+use crate::support::Scanned;
 use crate::support::{KillOnDrop, Project, signal, stderr, wait_exit};
 
 /// `ficus verify --json`: its exit code and report.
 fn verify(p: &Project) -> (Option<i32>, Value) {
-    let out = p.ficus(&["verify", "--json", "--chunk-size", "400"]).output().unwrap();
+    let out = p.ficus(&["verify", "--json", "--chunk-size", "400"]).out();
     let report = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out)));
     (out.status.code(), report)
@@ -97,7 +98,7 @@ async fn verify_proves_the_archive_and_finds_what_went_missing() {
         .collect();
     assert!(keys.contains(&&serde_json::json!(["2"])), "{report:#}");
     // The human report says it too.
-    let out = p.ficus(&["verify"]).output().unwrap();
+    let out = p.ficus(&["verify"]).out();
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -110,7 +111,7 @@ async fn verify_proves_the_archive_and_finds_what_went_missing() {
 #[tokio::test]
 async fn verify_says_what_it_cannot_verify() {
     let p = accounts(100).await;
-    let out = p.ficus(&["verify"]).output().unwrap();
+    let out = p.ficus(&["verify"]).out();
     assert_eq!(out.status.code(), Some(2), "nothing verified is not a pass");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -127,7 +128,7 @@ async fn the_shop_example_verifies_and_an_injected_difference_is_found() {
     p.db.exec(&std::fs::read_to_string(format!("{}/workload.sql", crate::pipeline::SHOP)).unwrap())
         .await;
     p.catch_up();
-    let out = p.ficus(&["verify"]).output().unwrap();
+    let out = p.ficus(&["verify"]).out();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     assert!(
@@ -147,7 +148,7 @@ async fn the_shop_example_verifies_and_an_injected_difference_is_found() {
         .await
         .unwrap();
     store.close().await;
-    let out = p.ficus(&["verify"]).output().unwrap();
+    let out = p.ficus(&["verify"]).out();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(

@@ -39,7 +39,7 @@ pub async fn connect(url: &crate::SourceUrl) -> Result<PgPool, SourceError> {
 
 /// A failed connection, by its cause. Refused and not found are transient (a server restarting,
 /// a DNS hiccup): `ficus run` retries them, and names them while it does.
-fn connect_error(shown: &str, at: &str, e: sqlx::Error) -> SourceError {
+pub(crate) fn connect_error(shown: &str, at: &str, e: sqlx::Error) -> SourceError {
     if let sqlx::Error::Io(io) = &e {
         let text = io.to_string();
         if io.kind() == std::io::ErrorKind::ConnectionRefused {

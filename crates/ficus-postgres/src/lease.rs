@@ -57,10 +57,16 @@ impl LeaseConnection {
     /// Opens the connection the lease is taken (and held) on.
     pub async fn open(url: &SourceUrl, slot: &str) -> Result<LeaseConnection, SourceError> {
         let options = url.query_options()?.application_name(&application("standby", slot));
+        let (shown, at) = (url.redacted(), format!("{}:{}", url.host, url.port));
         let conn = tokio::time::timeout(crate::catalog::CONNECT_TIMEOUT, options.connect())
             .await
-            .map_err(|_| SourceError::Transient(format!("connecting to {}: no answer", url.redacted())))?
-            .map_err(|e| SourceError::from_sqlx(&format!("connecting to {}", url.redacted()), e))?;
+            .map_err(|_| {
+                SourceError::Transient(format!(
+                    "connecting to {shown}: {at} did not answer within {:?}",
+                    crate::catalog::CONNECT_TIMEOUT
+                ))
+            })?
+            .map_err(|e| crate::catalog::connect_error(&shown, &at, e))?;
         Ok(LeaseConnection {
             conn,
             slot: slot.to_owned(),

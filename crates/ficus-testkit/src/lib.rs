@@ -76,6 +76,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The password in every test URL, which no output of ficus may show.
+pub const PASSWORD: &str = "pw-Zq81-never-printed";
+
+/// Panics when `text` shows [`PASSWORD`]; `what` says whose text it is.
+pub fn assert_no_password(what: &str, text: &[u8]) {
+    let text = String::from_utf8_lossy(text);
+    assert!(
+        !text.contains(PASSWORD),
+        "the source's password appears in {what}:\n{text}"
+    );
+}
+
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 
@@ -213,9 +225,13 @@ impl Cluster {
         self._dir.path().join("postgres.log")
     }
 
-    /// A URL for a database of this cluster.
+    /// A URL for a database of this cluster. It carries [`PASSWORD`] (the cluster trusts local
+    /// connections, so any password works): the tests check that it appears in no output.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
     }
 
     /// A new, empty database, dropped (with its slots) when the handle goes.

@@ -28,10 +28,12 @@ pub(super) async fn take(
     url: &SourceUrl,
     slot: &str,
     health: &Health,
+    give_up: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Lease>, RunError> {
     let mut conn: Option<LeaseConnection> = None;
     let mut backoff = Backoff::new();
+    let mut failing_since: Option<std::time::Instant> = None;
     let mut said: Option<i32> = None;
     loop {
         if *shutdown.borrow() {
@@ -54,10 +56,21 @@ pub(super) async fn take(
                 health.update(|s| s.lease_holder = holder.map(|h| h.to_string()));
                 health.role(Role::Standby);
                 backoff.reset();
+                failing_since = None;
                 POLL
             }
             Err(e) if e.is_transient() => {
                 conn = None;
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if let Some(limit) = give_up
+                    && since.elapsed() >= limit
+                {
+                    return Err(RunError::GaveUp {
+                        what: "connecting to the source".into(),
+                        after: limit,
+                        error: e,
+                    });
+                }
                 let wait = backoff.next();
                 warn!(error = %e, retry_in = ?wait, "taking the lease failed; retrying");
                 crate::telemetry::reconnected("source");

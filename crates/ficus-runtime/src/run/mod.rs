@@ -143,7 +143,7 @@ async fn leased(
     let slot = &config.source.slot;
     let mut files = Some(files);
     loop {
-        let Some(mut lease) = lease::take(url, slot, &health, &mut shutdown).await? else {
+        let Some(mut lease) = lease::take(url, slot, &health, options.give_up_after, &mut shutdown).await? else {
             return Ok(RunReport::default());
         };
         health.role(Role::Starting);
