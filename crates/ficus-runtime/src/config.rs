@@ -266,6 +266,7 @@ pub fn config_schema() -> serde_json::Value {
     use serde_json::{Value, json};
     let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let source = SourceConfig::json_schema(&mut generator).to_value();
+    let metrics = MetricsConfig::json_schema(&mut generator).to_value();
     let common = ficus_project::SinkConfig::json_schema(&mut generator).to_value();
     let kinds = SinkKind::json_schema(&mut generator).to_value();
     let mut defs = serde_json::Map::new();
@@ -312,6 +313,7 @@ pub fn config_schema() -> serde_json::Value {
         "required": ["source"],
         "properties": {
             "source": source,
+            "metrics": metrics,
             "sink": {
                 "description": "Where events go; stdout when none is configured (docs/sinks.md).",
                 "type": "array",

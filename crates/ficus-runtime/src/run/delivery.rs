@@ -33,6 +33,7 @@ use crate::RunError;
 use crate::archive::{self, RelationDescription};
 use crate::backfill::snapshot_change;
 use crate::config::Config;
+use crate::health::Health;
 use crate::position::{self, Source};
 
 /// A position recorded alone (no events to append with it) at most this often.
@@ -141,6 +142,8 @@ pub(crate) struct Delivery {
     shutdown: watch::Receiver<bool>,
     /// `ficus record`'s recording of the changes mapped and their events.
     pub recording: Option<Recorder>,
+    /// Told by the lanes when a sink fails and when it takes events again (`/readyz`).
+    pub health: Arc<Health>,
 }
 
 /// Where `ficus record` keeps what it records while the run goes on.
@@ -218,6 +221,7 @@ impl Delivery {
             notify: Arc::new(Notify::new()),
             shutdown,
             recording: None,
+            health: Arc::default(),
         })
     }
 
@@ -258,6 +262,7 @@ impl Delivery {
             notify: Arc::new(Notify::new()),
             shutdown,
             recording: None,
+            health: Arc::default(),
         }
     }
 
@@ -290,8 +295,13 @@ impl Delivery {
                     Some(store_woken.clone())
                 }
             };
-            self.lanes
-                .push(Lane::start(p.settings, p.target, wakers.clone(), woken));
+            self.lanes.push(Lane::start(
+                p.settings,
+                p.target,
+                wakers.clone(),
+                woken,
+                self.health.clone(),
+            ));
         }
     }
 
@@ -442,18 +452,6 @@ impl Delivery {
         self.lanes
             .iter()
             .find_map(|l| l.status.borrow().failed.clone().map(RunError::Sink))
-    }
-
-    /// The sinks failing now (retrying after an error): name, since when, the error.
-    pub fn failing(&self) -> Vec<(String, Instant, String)> {
-        self.lanes
-            .iter()
-            .filter_map(|l| {
-                let status = l.status.borrow();
-                let (since, error) = status.failing.clone()?;
-                Some((l.name.clone(), since, error))
-            })
-            .collect()
     }
 
     /// Waits until a lane's status changes.

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::health::Health;
 use crate::telemetry;
 use metrics::{Counter, Histogram, counter, histogram};
 
@@ -124,7 +125,13 @@ pub(crate) struct LaneSettings {
 impl Lane {
     /// Starts a lane for `target`; `woken` is told when it wants to re-evaluate (the store's
     /// lane: when a lane it is gated by moves).
-    pub fn start(settings: LaneSettings, target: Target, wakers: Wakers, woken: Option<Arc<Notify>>) -> Lane {
+    pub fn start(
+        settings: LaneSettings,
+        target: Target,
+        wakers: Wakers,
+        woken: Option<Arc<Notify>>,
+        health: Arc<Health>,
+    ) -> Lane {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (status_tx, status) = watch::channel(Status {
             durable: settings.from,
@@ -147,6 +154,7 @@ impl Lane {
             flush_at: (settings.max_in_flight / 2).max(1),
             give_up_after: settings.give_up_after,
             metrics: LaneMetrics::new(&settings.name),
+            health,
         };
         Lane {
             name: settings.name,
@@ -179,6 +187,8 @@ struct Driver {
     flush_at: usize,
     give_up_after: Option<Duration>,
     metrics: LaneMetrics,
+    /// Told when the sink fails and when it takes events again (`/readyz`).
+    health: Arc<Health>,
 }
 
 /// A lane's metrics: events and bytes made durable, write and flush times.
@@ -376,7 +386,8 @@ impl Driver {
             warn!(sink = %self.name, error = %error.message(), retry_in = ?wait, unflushed = self.unflushed_events, "sink failed; retrying");
             let message = error.message().to_owned();
             self.status
-                .send_modify(|s| s.failing = Some((s.failing.as_ref().map_or(since, |f| f.0), message)));
+                .send_modify(|s| s.failing = Some((s.failing.as_ref().map_or(since, |f| f.0), message.clone())));
+            self.failing(Some((since, message)));
             self.wakers.wake();
             tokio::time::sleep(wait).await;
             match self.rewrite().await {
@@ -384,6 +395,7 @@ impl Driver {
                     Ok(()) => {
                         info!(sink = %self.name, after = ?since.elapsed(), "the sink takes events again");
                         self.status.send_modify(|s| s.failing = None);
+                        self.failing(None);
                         self.wakers.wake();
                         return Ok(());
                     }
@@ -392,6 +404,21 @@ impl Driver {
                 Err(e) => error = e,
             }
         }
+    }
+
+    /// Tells `/readyz` whether the sink is failing (since when, why), or not.
+    fn failing(&self, failing: Option<(Instant, String)>) {
+        self.health.update(|s| {
+            let kept = s.failing.iter().position(|(name, ..)| *name == self.name);
+            match (kept, failing) {
+                (Some(i), Some((_, error))) => s.failing[i].2 = error,
+                (None, Some((since, error))) => s.failing.push((self.name.clone(), since, error)),
+                (Some(i), None) => {
+                    s.failing.remove(i);
+                }
+                (None, None) => {}
+            }
+        });
     }
 
     /// Writes every event that is not durable again, in order (a repeat has its id).

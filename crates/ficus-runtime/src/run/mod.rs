@@ -193,6 +193,7 @@ async fn stream(
     let health = options.health.clone();
     // The sinks first: a sink that cannot take events must not get a slot created for it.
     let mut delivery = Delivery::open(config, shutdown.clone()).await?;
+    delivery.health = health.clone();
     let stop = shutdown.clone();
     delivery.recording = options.recording.clone();
     let prepared = retrying(

@@ -112,11 +112,6 @@ impl Observer {
         self.health.acknowledged(self.acknowledged, self.server);
     }
 
-    /// The sinks failing now: name, since when, the error.
-    pub fn failing(&self, failing: Vec<(String, Instant, String)>) {
-        self.health.update(|s| s.failing = failing);
-    }
-
     /// The slot holds `bytes` of WAL: past `max_retained_wal`, a warning (repeated every few
     /// minutes while it lasts).
     pub fn retained(&mut self, bytes: u64, slot: &str) {

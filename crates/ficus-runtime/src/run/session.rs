@@ -152,7 +152,6 @@ impl Session<'_> {
                     if let Some(e) = self.delivery.failed() {
                         return Err(e);
                     }
-                    self.observer.failing(self.delivery.failing());
                     self.ack_durable(stream, false).await?;
                     continue;
                 }
