@@ -8,7 +8,7 @@ use ficus_testkit::{Cluster, TestDb, wait_for};
 use serde_json::Value;
 
 use crate::support::Scanned;
-use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, wait_exit};
+use crate::support::{KillOnDrop, Project, insert_ticks_while_killing, signal, stderr, wait_exit};
 
 const TICKS: &str = "create table ticks (id bigint primary key, n int not null, kind text not null default 'a');";
 const TICK: &str = r#"
@@ -86,6 +86,20 @@ fn into_replayed(p: &Project, command: &str, args: &[&str]) -> String {
     all.extend_from_slice(args);
     p.ok(&all);
     std::fs::read_to_string(p.path("replayed.jsonl")).unwrap_or_default()
+}
+
+/// `ficus ARGS` with a terminal for its output (`script`): what it showed there.
+fn on_a_terminal(p: &Project, args: &str) -> String {
+    let ficus = ficus_testkit::workspace_bin("ficus");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("{} {args}", ficus.display()), "/dev/null"])
+        .current_dir(p.dir.path())
+        .env("FICUS_SOURCE_URL", p.db.url())
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .out();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn lines_of(text: &str) -> Vec<Value> {
@@ -234,6 +248,13 @@ async fn replay_is_the_original_delivery_byte_for_byte_and_filters_it() {
         let live = lines_of(&live_text);
         assert_eq!(live.len(), 30 + 30 + 6, "{}", backend.name());
         assert_eq!(replay(&p, &[]), live_text, "{}: byte for byte", backend.name());
+        // On a terminal, a bar through the 66 positions; off one (above), none.
+        let on_a_terminal = on_a_terminal(&p, "replay --to-sink replayed");
+        assert!(
+            on_a_terminal.contains("replay [") && on_a_terminal.contains("66/66"),
+            "{on_a_terminal}"
+        );
+        assert!(!stderr(&p.ok(&["replay", "--to-sink", "replayed"])).contains("66/66"));
 
         let pick = |f: &dyn Fn(usize, &Value) -> bool| -> Vec<String> {
             ids(&live

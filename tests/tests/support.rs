@@ -10,16 +10,22 @@ use serde_json::Value;
 pub struct Project {
     pub db: TestDb,
     pub dir: tempfile::TempDir,
+    /// Files the test wrote (the config may hold a store's URL): not ficus's output.
+    written: std::cell::RefCell<Vec<PathBuf>>,
 }
 
-/// Every file the project's runs wrote (logs, events, state) is read for the source's password
-/// when the test ends.
+/// Every file the project's runs wrote (logs, events, state; not the files the test wrote) is read
+/// for the source's password when the test ends.
 impl Drop for Project {
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
         }
+        let written = self.written.borrow();
         for entry in walk(self.dir.path()) {
+            if written.contains(&entry) {
+                continue;
+            }
             if let Ok(bytes) = std::fs::read(&entry) {
                 ficus_testkit::assert_no_password(&entry.display().to_string(), &bytes);
             }
@@ -69,7 +75,11 @@ impl Project {
         }
         let dir = tempfile::Builder::new().prefix("ficus-project-").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-        let p = Project { db, dir };
+        let p = Project {
+            db,
+            dir,
+            written: Default::default(),
+        };
         p.config("");
         p
     }
@@ -91,6 +101,7 @@ impl Project {
 
     pub fn write(&self, name: &str, text: &str) {
         std::fs::write(self.path(name), text).unwrap();
+        self.written.borrow_mut().push(self.path(name));
     }
 
     pub fn mapping(&self, name: &str, text: &str) {

@@ -19,6 +19,7 @@ pub mod gap;
 pub mod health;
 pub mod init;
 pub mod position;
+mod progress;
 pub mod record;
 pub mod remap;
 pub mod replay;

@@ -111,6 +111,7 @@ async fn remap_from(
     let mut after = filter.from.map_or(0, |f| f - 1);
     let mut report = RemapReport::default();
     let mut described: HashMap<i64, Described> = HashMap::new();
+    let progress = crate::progress::Positions::new("remap: archived changes", after, None);
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -153,10 +154,12 @@ async fn remap_from(
             }
         }
         target.deliver(&outgoing, &mut shutdown).await?;
+        progress.at(after);
         if (page.len() as i64) < PAGE {
             break;
         }
     }
+    progress.finish();
     info!(changes = report.changes, events = report.events, "remapped");
     Ok(report)
 }

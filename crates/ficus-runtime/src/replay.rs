@@ -87,6 +87,7 @@ async fn replay_from(
     }
     let mut after = filter.from.map_or(0, |f| f - 1);
     let mut report = ReplayReport::default();
+    let progress = crate::progress::Positions::new("replay", after, Some(filter.to.map_or(end, |to| to.min(end))));
     loop {
         if *shutdown.borrow() {
             break;
@@ -118,6 +119,7 @@ async fn replay_from(
             report.positions = Some((first, after));
         }
         target.deliver(&outgoing, shutdown).await?;
+        progress.at(after);
         let past_the_end = filter.to.is_some_and(|to| after >= to);
         if page.len() as i64 == PAGE && !past_the_end {
             continue;
@@ -130,6 +132,7 @@ async fn replay_from(
             _ = shutdown.changed() => {}
         }
     }
+    progress.finish();
     info!(events = report.events, "replayed");
     Ok(report)
 }
