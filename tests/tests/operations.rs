@@ -464,3 +464,28 @@ async fn of_two_runs_one_streams_the_other_stands_by_and_takes_over_after_kill_9
     assert_eq!(walsenders().await, "1");
     stop(second).await;
 }
+
+#[tokio::test]
+async fn heartbeats_are_written_as_often_as_asked() {
+    let p = accounts("heartbeat_secs = 1").await;
+    // A slot of the test's own sees every logical decoding message written from now on.
+    p.db.exec(&format!(
+        "select pg_create_logical_replication_slot('{}_peek', 'test_decoding')",
+        p.db.name
+    ))
+    .await;
+    let run = KillOnDrop(p.spawn_run());
+    wait_streaming(&p).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stop(run).await;
+    let heartbeats: i64 = p
+        .scalar(&format!(
+            "select count(*)::text from pg_logical_slot_get_changes('{}_peek', null, null)
+             where data like 'message: transactional: 1 prefix: ficus.heartbeat%'",
+            p.db.name
+        ))
+        .await
+        .parse()
+        .unwrap();
+    assert!((2..=6).contains(&heartbeats), "{heartbeats} heartbeats in about 3.5 s");
+}

@@ -81,6 +81,8 @@ pub struct Readiness {
     pub role: Role,
     /// Why it is not ready (empty when it is).
     pub reasons: Vec<String>,
+    /// The last error ficus met (reconnected from, or stopped on), ready or not.
+    pub last_error: Option<String>,
 }
 
 /// Judges readiness from what was seen, at `now`.
@@ -124,6 +126,7 @@ pub fn readiness(seen: &Seen, limits: &Limits, now: Instant) -> Readiness {
         ready: reasons.is_empty(),
         role: seen.role,
         reasons,
+        last_error: seen.last_error.clone(),
     }
 }
 
@@ -229,7 +232,8 @@ mod tests {
             Readiness {
                 ready: true,
                 role: Role::Streaming,
-                reasons: vec![]
+                reasons: vec![],
+                last_error: None,
             }
         );
     }

@@ -54,8 +54,9 @@ pub(super) struct Session<'a> {
     pub last_heartbeat: Instant,
 }
 
-/// The queries of a session answer within this, or the source is taken to be silent.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The session's periodic queries answer within this, or the source is taken to be silent
+/// (generous: a backfill may hold the pool's connections a while).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The prefix of heartbeats and probes (logical decoding messages; the stream ignores them).
 pub(super) const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
 
