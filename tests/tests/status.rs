@@ -78,8 +78,36 @@ async fn status_shows_the_slot_the_record_and_the_backfill_from_outside() {
     assert!(words.contains(&format!("streaming (walsender pid {pid})")), "{words}");
     assert!(words.contains("WAL held by the slot:"), "{words}");
     assert!(words.contains("public.customers: 1 rows"), "{words}");
+    // The run's own account (written every 5 s): the last event each sink made durable.
+    p.db.exec("insert into customers (email, name, password_hash) values ('bo@example.com', 'Bo', 'x')")
+        .await;
+    let events = p.wait_events(3).await;
+    let last = events.last().unwrap()["id"].as_str().unwrap().to_owned();
+    let account = wait_for(
+        "the run's account of its last event",
+        Duration::from_secs(30),
+        || async {
+            let s = status(&p);
+            (s["run"]["sinks"]["jsonl"]["id"] == last.as_str()).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(account["run"]["role"], "streaming", "{account:#}");
+    assert_eq!(account["run"]["pid"], run.id(), "{account:#}");
+    assert!(account["run"]["lag_seconds"].is_number(), "{account:#}");
+    assert_eq!(
+        account["run"]["sinks"]["jsonl"]["type"], "CustomerRegistered",
+        "{account:#}"
+    );
     signal(&run, libc::SIGTERM);
     assert!(wait_exit(&mut run, Duration::from_secs(30)).await.success());
+    let stopped = status(&p);
+    assert_eq!(stopped["run"]["role"], "stopping", "its last word: {stopped:#}");
+    let words = String::from_utf8_lossy(&p.ok(&["status"]).stdout).into_owned();
+    assert!(
+        words.contains(&format!("sink jsonl: last event {last} (CustomerRegistered")),
+        "{words}"
+    );
 }
 
 /// With the event store, the recorded position is its checkpoint, read beside the writer.

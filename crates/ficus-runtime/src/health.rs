@@ -9,11 +9,13 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use ficus_model::Lsn;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a ficus process is doing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Connecting, checking, preparing the slot.
@@ -46,6 +48,26 @@ pub struct Seen {
     pub retained_wal: Option<u64>,
     /// The last error ficus met (reconnected from, or retried).
     pub last_error: Option<String>,
+    /// Since the commit of the oldest transaction read and not yet durable everywhere.
+    pub lag_seconds: f64,
+    /// Per sink, the last event it made durable.
+    pub last_events: BTreeMap<String, LastEvent>,
+    /// Whether this process streamed at all (a standby that never took over did not).
+    pub streamed: bool,
+}
+
+/// An event a sink made durable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastEvent {
+    /// Its id.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Its subject (the aggregate's key).
+    pub subject: String,
+    /// Its `lsn`: its change's commit (for a backfill row, the chunk's watermark).
+    pub lsn: Lsn,
 }
 
 impl Seen {
@@ -59,6 +81,9 @@ impl Seen {
             failing: vec![],
             retained_wal: None,
             last_error: None,
+            lag_seconds: 0.0,
+            last_events: BTreeMap::new(),
+            streamed: false,
         }
     }
 }
@@ -181,6 +206,7 @@ impl Health {
         self.update(|s| {
             s.role = role;
             if role == Role::Streaming {
+                s.streamed = true;
                 s.lease_holder = None;
                 s.moved_at = Instant::now();
             }

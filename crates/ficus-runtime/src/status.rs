@@ -4,11 +4,15 @@
 //! no lock and opens no replication connection, so it works while `ficus run` runs and while it
 //! does not. The JSON shape (`--json`) is documented in docs/operations.md and kept stable.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use ficus_model::Lsn;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backfill::BackfillState;
 use crate::config::{Config, SinkKind};
+use crate::health::{Health, LastEvent, Role};
 use crate::{RunError, position};
 
 /// What `ficus status` reports.
@@ -24,6 +28,50 @@ pub struct Status {
     pub backfills: Vec<BackfillStatus>,
     /// Who holds the lease on the slot (streams), and who waits for it.
     pub lease: LeaseStatus,
+    /// What the last `ficus run` of the slot on this machine (or this shared directory) said of
+    /// itself: written every 5 seconds while it runs, and when it stops.
+    pub run: Option<RunState>,
+}
+
+/// A `ficus run`'s own account, in `.ficus/run/SLOT.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    /// Its process id.
+    pub pid: u32,
+    /// `starting`, `standby`, `streaming` or `stopping`.
+    pub role: Role,
+    /// When it wrote this (UTC, RFC 3339).
+    pub updated: String,
+    /// Since the commit of the oldest transaction it read and had not made durable everywhere.
+    pub lag_seconds: f64,
+    /// The last error it met and got past (or stopped on).
+    pub last_error: Option<String>,
+    /// Per sink, the last event it made durable.
+    pub sinks: BTreeMap<String, LastEvent>,
+}
+
+/// Where a run keeps its account.
+pub fn run_file(config_dir: &Path, slot: &str) -> PathBuf {
+    config_dir.join(".ficus").join("run").join(format!("{slot}.json"))
+}
+
+/// Writes the run's account (best effort: a status that cannot be written must not stop the
+/// stream; it is logged).
+pub(crate) fn save_run_state(config: &Config, health: &Health) {
+    let seen = health.seen();
+    let state = RunState {
+        pid: std::process::id(),
+        role: seen.role,
+        updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        lag_seconds: seen.lag_seconds,
+        last_error: seen.last_error,
+        sinks: seen.last_events,
+    };
+    let path = run_file(&config.dir, &config.source.slot);
+    let bytes = serde_json::to_vec_pretty(&state).expect("a run state serializes");
+    if let Err(e) = crate::state::write_durably(&path, &bytes) {
+        tracing::warn!(error = %e, "could not write the run's status file");
+    }
 }
 
 /// The lease.
@@ -173,6 +221,10 @@ pub async fn status(config: &Config) -> Result<Status, RunError> {
         recorded: recorded(config).await?,
         backfills,
         lease,
+        run: crate::state::load(
+            &run_file(&config.dir, &config.source.slot),
+            "delete it: the next ficus run writes it again",
+        )?,
     })
 }
 
@@ -260,6 +312,27 @@ pub fn describe(status: &Status) -> String {
                 .map(|a| format!(" (from {a})"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(run) = &status.run {
+        let role = serde_json::to_value(run.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "ficus run pid {}: {role} (as of {}); lag {:.1}s",
+            run.pid, run.updated, run.lag_seconds
+        );
+        if let Some(e) = &run.last_error {
+            let _ = writeln!(s, "  last error: {e}");
+        }
+        for (sink, e) in &run.sinks {
+            let _ = writeln!(
+                s,
+                "  sink {sink}: last event {} ({} {}), lsn {}",
+                e.id, e.ty, e.subject, e.lsn
+            );
+        }
     }
     match &status.recorded {
         Some(r) => {

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::health::Health;
+use crate::health::{Health, LastEvent};
 use crate::telemetry;
 use metrics::{Counter, Histogram, counter, histogram};
 
@@ -211,11 +211,17 @@ impl LaneMetrics {
         }
     }
 
-    /// Counts the events of `batches` the routes take: they are durable now.
-    fn durable(&mut self, batches: &[(Arc<Vec<Outgoing>>, OwnedSemaphorePermit)], routes: &Routes) {
+    /// Counts the events of `batches` the routes take: they are durable now. Returns the last.
+    fn durable<'a>(
+        &mut self,
+        batches: &'a [(Arc<Vec<Outgoing>>, OwnedSemaphorePermit)],
+        routes: &Routes,
+    ) -> Option<&'a Outgoing> {
         let mut bytes = 0;
+        let mut last = None;
         for (batch, _) in batches {
             for o in routed(batch, routes) {
+                last = Some(o);
                 bytes += o.line.len() as u64;
                 match self.events.get(&*o.event.ty) {
                     Some(c) => c.increment(1),
@@ -229,6 +235,7 @@ impl LaneMetrics {
             }
         }
         self.bytes.increment(bytes);
+        last
     }
 }
 
@@ -353,7 +360,17 @@ impl Driver {
         }
         self.last_flush = Instant::now();
         self.metrics.flush.record((self.last_flush - began).as_secs_f64());
-        self.metrics.durable(&self.unflushed, &self.routes);
+        if let Some(last) = self.metrics.durable(&self.unflushed, &self.routes) {
+            let event = LastEvent {
+                id: last.event.id.clone(),
+                ty: last.event.ty.to_string(),
+                subject: last.event.subject.clone(),
+                lsn: last.event.lsn,
+            };
+            self.health.update(|s| {
+                s.last_events.insert(self.name.clone(), event);
+            });
+        }
         self.unflushed.clear(); // gives the permits back
         self.unflushed_events = 0;
         self.unflushed_changes = 0;

@@ -127,6 +127,10 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: watch::Receiver
         crate::telemetry::error("fatal");
         health.update(|s| s.last_error = Some(e.to_string()));
     }
+    if health.seen().streamed {
+        // Its last word (a standby that never streamed leaves the holder's account alone).
+        crate::status::save_run_state(config, &health);
+    }
     result
 }
 

@@ -109,6 +109,7 @@ impl Observer {
             .front()
             .map_or(0.0, |&(_, time)| (micros(SystemTime::now()) - time).max(0) as f64 / 1e6);
         gauge!(telemetry::LAG_SECONDS).set(seconds);
+        self.health.update(|s| s.lag_seconds = seconds);
         self.health.acknowledged(self.acknowledged, self.server);
     }
 

@@ -168,6 +168,7 @@ impl Session<'_> {
                     {
                         return Err(silent_query().into());
                     }
+                    crate::status::save_run_state(self.config, &self.delivery.health);
                     continue;
                 }
                 Step::Probe => {
