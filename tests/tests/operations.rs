@@ -8,7 +8,7 @@ use std::time::Duration;
 use ficus_testkit::{Server, free_port, wait_for};
 
 use crate::brokers::{ACCOUNT_EVENTS, ACCOUNTS};
-use crate::support::{KillOnDrop, Project, signal, wait_exit};
+use crate::support::{KillOnDrop, Project, Scanned, signal, wait_exit};
 
 /// `GET http://addr/path`: status and body.
 pub(crate) async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -488,4 +488,34 @@ async fn heartbeats_are_written_as_often_as_asked() {
         .parse()
         .unwrap();
     assert!((2..=6).contains(&heartbeats), "{heartbeats} heartbeats in about 3.5 s");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_their_fields() {
+    let p = accounts("").await;
+    let out = p.ficus(&["run", "--until-caught-up", "--log-format", "json"]).out();
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not a JSON line: {l}")))
+        .collect();
+    let streaming = lines
+        .iter()
+        .find(|l| l["message"] == "streaming")
+        .expect("the streaming line");
+    assert_eq!(streaming["level"], "INFO");
+    assert_eq!(streaming["slot"], p.db.name.as_str());
+    assert!(streaming["timestamp"].is_string());
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["message"], "delivered", "{summary}");
+    assert_eq!(summary["events"], 0, "{summary}");
+    // A failure is a record too.
+    let out = p
+        .ficus(&["run", "--until-caught-up", "--log-format", "json", "-c", "missing.toml"])
+        .out();
+    assert_eq!(out.status.code(), Some(1));
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(last["message"].as_str().unwrap().contains("missing.toml"), "{last}");
 }

@@ -373,6 +373,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FICUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false);
     let json = cli.log_format == LogFormat::Json;
+    JSON_LOGS.store(json, std::sync::atomic::Ordering::Relaxed);
     if json {
         logs.json().flatten_event(true).with_current_span(false).init();
     } else {
@@ -398,6 +399,26 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether log lines are JSON (`--log-format json`): set once, at the start.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A run's summary: a line for people, or a log record like every other line in JSON mode.
+fn delivered(report: &ficus_runtime::RunReport) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            events = report.events,
+            transactions = report.transactions,
+            acknowledged = %report.acknowledged,
+            "delivered"
+        );
+    } else {
+        eprintln!(
+            "delivered {} events from {} transactions; acknowledged {}",
+            report.events, report.transactions, report.acknowledged
+        );
     }
 }
 
@@ -435,10 +456,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             let rx = stop_on_signal(Some("stopping: finishing what is in flight"));
             let report = ficus_runtime::run(&config, options, rx).await?;
-            eprintln!(
-                "delivered {} events from {} transactions; acknowledged {}",
-                report.events, report.transactions, report.acknowledged
-            );
+            delivered(&report);
             warn_all(&report.warnings);
             Ok(ExitCode::SUCCESS)
         }
@@ -476,10 +494,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("recorded nothing: no change of a mapped table was streamed");
             }
             let run = report.run?;
-            eprintln!(
-                "delivered {} events from {} transactions; acknowledged {}",
-                run.events, run.transactions, run.acknowledged
-            );
+            delivered(&run);
             warn_all(&run.warnings);
             if !report.written.is_empty() {
                 println!("next: `{}` runs them with no database", test_command(&config, &out));
@@ -560,10 +575,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if recovery.resync {
                 // The resync's backfill is of every table with a snapshot mapping.
                 let report = ficus_runtime::run(&config, recovery.options(true), rx).await?;
-                eprintln!(
-                    "delivered {} events from {} transactions; acknowledged {}",
-                    report.events, report.transactions, report.acknowledged
-                );
+                delivered(&report);
                 return Ok(ExitCode::SUCCESS);
             }
             let options = ficus_runtime::backfill::BackfillOptions {
