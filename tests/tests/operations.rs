@@ -215,6 +215,8 @@ async fn retained_wal_over_the_threshold_warns_counts_and_turns_readyz() {
 struct Proxy {
     port: u16,
     frozen_before: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// One connection (by the order it was made in, from 1) frozen alone.
+    frozen_one: std::sync::Arc<std::sync::atomic::AtomicU64>,
     next: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -226,8 +228,9 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frozen_before = Arc::new(AtomicU64::new(0));
+        let frozen_one = Arc::new(AtomicU64::new(0));
         let next = Arc::new(AtomicU64::new(1));
-        let (frozen, ids) = (frozen_before.clone(), next.clone());
+        let (frozen, one, ids) = (frozen_before.clone(), frozen_one.clone(), next.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -246,7 +249,7 @@ impl Proxy {
                     ),
                     (Box::new(sr), Box::new(cw)),
                 ] {
-                    let frozen = frozen.clone();
+                    let (frozen, one) = (frozen.clone(), one.clone());
                     tokio::spawn(async move {
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         let mut buf = vec![0u8; 64 * 1024];
@@ -255,7 +258,7 @@ impl Proxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            if id < frozen.load(Ordering::SeqCst) {
+                            if id < frozen.load(Ordering::SeqCst) || id == one.load(Ordering::SeqCst) {
                                 // Silent: keep the sockets, pass nothing, ever.
                                 std::future::pending::<()>().await;
                             }
@@ -270,9 +273,15 @@ impl Proxy {
         Proxy {
             port,
             frozen_before,
+            frozen_one,
             next,
             task,
         }
+    }
+
+    /// The `n`th connection made through the proxy goes silent, alone.
+    fn freeze_one(&self, n: u64) {
+        self.frozen_one.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every connection open now goes silent.
@@ -518,4 +527,44 @@ async fn json_logs_are_one_object_per_line_with_their_fields() {
         serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap()).unwrap();
     assert_eq!(last["level"], "ERROR", "{last}");
     assert!(last["message"].as_str().unwrap().contains("missing.toml"), "{last}");
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_connection_goes_silent_stops_then_takes_the_lease_again() {
+    let p = accounts("").await;
+    let port = ficus_testkit::Cluster::shared().port;
+    let proxy = Proxy::to(port).await;
+    let through_proxy = p.db.url().replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let log = std::fs::File::create(p.path("run.log")).unwrap();
+    let run = KillOnDrop(
+        p.ficus(&["run"])
+            .env("FICUS_SOURCE_URL", &through_proxy)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_streaming(&p).await;
+    p.db.exec("insert into accounts select g, 'before', 1 from generate_series(1, 10) g")
+        .await;
+    p.wait_events(10).await;
+    // The lease connection is the first ficus makes: it alone goes silent (a hung proxy).
+    proxy.freeze_one(1);
+    p.db.exec("insert into accounts select g, 'meanwhile', 1 from generate_series(11, 20) g")
+        .await;
+    let log = wait_for("the lease taken again", Duration::from_secs(60), || async {
+        let log = std::fs::read_to_string(p.path("run.log")).unwrap_or_default();
+        log.contains("took the lease: this ficus streams now").then_some(log)
+    })
+    .await;
+    assert!(log.contains("lost the lease: stopping"), "{log}");
+    assert!(log.contains("the lease connection did not answer within 5s"), "{log}");
+    let events = p.wait_events(20).await;
+    let opened: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "AccountOpened")
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(opened.len(), 20);
+    stop(run).await;
 }

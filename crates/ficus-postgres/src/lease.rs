@@ -67,10 +67,20 @@ impl LeaseConnection {
                 ))
             })?
             .map_err(|e| crate::catalog::connect_error(&shown, &at, e))?;
-        Ok(LeaseConnection {
+        let mut lease = LeaseConnection {
             conn,
             slot: slot.to_owned(),
-        })
+        };
+        // A dead man's switch on the server's side: the holder speaks every second; a connection
+        // silent for 10 s (a hung proxy that keeps TCP alive) is ended by the server, and the
+        // lease with it. Postgres 14+; older servers rely on TCP keepalives alone.
+        if let Err(e) = sqlx::query("set idle_session_timeout = '10s'")
+            .execute(&mut lease.conn)
+            .await
+        {
+            tracing::debug!(error = %e, "the server has no idle_session_timeout (before Postgres 14)");
+        }
+        Ok(lease)
     }
 
     /// Takes the lease if no one holds it.

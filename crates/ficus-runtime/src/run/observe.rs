@@ -1,6 +1,7 @@
 //! What the session tells the metrics and `/readyz` as it streams: changes and transactions
 //! read, the commits waiting to be durable (commit-to-durable latency, lag in seconds), the
-//! server's position (lag in bytes), the sinks failing, the WAL the slot holds.
+//! server's position (lag in bytes), the WAL the slot holds. (The sinks' lanes tell of
+//! themselves: events, bytes, write and flush times, failing.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
