@@ -145,10 +145,14 @@ impl SourceUrl {
         })?;
         // The same text forms as the replication session's (see `replication_config`),
         // so rows read by queries (the backfill) convert like streamed ones.
-        Ok(opts
-            .password(&self.password)
-            .application_name("ficus")
-            .options(SESSION_SETTINGS))
+        // A password from the url, PGPASSWORD, a file or FICUS_SOURCE_PASSWORD; none leaves
+        // sqlx to look in ~/.pgpass.
+        let opts = if self.password.is_empty() {
+            opts
+        } else {
+            opts.password(&self.password)
+        };
+        Ok(opts.application_name("ficus").options(SESSION_SETTINGS))
     }
 
     /// Configuration of the replication connection. Pins the session's output
