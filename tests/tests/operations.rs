@@ -222,6 +222,23 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// `ficus run` of `p`, its source reached through this proxy (the server is on `upstream`);
+    /// its log in `run.log`.
+    fn run(&self, p: &Project, upstream: u16) -> KillOnDrop {
+        let through_proxy =
+            p.db.url()
+                .replace(&format!(":{upstream}/"), &format!(":{}/", self.port));
+        let log = std::fs::File::create(p.path("run.log")).unwrap();
+        KillOnDrop(
+            p.ficus(&["run"])
+                .env("FICUS_SOURCE_URL", &through_proxy)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     async fn to(upstream: u16) -> Proxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -310,18 +327,7 @@ async fn a_silent_connection_is_dropped_and_made_again_and_nothing_written_meanw
     let p = Project::on(cluster, ACCOUNTS).await;
     p.mapping("accounts.toml", ACCOUNT_EVENTS);
     let proxy = Proxy::to(cluster.port).await;
-    let through_proxy =
-        p.db.url()
-            .replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
-    let log = std::fs::File::create(p.path("run.log")).unwrap();
-    let run = KillOnDrop(
-        p.ficus(&["run"])
-            .env("FICUS_SOURCE_URL", &through_proxy)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let run = proxy.run(&p, cluster.port);
     wait_streaming(&p).await;
     p.db.exec("insert into accounts select g, 'before', 1 from generate_series(1, 20) g")
         .await;
@@ -534,16 +540,7 @@ async fn a_holder_whose_lease_connection_goes_silent_stops_then_takes_the_lease_
     let p = accounts("").await;
     let port = ficus_testkit::Cluster::shared().port;
     let proxy = Proxy::to(port).await;
-    let through_proxy = p.db.url().replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
-    let log = std::fs::File::create(p.path("run.log")).unwrap();
-    let run = KillOnDrop(
-        p.ficus(&["run"])
-            .env("FICUS_SOURCE_URL", &through_proxy)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let run = proxy.run(&p, port);
     wait_streaming(&p).await;
     p.db.exec("insert into accounts select g, 'before', 1 from generate_series(1, 10) g")
         .await;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::RunError;
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::health::{Health, Role};
 
 /// How often a standby tries to take the lease, and the holder makes sure it still has it.
@@ -32,8 +32,7 @@ pub(super) async fn take(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Lease>, RunError> {
     let mut conn: Option<LeaseConnection> = None;
-    let mut backoff = Backoff::new();
-    let mut failing_since: Option<std::time::Instant> = None;
+    let mut retry = Retry::new("connecting to the source", give_up);
     let mut said: Option<i32> = None;
     loop {
         if *shutdown.borrow() {
@@ -55,25 +54,14 @@ pub(super) async fn take(
                 }
                 health.update(|s| s.lease_holder = holder.map(|h| h.to_string()));
                 health.role(Role::Standby);
-                backoff.reset();
-                failing_since = None;
+                retry.succeeded();
                 POLL
             }
             Err(e) if e.is_transient() => {
                 conn = None;
-                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                if let Some(limit) = give_up
-                    && since.elapsed() >= limit
-                {
-                    return Err(RunError::GaveUp {
-                        what: "connecting to the source".into(),
-                        after: limit,
-                        error: e,
-                    });
-                }
-                let wait = backoff.next();
-                warn!(error = %e, retry_in = ?wait, "taking the lease failed; retrying");
-                crate::telemetry::reconnected("source");
+                let said = e.to_string();
+                let wait = retry.failed(e)?;
+                warn!(error = %said, retry_in = ?wait, "taking the lease failed; retrying");
                 wait
             }
             Err(e) => return Err(e.into()),

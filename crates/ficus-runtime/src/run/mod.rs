@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backfill::Backfills;
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
 use crate::health::{Health, Limits, Role};
@@ -201,10 +201,9 @@ async fn stream(
     let stop = shutdown.clone();
     delivery.recording = options.recording.clone();
     let prepared = retrying(
-        "connecting to the source",
+        &mut Retry::new("connecting to the source", options.give_up_after),
         &mut shutdown,
         &mut report.reconnects,
-        options.give_up_after,
         || startup::prepare(config, url, &files, &options, &delivery, stop.clone()),
     )
     .await;
@@ -266,52 +265,34 @@ async fn stream(
         health.role(Role::Streaming);
 
         let mut reached_target = false;
-        let mut backoff = Backoff::new();
-        let mut failing_since: Option<Instant> = None;
+        // One run of failures, whichever step fails: reconnecting, starting replication, streaming.
+        let mut retry = Retry::new("streaming from the source", options.give_up_after);
         let silence = silence_limit(config, &pool).await;
         let mut pool = pool;
         // After a silence the connections are not trusted: the query connections are made anew too.
         let mut renew_pool = false;
         loop {
             let acknowledged = report.acknowledged;
-            if renew_pool {
-                match catalog::connect(url).await {
-                    Ok(fresh) => {
-                        pool = fresh;
-                        renew_pool = false;
-                    }
-                    Err(e) if e.is_transient() => {
-                        let wait = backoff.next();
-                        warn!(error = %e, retry_in = ?wait, "connecting to the source failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => continue,
-                            _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let started = retrying(
-                "starting replication",
-                &mut shutdown,
-                &mut report.reconnects,
-                options
-                    .give_up_after
-                    .map(|limit| limit.saturating_sub(failing_since.map_or(Duration::ZERO, |t| t.elapsed()))),
-                || async {
-                    Ok(ReplicationStream::start(
+            let (renew, current) = (renew_pool, pool.clone());
+            let started = retrying(&mut retry, &mut shutdown, &mut report.reconnects, || {
+                let current = current.clone();
+                async move {
+                    let pool = if renew { catalog::connect(url).await? } else { current };
+                    let stream = ReplicationStream::start(
                         url,
                         pool.clone(),
                         &config.source.slot,
                         &config.source.publication,
                         acknowledged,
                     )
-                    .await?)
-                },
-            )
+                    .await?;
+                    Ok((pool, stream))
+                }
+            })
             .await
             .map_err(|e| as_gap(e, config, positions.recorded()))?;
-            let Some(mut stream) = started else { return Ok(std::mem::take(&mut report)) };
+            let Some((fresh, mut stream)) = started else { return Ok(std::mem::take(&mut report)) };
+            (pool, renew_pool) = (fresh, false);
             let mut session = Session {
                 config,
                 pool: &pool,
@@ -347,30 +328,20 @@ async fn stream(
                 }
                 Err(RunError::Source(e)) if e.is_transient() => {
                     if began.elapsed() > Duration::from_secs(30) {
-                        backoff.reset(); // a session that ran a while starts the backoff over
-                        failing_since = None;
+                        retry.succeeded(); // a session that ran a while starts the backoff over
                     }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if let Some(limit) = options.give_up_after
-                        && since.elapsed() >= limit
-                    {
-                        return Err(RunError::GaveUp {
-                            what: "streaming".into(),
-                            after: limit,
-                            error: e,
-                        });
-                    }
-                    let wait = backoff.next();
-                    if matches!(e, SourceError::Silent(_)) {
-                        warn!(error = %e, retry_in = ?wait, "the source went silent: dropping its connections and making new ones; resuming from the slot");
+                    let said = e.to_string();
+                    let silent = matches!(e, SourceError::Silent(_));
+                    let wait = retry.failed(e)?;
+                    if silent {
+                        warn!(error = %said, retry_in = ?wait, "the source went silent: dropping its connections and making new ones; resuming from the slot");
                         renew_pool = true;
                     } else {
-                        warn!(error = %e, retry_in = ?wait, "lost the source; resuming from the slot");
+                        warn!(error = %said, retry_in = ?wait, "lost the source; resuming from the slot");
                     }
                     drop(stream);
                     report.reconnects += 1;
-                    crate::telemetry::reconnected("source");
-                    health.update(|s| s.last_error = Some(e.to_string()));
+                    health.update(|s| s.last_error = Some(said));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => return Ok(std::mem::take(&mut report)),

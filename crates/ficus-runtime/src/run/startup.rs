@@ -8,7 +8,7 @@
 //!                                                                               forget the record, create
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ficus_mapping::{Compiled, Schema};
 use ficus_model::{Lsn, Op, Unseen};
@@ -21,43 +21,31 @@ use tracing::{info, warn};
 use super::{CAUGHT_UP_PREFIX, Delivery, RunOptions, live_schema};
 use crate::RunError;
 use crate::backfill::{BackfillOptions, BackfillState};
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::config::{Config, Loaded};
 use crate::gap::GapRecord;
 use crate::position::{self, Gap, Position, Source, Start};
 
 /// Retries `f` on transient errors with exponential backoff, until it succeeds, fails definitely,
-/// shutdown is asked for (then `None`), or it has failed for longer than `give_up`.
+/// shutdown is asked for (then `None`), or `retry` gives up.
 pub(crate) async fn retrying<T, F, Fut>(
-    what: &str,
+    retry: &mut Retry,
     shutdown: &mut watch::Receiver<bool>,
     reconnects: &mut u64,
-    give_up: Option<Duration>,
     mut f: F,
 ) -> Result<Option<T>, RunError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RunError>>,
 {
-    let mut backoff = Backoff::new();
-    let began = Instant::now();
     loop {
         match f().await {
             Ok(v) => return Ok(Some(v)),
             Err(RunError::Source(e)) if e.is_transient() => {
-                if let Some(limit) = give_up
-                    && began.elapsed() >= limit
-                {
-                    return Err(RunError::GaveUp {
-                        what: what.to_owned(),
-                        after: limit,
-                        error: e,
-                    });
-                }
-                let wait = backoff.next();
-                warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
+                let said = e.to_string();
+                let wait = retry.failed(e)?;
+                warn!(error = %said, retry_in = ?wait, "{} failed; retrying", retry.what());
                 *reconnects += 1;
-                crate::telemetry::reconnected("source");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(None),
