@@ -17,7 +17,16 @@ const BATCH: usize = 20_000;
 fn records(n: usize) -> Vec<Record> {
     (0..n)
         .map(|i| {
-            let id = format!("{:08x}-7a1c-5d2e-9f00-{:012x}", i / 7, i);
+            // Scattered as ficus's ids (UUID v5: a hash) are, not in insertion order.
+            let (a, b) = (mix(i as u64), mix(!(i as u64)));
+            let id = format!(
+                "{:08x}-{:04x}-5{:03x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xffff,
+                a & 0xfff,
+                b >> 48,
+                b & 0xffff_ffff_ffff
+            );
             let subject = (i % 5_000).to_string();
             let event = format!(
                 r#"{{"specversion":"1.0","id":"{id}","source":"/ficus/shop/public.orders","type":"OrderPlaced","subject":"{subject}","time":"2026-11-23T01:32:31.053941Z","datacontenttype":"application/json","eventversion":1,"lsn":"0/1D7A2C8","txid":"730","data":{{"order_id":{i},"customer_id":{subject},"total":120.50,"tags":["gift"]}}}}"#
@@ -33,6 +42,14 @@ fn records(n: usize) -> Vec<Record> {
             }
         })
         .collect()
+}
+
+/// splitmix64: a cheap, well-spread hash.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 async fn append_all(store: &Store, events: &[Record]) -> Duration {

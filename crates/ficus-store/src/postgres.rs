@@ -3,7 +3,7 @@
 //! An append takes `LOCK TABLE ficus.events IN SHARE ROW EXCLUSIVE MODE`: one writer at a time,
 //! readers never blocked, and positions commit in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -193,39 +193,84 @@ impl EventStore for PgStore {
     ) -> Result<Appended, StoreError> {
         let err = |e| StoreError::sql(&self.shown, "appending events", e);
         let fresh = first_of_each_id(batch);
-        let mut columns = Columns::default();
-        for (seq, r) in &fresh {
-            columns.seq.push(*seq);
-            columns.id.push(&r.id);
-            columns.ty.push(&r.ty);
-            columns.aggregate.push(&r.aggregate);
-            columns.subject.push(&r.subject);
-            columns.time.push(r.time_micros);
-            columns.lsn.push(r.lsn as i64);
-            columns.event.push(&r.event);
-        }
         let mut tx = self.pool.begin().await.map_err(err)?;
+        // One writer at a time, so the positions and versions read are the last ones.
         sqlx::query("LOCK TABLE ficus.events IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let stored = if fresh.is_empty() {
-            0
+        // The batch's ids that are stored already: a repeated id is a no-op.
+        let ids: Vec<&str> = fresh.iter().map(|(_, r)| r.id.as_str()).collect();
+        let repeated: HashSet<String> = if ids.is_empty() {
+            HashSet::new()
         } else {
+            sqlx::query_scalar("SELECT id FROM ficus.events WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .collect()
+        };
+        let fresh: Vec<&Record> = fresh
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| !repeated.contains(&r.id))
+            .collect();
+        let stored = fresh.len() as u64;
+        if !fresh.is_empty() {
+            // Each stream's last version, once per batch.
+            let mut seen = HashSet::new();
+            let streams: Vec<(&str, &str)> = fresh
+                .iter()
+                .map(|r| (r.aggregate.as_str(), r.subject.as_str()))
+                .filter(|s| seen.insert(*s))
+                .collect();
+            let (aggregates, subjects): (Vec<&str>, Vec<&str>) = streams.iter().copied().unzip();
+            let last: Vec<i64> = sqlx::query_scalar(
+                "SELECT (SELECT coalesce(max(e.version), 0) FROM ficus.events e
+                         WHERE e.aggregate = s.aggregate AND e.subject = s.subject)
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s (aggregate, subject, n) ORDER BY n",
+            )
+            .bind(&aggregates)
+            .bind(&subjects)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            let mut versions: HashMap<(&str, &str), i64> = streams.into_iter().zip(last).collect();
+            let mut position: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM ficus.events")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+            let mut columns = Columns::default();
+            for r in &fresh {
+                position += 1;
+                let version = versions.entry((r.aggregate.as_str(), r.subject.as_str())).or_insert(0);
+                *version += 1;
+                columns.position.push(position);
+                columns.version.push(*version);
+                columns.id.push(&r.id);
+                columns.ty.push(&r.ty);
+                columns.aggregate.push(&r.aggregate);
+                columns.subject.push(&r.subject);
+                columns.time.push(r.time_micros);
+                columns.lsn.push(r.lsn as i64);
+                columns.event.push(&r.event);
+            }
             sqlx::query(APPEND)
-                .bind(&columns.seq)
+                .bind(&columns.position)
                 .bind(&columns.id)
                 .bind(&columns.ty)
                 .bind(&columns.aggregate)
                 .bind(&columns.subject)
+                .bind(&columns.version)
                 .bind(&columns.time)
                 .bind(&columns.lsn)
                 .bind(&columns.event)
                 .execute(&mut *tx)
                 .await
-                .map_err(err)?
-                .rows_affected()
-        };
+                .map_err(err)?;
+        }
         let changes = first_of_each_key(changes);
         if !changes.is_empty() {
             let mut relation_ids = HashMap::new();
@@ -357,32 +402,22 @@ impl EventStore for PgStore {
 /// A batch as one array per column, for `unnest`.
 #[derive(Default)]
 struct Columns<'a> {
-    seq: Vec<i64>,
+    position: Vec<i64>,
     id: Vec<&'a str>,
     ty: Vec<&'a str>,
     aggregate: Vec<&'a str>,
     subject: Vec<&'a str>,
+    version: Vec<i64>,
     time: Vec<i64>,
     lsn: Vec<i64>,
     event: Vec<&'a str>,
 }
 
-/// Appends a batch given as arrays: leaves out stored ids, numbers the rest after the last
-/// position and after their stream's last version.
+/// Appends a batch given as arrays, numbered already (positions and versions).
 const APPEND: &str = "
-WITH batch AS (
-  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[])
-    AS b (seq, id, type, aggregate, subject, time_us, lsn, event)
-), fresh AS (
-  SELECT * FROM batch b WHERE NOT EXISTS (SELECT 1 FROM ficus.events e WHERE e.id = b.id)
-)
 INSERT INTO ficus.events (position, id, type, aggregate, subject, version, time_us, lsn, event)
-SELECT (SELECT coalesce(max(position), 0) FROM ficus.events) + row_number() OVER (ORDER BY seq),
-       id, type, aggregate, subject,
-       coalesce((SELECT max(e.version) FROM ficus.events e WHERE e.aggregate = f.aggregate AND e.subject = f.subject), 0)
-         + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
-       time_us, lsn, event
-FROM fresh f ORDER BY seq";
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                     $8::bigint[], $9::text[])";
 
 /// Archives changes given as arrays: leaves out archived keys, numbers the rest after the last
 /// position.

@@ -1,7 +1,7 @@
 //! The SQLite store: one file, in WAL mode (readers never wait for the writer), synchronous=FULL
 //! (a committed append survives a power loss, not only a crash).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,8 +15,14 @@ use crate::{
     relations_of, stored_from,
 };
 
-/// Rows per INSERT statement: 8 parameters each, under SQLite's 32,766.
+/// Rows per INSERT statement: 9 parameters each, under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 2_000;
+/// Parameters per lookup statement.
+const ROWS_PER_LOOKUP: usize = 2_000;
+
+/// The page cache, in KiB. SQLite's default (2 MiB) is too small for the id index: pages of it
+/// that a batch dirties are spilled to the WAL mid-transaction, and written again and again.
+const CACHE_KIB: u64 = 16 * 1024;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE ficus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -75,6 +81,8 @@ impl SqliteStore {
             .create_if_missing(mode == Mode::Create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            .pragma("cache_size", format!("-{}", CACHE_KIB))
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(30));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -191,25 +199,74 @@ impl EventStore for SqliteStore {
         let err = |e| StoreError::sql(&self.describe(), "appending events", e);
         let fresh = first_of_each_id(batch);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        // IMMEDIATE: the write lock first, so the positions read are the last ones.
+        // IMMEDIATE: the write lock first, so the positions and versions read are the last ones.
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        let mut stored = 0;
+        // The batch's ids that are stored already: a repeated id is a no-op.
+        let mut repeated = HashSet::new();
+        for part in fresh.chunks(ROWS_PER_LOOKUP) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM events WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for (_, r) in part {
+                ids.push_bind(r.id.as_str());
+            }
+            q.push(")");
+            let found: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await.map_err(err)?;
+            repeated.extend(found);
+        }
+        let fresh: Vec<&Record> = fresh
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| !repeated.contains(&r.id))
+            .collect();
+        // Each stream's last version, once per batch.
+        let mut versions: HashMap<(&str, &str), i64> = HashMap::new();
+        let streams: Vec<(&str, &str)> = {
+            let mut seen = HashSet::new();
+            fresh
+                .iter()
+                .map(|r| (r.aggregate.as_str(), r.subject.as_str()))
+                .filter(|s| seen.insert(*s))
+                .collect()
+        };
+        for part in streams.chunks(ROWS_PER_LOOKUP / 2) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH s (n, aggregate, subject) AS (");
+            q.push_values(part.iter().enumerate(), |mut row, (n, (aggregate, subject))| {
+                row.push_bind(n as i64).push_bind(*aggregate).push_bind(*subject);
+            });
+            q.push(
+                ") SELECT n, (SELECT coalesce(max(e.version), 0) FROM events e
+                   WHERE e.aggregate = s.aggregate AND e.subject = s.subject) FROM s",
+            );
+            let found: Vec<(i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await.map_err(err)?;
+            for (n, version) in found {
+                versions.insert(part[n as usize], version);
+            }
+        }
+        let mut position: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
         for part in fresh.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("WITH batch (seq, id, type, aggregate, subject, time_us, lsn, event) AS (");
-            q.push_values(part, |mut row, (seq, r)| {
-                row.push_bind(*seq)
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (position, id, type, aggregate, subject, version, time_us, lsn, event) ",
+            );
+            q.push_values(part, |mut row, r| {
+                position += 1;
+                let version = versions.entry((r.aggregate.as_str(), r.subject.as_str())).or_insert(0);
+                *version += 1;
+                row.push_bind(position)
                     .push_bind(r.id.as_str())
                     .push_bind(r.ty.as_str())
                     .push_bind(r.aggregate.as_str())
                     .push_bind(r.subject.as_str())
+                    .push_bind(*version)
                     .push_bind(r.time_micros)
                     .push_bind(r.lsn as i64)
                     .push_bind(r.event.as_str());
             });
-            q.push(APPEND);
-            stored += q.build().execute(&mut *tx).await.map_err(err)?.rows_affected();
+            q.build().execute(&mut *tx).await.map_err(err)?;
         }
+        let stored = fresh.len() as u64;
         let changes = first_of_each_key(changes);
         let mut relation_ids = HashMap::new();
         for description in relations_of(&changes) {
@@ -330,18 +387,6 @@ impl EventStore for SqliteStore {
             .map_err(|e| StoreError::sql(&self.describe(), "reading the last position", e))
     }
 }
-
-/// The rest of an append's statement, after the batch's VALUES: leaves out stored ids, numbers
-/// the rest after the last position and after their stream's last version.
-const APPEND: &str = "),
-fresh AS (SELECT * FROM batch b WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = b.id))
-INSERT INTO events (position, id, type, aggregate, subject, version, time_us, lsn, event)
-SELECT (SELECT coalesce(max(position), 0) FROM events) + row_number() OVER (ORDER BY seq),
-       id, type, aggregate, subject,
-       coalesce((SELECT max(e.version) FROM events e WHERE e.aggregate = f.aggregate AND e.subject = f.subject), 0)
-         + row_number() OVER (PARTITION BY aggregate, subject ORDER BY seq),
-       time_us, lsn, event
-FROM fresh f ORDER BY seq";
 
 /// The rest of an archive statement, after the batch's VALUES: leaves out archived keys, numbers
 /// the rest after the last position.
