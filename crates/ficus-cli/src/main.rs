@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ficus_runtime::backfill::BackfillState;
 use ficus_runtime::replay::ReplayOptions;
@@ -284,6 +285,25 @@ enum Command {
         /// The config file.
         #[arg(short, long, default_value = "ficus.toml")]
         config: PathBuf,
+    },
+    /// Measure ficus against Postgres' own tools, in one run on a throwaway cluster.
+    ///
+    /// Starts a Postgres cluster from the local server binaries (PG_BIN, else the newest under
+    /// /usr/lib/postgresql), writes a workload of inserts, updates and deletes, and prints a
+    /// table of ratios: streaming into jsonl and the stores against pg_recvlogical draining a
+    /// slot created at the same moment, the backfill against COPY, replay against a plain scan
+    /// of the store; with each ficus run's peak RSS (docs/performance.md). Measure a release
+    /// build: a debug build's ratios say little.
+    Bench {
+        /// Row changes to stream, and rows to backfill.
+        #[arg(long, default_value_t = 300_000)]
+        rows: u64,
+        /// A short run (50,000 changes and rows), as CI does.
+        #[arg(long, conflicts_with = "rows")]
+        quick: bool,
+        /// Also write the table to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -684,6 +704,18 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Bench { rows, quick, out } => {
+            let options = ficus_bench::Options {
+                rows: if quick { 50_000 } else { rows },
+                ficus: std::env::current_exe().context("finding the ficus binary")?,
+            };
+            let report = ficus_bench::run(&options, &|what| eprintln!("bench: {what}")).await?;
+            print!("{report}");
+            if let Some(out) = out {
+                std::fs::write(&out, report.to_string()).with_context(|| format!("writing {}", out.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Teardown { config } => {
             let config = Config::load(&config)?;
