@@ -30,6 +30,8 @@ pub struct Options {
     pub rows: u64,
     /// The ficus binary to measure.
     pub ficus: PathBuf,
+    /// Keep the work directory (configs, stores, logs) instead of removing it.
+    pub keep: bool,
 }
 
 /// One measured path.
@@ -521,6 +523,10 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         Some(0.8),
     ));
 
+    if options.keep {
+        let kept = bench.dir.keep();
+        progress(&format!("kept the work directory: {}", kept.display()));
+    }
     Ok(Report {
         rows,
         changes,

@@ -304,6 +304,9 @@ enum Command {
         /// Also write the table to this file.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Keep the work directory (configs, stores, logs: what to profile) and say where.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -705,10 +708,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Bench { rows, quick, out } => {
+        Command::Bench { rows, quick, out, keep } => {
             let options = ficus_bench::Options {
                 rows: if quick { 50_000 } else { rows },
                 ficus: std::env::current_exe().context("finding the ficus binary")?,
+                keep,
             };
             let report = ficus_bench::run(&options, &|what| eprintln!("bench: {what}")).await?;
             print!("{report}");

@@ -126,6 +126,12 @@ impl Event {
     /// The event a stored line holds (what [`Event::write_json`] wrote), with what the store
     /// keeps beside it: its aggregate, commit time and LSN. `data` keeps its exact text.
     pub fn from_stored(line: &str, aggregate: &str, time_micros: i64, lsn: Lsn) -> Result<Event, String> {
+        Event::from_stored_at(line, aggregate.into(), Time::from_micros(time_micros), lsn)
+    }
+
+    /// [`Event::from_stored`], with the aggregate and the commit time made already: a reader of
+    /// many events shares them between the events of a stream and of a transaction.
+    pub fn from_stored_at(line: &str, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Result<Event, String> {
         let e: Stored<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
         if e.specversion != "1.0" || e.datacontenttype != "application/json" {
             return Err(format!(
@@ -138,9 +144,9 @@ impl Event {
             id: e.id,
             source: e.source.into(),
             ty: e.ty.into(),
-            aggregate: aggregate.into(),
+            aggregate,
             subject: e.subject,
-            time: Time::from_micros(time_micros),
+            time,
             datacontenttype: "application/json",
             eventversion: e.eventversion,
             lsn,

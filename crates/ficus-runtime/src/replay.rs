@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use ficus_model::{Event, Lsn};
+use std::sync::Arc;
+
+use ficus_model::{Event, Lsn, Time};
 use ficus_sinks::Outgoing;
 use ficus_store::{EventStore, Filter, Mode, Store, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::RunError;
@@ -14,6 +16,8 @@ use crate::target::Target;
 
 /// Events read from the store at a time.
 const PAGE: i64 = 1_000;
+/// Pages read ahead of the one the sink writes.
+const READ_AHEAD: usize = 2;
 /// How often `--follow` looks for new events.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -85,56 +89,132 @@ async fn replay_from(
         )
         .into());
     }
-    let mut after = filter.from.map_or(0, |f| f - 1);
+    let start = filter.from.map_or(0, |f| f - 1);
     let mut report = ReplayReport::default();
-    let progress = crate::progress::Positions::new("replay", after, Some(filter.to.map_or(end, |to| to.min(end))));
+    let progress = crate::progress::Positions::new("replay", start, Some(filter.to.map_or(end, |to| to.min(end))));
+    // The next pages are read, and read back into events, on a task of their own while the sink
+    // writes this one.
+    let (pages, mut next) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(read_pages(
+        store.clone(),
+        filter.clone(),
+        target.routes().clone(),
+        start,
+        options.follow,
+        pages,
+    ));
     loop {
+        let page = tokio::select! {
+            page = next.recv() => page,
+            _ = shutdown.changed() => None,
+        };
+        let Some(page) = page else { break };
+        let page = page?;
+        target.deliver(&page.events, shutdown).await?;
+        report.events += page.events.len() as u64;
+        if let Some((first, last)) = page.positions {
+            let first = report.positions.map_or(first, |(first, _)| first);
+            report.positions = Some((first, last));
+            progress.at(last);
+        }
         if *shutdown.borrow() {
             break;
         }
-        let page = store.read(filter, after, PAGE).await?;
-        let mut outgoing = Vec::with_capacity(page.len());
-        for stored in &page {
-            let r = &stored.record;
-            if target.accepts(&r.ty) {
-                let event = Event::from_stored(&r.event, &r.aggregate, r.time_micros, Lsn(r.lsn)).map_err(|e| {
-                    StoreError::new(
-                        format!(
-                            "{}: the event at position {} does not read back: {e}",
-                            store.describe(),
-                            stored.position
-                        ),
-                        "the store was damaged: restore it from a backup, or replay from a later position (--from)",
-                    )
-                })?;
-                // The stored line, byte for byte.
-                outgoing.push(Outgoing {
-                    event,
-                    line: r.event.clone().into(),
-                });
-                report.events += 1;
-            }
-            after = stored.position;
-            let first = report.positions.map_or(after, |(first, _)| first);
-            report.positions = Some((first, after));
-        }
-        target.deliver(&outgoing, shutdown).await?;
-        progress.at(after);
-        let past_the_end = filter.to.is_some_and(|to| after >= to);
-        if page.len() as i64 == PAGE && !past_the_end {
-            continue;
-        }
-        if !options.follow || past_the_end {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-            _ = shutdown.changed() => {}
-        }
     }
+    reader.abort();
     progress.finish();
     info!(events = report.events, "replayed");
     Ok(report)
+}
+
+/// A page read ahead: the events the sink takes, and the positions of the page's first and last
+/// stored events (of any type).
+struct Page {
+    events: Vec<Outgoing>,
+    positions: Option<(i64, i64)>,
+}
+
+/// Reads pages after `after`, in order, until past the filter's end or (unless `follow`) the
+/// store's; stops at the first error, which it sends.
+async fn read_pages(
+    store: Store,
+    filter: Filter,
+    routes: ficus_sinks::Routes,
+    mut after: i64,
+    follow: bool,
+    pages: mpsc::Sender<Result<Page, RunError>>,
+) {
+    let mut shared = Shared::default();
+    loop {
+        let read = store.read(&filter, after, PAGE).await;
+        let page = read.map_err(RunError::from).and_then(|rows| {
+            let full = rows.len() as i64 == PAGE;
+            let mut events = Vec::with_capacity(rows.len());
+            for stored in &rows {
+                let r = &stored.record;
+                if routes.accepts(&r.ty) {
+                    events.push(read_back(&store, stored, &mut shared)?);
+                }
+            }
+            let positions = rows.first().zip(rows.last()).map(|(f, l)| (f.position, l.position));
+            Ok((full, Page { events, positions }))
+        });
+        let (full, page) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = pages.send(Err(e)).await;
+                return;
+            }
+        };
+        if let Some((_, last)) = page.positions {
+            after = last;
+        }
+        let past_the_end = filter.to.is_some_and(|to| after >= to);
+        if (page.positions.is_some() || !follow) && pages.send(Ok(page)).await.is_err() {
+            return;
+        }
+        if full && !past_the_end {
+            continue;
+        }
+        if !follow || past_the_end {
+            return;
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+}
+
+/// What consecutive stored events share: the aggregate, and the commit time of a transaction.
+#[derive(Default)]
+struct Shared {
+    aggregate: Option<Arc<str>>,
+    time: Option<Time>,
+}
+
+/// A stored event as it goes out: the stored line, byte for byte, with the event read back from it.
+fn read_back(store: &Store, stored: &ficus_store::Stored, shared: &mut Shared) -> Result<Outgoing, RunError> {
+    let r = &stored.record;
+    let aggregate = match &shared.aggregate {
+        Some(a) if **a == *r.aggregate => a.clone(),
+        _ => shared.aggregate.insert(Arc::from(r.aggregate.as_str())).clone(),
+    };
+    let time = match &shared.time {
+        Some(t) if t.micros() == r.time_micros => t.clone(),
+        _ => shared.time.insert(Time::from_micros(r.time_micros)).clone(),
+    };
+    let event = Event::from_stored_at(&r.event, aggregate, time, Lsn(r.lsn)).map_err(|e| {
+        StoreError::new(
+            format!(
+                "{}: the event at position {} does not read back: {e}",
+                store.describe(),
+                stored.position
+            ),
+            "the store was damaged: restore it from a backup, or replay from a later position (--from)",
+        )
+    })?;
+    Ok(Outgoing {
+        event,
+        line: r.event.clone().into(),
+    })
 }
 
 /// Parses a time given on the command line: RFC 3339 (`2026-11-01T12:00:00Z`), or a UTC date

@@ -61,6 +61,11 @@ impl Target {
         self.routes.accepts(ty)
     }
 
+    /// The sink's routes: which event types it takes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
     /// Writes a page of events (those the sink's routes take) and makes it durable; a transient
     /// failure writes the page again after a backoff, until shutdown.
     pub async fn deliver(&mut self, page: &[Outgoing], shutdown: &mut watch::Receiver<bool>) -> Result<(), RunError> {
