@@ -95,14 +95,14 @@ async fn replay_from(
     // The next pages are read, and read back into events, on a task of their own while the sink
     // writes this one.
     let (pages, mut next) = mpsc::channel(READ_AHEAD);
-    let reader = tokio::spawn(read_pages(
+    let _reader = AbortOnDrop(tokio::spawn(read_pages(
         store.clone(),
         filter.clone(),
         target.routes().clone(),
         start,
         options.follow,
         pages,
-    ));
+    )));
     loop {
         let page = tokio::select! {
             page = next.recv() => page,
@@ -121,10 +121,18 @@ async fn replay_from(
             break;
         }
     }
-    reader.abort();
     progress.finish();
     info!(events = report.events, "replayed");
     Ok(report)
+}
+
+/// The reader's task, stopped however the replay ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A page read ahead: the events the sink takes, and the positions of the page's first and last
