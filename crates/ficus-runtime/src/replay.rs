@@ -103,7 +103,7 @@ async fn replay_from(
         options.follow,
         pages,
     )));
-    loop {
+    while !*shutdown.borrow() {
         let page = tokio::select! {
             page = next.recv() => page,
             _ = shutdown.changed() => None,
@@ -116,9 +116,6 @@ async fn replay_from(
             let first = report.positions.map_or(first, |(first, _)| first);
             report.positions = Some((first, last));
             progress.at(last);
-        }
-        if *shutdown.borrow() {
-            break;
         }
     }
     progress.finish();
