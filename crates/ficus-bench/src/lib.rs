@@ -320,18 +320,24 @@ impl Bench {
         )
     }
 
+    /// A Postgres client program, pointed at the cluster as `postgres`.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.pg_bin.join(program));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        cmd
+    }
+
     /// `pg_recvlogical` draining `slot` up to `end`.
     fn recvlogical(&self, slot: &str, publication: &str, end: &str) -> anyhow::Result<Ran> {
         measured(
-            Command::new(self.pg_bin.join("pg_recvlogical"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.cluster.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
+            self.client("pg_recvlogical")
                 .args(["-d", "bench", "--slot", slot, "--start", "--no-loop", "-f", "-"])
                 .args(["-o", "proto_version=1", "-o"])
                 .arg(format!("publication_names={publication}"))
@@ -344,21 +350,12 @@ impl Bench {
     /// `COPY (SELECT * FROM backfilled ORDER BY id) TO STDOUT`, through psql.
     fn copy(&self) -> anyhow::Result<Ran> {
         measured(
-            Command::new(self.pg_bin.join("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.cluster.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .args([
-                    "-d",
-                    "bench",
-                    "-c",
-                    "\\copy (select * from backfilled order by id) to stdout",
-                ]),
+            self.client("psql").args([
+                "-d",
+                "bench",
+                "-c",
+                "\\copy (select * from backfilled order by id) to stdout",
+            ]),
             Path::new("/dev/null"),
             &self.path("copy.log"),
         )
