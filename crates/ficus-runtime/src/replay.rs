@@ -95,7 +95,7 @@ async fn replay_from(
     // The next pages are read, and read back into events, on a task of their own while the sink
     // writes this one.
     let (pages, mut next) = mpsc::channel(READ_AHEAD);
-    let _reader = AbortOnDrop(tokio::spawn(read_pages(
+    let mut reader = AbortOnDrop(tokio::spawn(read_pages(
         store.clone(),
         filter.clone(),
         target.routes().clone(),
@@ -106,9 +106,18 @@ async fn replay_from(
     while !*shutdown.borrow() {
         let page = tokio::select! {
             page = next.recv() => page,
-            _ = shutdown.changed() => None,
+            _ = shutdown.changed() => break,
         };
-        let Some(page) = page else { break };
+        let Some(page) = page else {
+            // The reader ended, its pages all sent: past the end, or it failed without sending
+            // its error (a panic), which is not taken for the end of the store.
+            if let Err(e) = (&mut reader.0).await
+                && e.is_panic()
+            {
+                return Err(RunError::bug(format!("the replay's reader failed: {e}")));
+            }
+            break;
+        };
         let page = page?;
         target.deliver(&page.events, shutdown).await?;
         report.events += page.events.len() as u64;
