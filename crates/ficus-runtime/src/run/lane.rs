@@ -28,7 +28,8 @@ use crate::health::{Health, LastEvent};
 use crate::telemetry;
 use metrics::{Counter, Histogram, counter, histogram};
 
-/// A lane flushes at least this often while it has events that are not durable.
+/// A lane flushes as soon as it has received the events of a commit and nothing else waits
+/// (group commit); otherwise at least this often while it has events that are not durable.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Items waiting for a lane (its events are bounded by permits; this bounds the marks).
 const QUEUE: usize = 1024;
@@ -256,6 +257,21 @@ impl Driver {
 
     async fn drive(&mut self) -> Result<(), SinkError> {
         loop {
+            // Group commit: take everything waiting, then make the commits it completes
+            // durable at once. A busy lane flushes larger batches (what came in during its last
+            // flush); a quiet one flushes a commit as soon as its mark arrives.
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    self.take(item).await?;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return self.flush().await,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if self.commit_waiting() {
+                self.flush().await?;
+                continue;
+            }
             let due = self
                 .flush_due()
                 .map(|after| tokio::time::Instant::from_std(self.last_flush + after));
@@ -270,6 +286,19 @@ impl Driver {
                 _ = self.woken.notified() => {}
             }
         }
+    }
+
+    /// The events of a commit were all received and are not durable yet (for the store: the
+    /// checkpoint can move past them). A checkpoint that would only move past commits without
+    /// events waits for the timer: flushing it at once would be a store transaction per commit
+    /// of a table no mapping reads.
+    fn commit_waiting(&self) -> bool {
+        let unflushed = self.unflushed_events > 0 || self.unflushed_changes > 0;
+        unflushed
+            && match &self.target {
+                Target::Sink(_) => self.marked > self.status.borrow().durable,
+                Target::Store { .. } => self.checkpoint().is_some(),
+            }
     }
 
     /// How long after the last flush the next one is due, if one is.
@@ -318,8 +347,6 @@ impl Driver {
                 if idle && matches!(self.target, Target::Sink(_)) {
                     // Nothing in flight: everything up to the mark is durable already.
                     self.durable(self.marked);
-                } else if self.last_flush.elapsed() >= FLUSH_INTERVAL {
-                    self.flush().await?;
                 }
             }
             Item::Flush(done) => {
