@@ -19,7 +19,7 @@ const PAGE: i64 = 1_000;
 /// Pages read ahead of the one the sink writes.
 const READ_AHEAD: usize = 2;
 /// How often `--follow` looks for new events.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(25);
 
 /// What to replay, and where.
 #[derive(Clone, Debug, Default)]
