@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::TryStreamExt;
-use sqlx::{Connection, PgConnection, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, SqliteConnection};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub struct Options {
     pub ficus: PathBuf,
     /// Keep the work directory (configs, stores, logs) instead of removing it.
     pub keep: bool,
+    /// How long the steady writer of the latency measure writes.
+    pub latency_for: Duration,
 }
 
 /// One measured path.
@@ -76,7 +78,41 @@ pub struct Report {
     /// The machine: CPUs, memory, Postgres' version.
     pub machine: String,
     pub measures: Vec<Measure>,
+    /// Commit → durable at a steady write rate, per sink.
+    pub latencies: Vec<Latency>,
+    /// One transaction of `rows` inserts streamed, per sink.
+    pub memory: Vec<Memory>,
 }
+
+/// Streaming one large transaction into one sink: the peak RSS it took.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    pub path: String,
+    pub rows: u64,
+    pub seconds: f64,
+    pub peak_rss: u64,
+}
+
+/// The memory target: peak RSS at most this many MiB.
+const MEMORY_TARGET_MIB: u64 = 100;
+
+/// Commit → durable at a steady write rate, into one sink.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    pub path: String,
+    /// Commits written at the steady rate (and seen durable).
+    pub commits: usize,
+    /// Row changes a second the writer made.
+    pub rate: f64,
+    /// Milliseconds from each commit (its time in the commit record) to its events durable.
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub peak_rss: u64,
+}
+
+/// The latency target: p99 at most this many milliseconds.
+const LATENCY_TARGET_MS: f64 = 20.0;
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,6 +142,45 @@ impl fmt::Display for Report {
                 m.ratio(),
                 target,
                 m.peak_rss / (1024 * 1024)
+            )?;
+        }
+        if !self.memory.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "| one transaction | rows | time | peak RSS | target |")?;
+            writeln!(f, "| --- | ---: | ---: | ---: | ---: |")?;
+            for m in &self.memory {
+                let mib = m.peak_rss / (1024 * 1024);
+                let met = if mib <= MEMORY_TARGET_MIB { "✓" } else { "✗" };
+                writeln!(
+                    f,
+                    "| {} | {} | {:.1} s | {mib} MiB | ≤ {MEMORY_TARGET_MIB} MiB {met} |",
+                    m.path,
+                    thousands(m.rows as f64),
+                    m.seconds
+                )?;
+            }
+        }
+        if self.latencies.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "| commit → durable | commits | changes/s | p50 | p99 | max | target | peak RSS |"
+        )?;
+        writeln!(f, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+        for l in &self.latencies {
+            let met = if l.p99 <= LATENCY_TARGET_MS { "✓" } else { "✗" };
+            writeln!(
+                f,
+                "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | p99 ≤ {LATENCY_TARGET_MS:.0} ms {met} | {} MiB |",
+                l.path,
+                l.commits,
+                thousands(l.rate),
+                l.p50,
+                l.p99,
+                l.max,
+                l.peak_rss / (1024 * 1024)
             )?;
         }
         Ok(())
@@ -242,33 +317,64 @@ struct Ran {
 
 /// Runs `cmd` (stdout to `out`, stderr to `log`) to its end, measuring it with `wait4`.
 fn measured(cmd: &mut Command, out: &Path, log: &Path) -> anyhow::Result<Ran> {
-    let stdout = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let stderr = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let began = Instant::now();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not waited for yet (the `Child` is never waited on).
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let elapsed = began.elapsed();
-    if waited != pid {
-        bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
+    let running = Running::start(cmd, out, log)?;
+    running.wait()
+}
+
+/// A process started, to be waited for with `wait4` (never with `Child::wait`).
+struct Running {
+    pid: libc::pid_t,
+    began: Instant,
+    what: String,
+    log: PathBuf,
+}
+
+impl Running {
+    /// Starts `cmd`, its stdout to `out`, its stderr to `log`.
+    fn start(cmd: &mut Command, out: &Path, log: &Path) -> anyhow::Result<Running> {
+        let stdout = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let stderr = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let began = Instant::now();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Running {
+            pid: child.id() as libc::pid_t,
+            began,
+            what: format!("{cmd:?}"),
+            log: log.to_owned(),
+        })
     }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let said = std::fs::read_to_string(log).unwrap_or_default();
-        bail!("{cmd:?} failed (wait status {status}):\n{said}");
+
+    /// Asks it to stop (SIGTERM), as an operator would.
+    fn stop(&self) {
+        // SAFETY: sending a signal to our own child, not waited for yet.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
     }
-    Ok(Ran {
-        elapsed,
-        peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
-    })
+
+    /// Waits for its end: how long it ran and its peak RSS; an error unless it exited with 0.
+    fn wait(self) -> anyhow::Result<Ran> {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our child, not waited for yet (its `Child` is never waited on).
+        let waited = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
+        let elapsed = self.began.elapsed();
+        if waited != self.pid {
+            bail!("waiting for {}: {}", self.what, std::io::Error::last_os_error());
+        }
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            let said = std::fs::read_to_string(&self.log).unwrap_or_default();
+            bail!("{} failed (wait status {status}):\n{said}", self.what);
+        }
+        Ok(Ran {
+            elapsed,
+            peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        })
+    }
 }
 
 struct Bench {
@@ -292,7 +398,7 @@ impl Bench {
     }
 
     async fn sql(&self, database: &str, sql: &str) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect(&self.cluster.url(database)).await?;
+        let mut conn = pg(&self.cluster.url(database)).await?;
         sqlx::raw_sql(sql)
             .execute(&mut conn)
             .await
@@ -304,13 +410,18 @@ impl Bench {
     /// `ficus ARGS` in the bench's directory, its stdout to `out` (a file name there, or
     /// /dev/null).
     fn ficus(&self, args: &[&str], out: &str) -> anyhow::Result<Ran> {
+        self.start_ficus(args, out)?.wait()
+    }
+
+    /// `ficus ARGS` started, as [`Bench::ficus`] runs it.
+    fn start_ficus(&self, args: &[&str], out: &str) -> anyhow::Result<Running> {
         let out = if out == "/dev/null" {
             PathBuf::from(out)
         } else {
             self.path(out)
         };
         let log = self.path(&format!("{}.log", args.join("_").replace(['/', '.'], "_")));
-        measured(
+        Running::start(
             Command::new(&self.ficus)
                 .args(args)
                 .current_dir(self.dir.path())
@@ -318,6 +429,111 @@ impl Bench {
             &out,
             &log,
         )
+    }
+
+    /// Commit → durable into one sink: ficus streams (config `name`) while a second connection
+    /// commits [`ROWS_PER_COMMIT`] inserts every [`COMMIT_EVERY`] for `duration`; every
+    /// millisecond the bench looks at what the sink holds, and each commit's latency is from its
+    /// time in the commit record (the events' `time`) to when the last of its events was seen.
+    async fn latency(&self, name: &str, path: &str, sink: &str, duration: Duration) -> anyhow::Result<Latency> {
+        let config = format!("{name}.toml");
+        let (sinks, store) = match sink {
+            "jsonl" => (format!("[[sink]]\ntype = \"jsonl\"\npath = \"{name}.jsonl\"\n"), false),
+            _ => (format!("[[sink]]\ntype = \"store\"\npath = \"{name}.db\"\n"), true),
+        };
+        self.write(
+            &config,
+            &self::config(&self.cluster.url("bench"), &format!("bench_{name}"), "stream", &sinks),
+        )?;
+        // The slot and the publication (and the store), made before ficus streams.
+        self.ficus(&["run", "-c", &config, "--until-caught-up"], "/dev/null")?;
+        let watched = if store {
+            Watched::store(&self.path(&format!("{name}.db"))).await?
+        } else {
+            Watched::jsonl(self.path(&format!("{name}.jsonl")))
+        };
+        let ficus = self.start_ficus(&["run", "-c", &config], "/dev/null")?;
+        let measured = self.steady(watched, duration).await;
+        ficus.stop();
+        let ran = ficus.wait()?;
+        let (commits, rate, mut latencies) = measured?;
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        Ok(Latency {
+            path: path.to_owned(),
+            commits,
+            rate,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+            peak_rss: ran.peak_rss,
+        })
+    }
+
+    /// Writes at a steady rate while ficus streams, and watches the sink: the commits, the rate
+    /// written (changes/s), each commit's latency (ms).
+    async fn steady(&self, mut watched: Watched, duration: Duration) -> anyhow::Result<(usize, f64, Vec<f64>)> {
+        let insert = format!(
+            "insert into orders (customer_id, status, total, note, attrs)
+             select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), 'steady ' || g,
+                    jsonb_build_object('channel', 'web', 'items', g % 7)
+             from generate_series(1, {ROWS_PER_COMMIT}) g"
+        );
+        let mut conn = pg(&self.cluster.url("bench")).await?;
+        // Warm-up: one commit seen in the sink says ficus streams.
+        sqlx::query(&insert).execute(&mut conn).await?;
+        let deadline = Instant::now() + WAIT_FOR_SINK;
+        while watched.seen().await?.is_empty() {
+            if Instant::now() > deadline {
+                bail!("ficus did not deliver a commit within {WAIT_FOR_SINK:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let from = micros_now();
+        let mut writer = tokio::spawn(async move {
+            let began = Instant::now();
+            let mut tick = tokio::time::interval(COMMIT_EVERY);
+            let mut commits = 0;
+            while began.elapsed() < duration {
+                tick.tick().await;
+                sqlx::query(&insert).execute(&mut conn).await?;
+                commits += 1;
+            }
+            let rate = (commits * ROWS_PER_COMMIT as usize) as f64 / began.elapsed().as_secs_f64();
+            conn.close().await?;
+            anyhow::Ok((commits, rate))
+        });
+        let mut latency = std::collections::HashMap::new();
+        let mut written = None;
+        let mut deadline = None;
+        loop {
+            let now = micros_now();
+            for (lsn, time) in watched.seen().await? {
+                if time >= from {
+                    let ms = (now - time) as f64 / 1000.0;
+                    let slowest = latency.entry(lsn).or_insert(ms);
+                    *slowest = ms.max(*slowest);
+                }
+            }
+            if written.is_none() && writer.is_finished() {
+                written = Some((&mut writer).await.context("the steady writer")??);
+                deadline = Some(Instant::now() + WAIT_FOR_SINK);
+            }
+            if let Some((commits, _)) = written {
+                if latency.len() >= commits {
+                    break;
+                }
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    bail!(
+                        "ficus delivered {} of {commits} commits within {WAIT_FOR_SINK:?} of the last",
+                        latency.len()
+                    );
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let (commits, rate) = written.expect("the loop ends once written");
+        Ok((commits, rate, latency.into_values().collect()))
     }
 
     /// A Postgres client program, pointed at the cluster as `postgres`.
@@ -362,10 +578,106 @@ impl Bench {
     }
 }
 
+/// The steady writer of the latency measure commits this many inserts...
+const ROWS_PER_COMMIT: u32 = 50;
+/// ... this often: 5,000 changes a second.
+const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// How often the sink is looked at.
+const POLL: Duration = Duration::from_millis(1);
+/// How long ficus may take to deliver what was written, before the bench gives up.
+const WAIT_FOR_SINK: Duration = Duration::from_secs(60);
+
+/// A connection to the cluster, its statements not logged (the workload's are slow on purpose).
+async fn pg(url: &str) -> anyhow::Result<PgConnection> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(options.disable_statement_logging().connect().await?)
+}
+
+fn micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Where the latency measure looks for what a sink holds.
+enum Watched {
+    /// A jsonl file: a line is there once written (the sink's flush writes the lines of its
+    /// commits, then fsyncs).
+    Jsonl { file: PathBuf, read: u64, partial: Vec<u8> },
+    /// The SQLite store: an event is there once its append committed (WAL, `synchronous = FULL`).
+    Store { conn: SqliteConnection, after: i64 },
+}
+
+impl Watched {
+    fn jsonl(file: PathBuf) -> Watched {
+        Watched::Jsonl {
+            file,
+            read: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    async fn store(file: &Path) -> anyhow::Result<Watched> {
+        let mut conn = SqliteConnection::connect(&format!("sqlite:{}?mode=ro", file.display())).await?;
+        let after: i64 = sqlx::query_scalar("select coalesce(max(position), 0) from events")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(Watched::Store { conn, after })
+    }
+
+    /// The events that appeared since the last look: their commit's LSN and time (µs).
+    async fn seen(&mut self) -> anyhow::Result<Vec<(i64, i64)>> {
+        match self {
+            Watched::Jsonl { file, read, partial } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let Ok(mut f) = File::open(&*file) else {
+                    return Ok(Vec::new()); // not written yet
+                };
+                f.seek(SeekFrom::Start(*read))?;
+                let n = f.read_to_end(partial)?;
+                *read += n as u64;
+                let complete = partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let lines: Vec<u8> = partial.drain(..complete).collect();
+                let mut seen = Vec::new();
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    #[derive(serde::Deserialize)]
+                    struct Line<'a> {
+                        time: &'a str,
+                        lsn: &'a str,
+                    }
+                    let line: Line<'_> = serde_json::from_slice(line).context("an event line of the jsonl sink")?;
+                    let time = chrono::DateTime::parse_from_rfc3339(line.time)
+                        .with_context(|| format!("the time {:?}", line.time))?
+                        .timestamp_micros();
+                    let (hi, lo) = line.lsn.split_once('/').context("an LSN")?;
+                    let lsn = (i64::from_str_radix(hi, 16)? << 32) | i64::from_str_radix(lo, 16)?;
+                    seen.push((lsn, time));
+                }
+                Ok(seen)
+            }
+            Watched::Store { conn, after } => {
+                let rows: Vec<(i64, i64, i64)> =
+                    sqlx::query_as("select position, lsn, time_us from events where position > ? order by position")
+                        .bind(*after)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                if let Some(last) = rows.last() {
+                    *after = last.0;
+                }
+                Ok(rows.into_iter().map(|(_, lsn, time)| (lsn, time)).collect())
+            }
+        }
+    }
+}
+
 /// Runs the bench; `progress` hears what it is doing.
 pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<Report> {
     progress("starting a throwaway Postgres cluster");
-    let cluster = tokio::task::spawn_blocking(|| ficus_testkit::Cluster::start(&["-c", "wal_level=logical"]))
+    // Commits flush the WAL and wake the WAL senders, as on a production server (the test
+    // clusters commit asynchronously: the WAL writer would send a commit up to 200 ms later).
+    // Without fsync still: the server's disk is not what is measured.
+    let settings = ["-c", "wal_level=logical", "-c", "synchronous_commit=on"];
+    let cluster = tokio::task::spawn_blocking(move || ficus_testkit::Cluster::start(&settings))
         .await
         .context("starting the throwaway cluster")?;
     let bench = Bench {
@@ -464,7 +776,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         .await?;
     progress(&format!("stream: writing {} row changes", options.rows));
     bench.sql("bench", &workload(options.rows)).await?;
-    let mut conn = PgConnection::connect(&url).await?;
+    let mut conn = pg(&url).await?;
     let (changes, transactions): (i64, i64) = sqlx::query_as("select changes, transactions from bench_done")
         .fetch_one(&mut conn)
         .await?;
@@ -520,6 +832,69 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         Some(0.8),
     ));
 
+    // One transaction of `rows` inserts: memory stays bounded (backpressure, not buffering).
+    progress(&format!("stream: one transaction of {rows} rows"));
+    let big = [
+        (
+            "big_jsonl",
+            "stream → jsonl (fsync)",
+            "[[sink]]\ntype = \"jsonl\"\npath = \"big.jsonl\"\n",
+        ),
+        (
+            "big_store",
+            "stream → SQLite store",
+            "[[sink]]\ntype = \"store\"\npath = \"big.db\"\n",
+        ),
+    ];
+    for (name, _, sinks) in &big {
+        bench.write(
+            &format!("{name}.toml"),
+            &config(&url, &format!("bench_{name}"), "stream", sinks),
+        )?;
+        bench.ficus(
+            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
+            "/dev/null",
+        )?;
+    }
+    bench
+        .sql(
+            "bench",
+            &format!(
+                "insert into orders (customer_id, status, total, note, attrs)
+                 select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), 'big ' || g,
+                        jsonb_build_object('channel', 'web', 'items', g % 7)
+                 from generate_series(1, {rows}) g"
+            ),
+        )
+        .await?;
+    let mut memory = Vec::new();
+    for (name, path, _) in &big {
+        let ran = bench.ficus(
+            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
+            "/dev/null",
+        )?;
+        memory.push(Memory {
+            path: path.to_string(),
+            rows,
+            seconds: ran.elapsed.as_secs_f64(),
+            peak_rss: ran.peak_rss,
+        });
+    }
+
+    // Commit → durable at a steady rate, one sink at a time.
+    let mut latencies = Vec::new();
+    for (name, path, sink) in [
+        ("steady_jsonl", "stream → jsonl (fsync)", "jsonl"),
+        ("steady_store", "stream → SQLite store", "store"),
+    ] {
+        progress(&format!(
+            "commit → durable: {path}, {} changes/s for {:?}",
+            ROWS_PER_COMMIT as u128 * 1000 / COMMIT_EVERY.as_millis(),
+            options.latency_for
+        ));
+        latencies.push(bench.latency(name, path, sink, options.latency_for).await?);
+    }
+
     if options.keep {
         let kept = bench.dir.keep();
         progress(&format!("kept the work directory: {}", kept.display()));
@@ -530,6 +905,8 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         transactions: transactions as u64,
         machine: machine(&version),
         measures,
+        latencies,
+        memory,
     })
 }
 
@@ -640,6 +1017,8 @@ mod tests {
             transactions: 3,
             machine: "2 CPUs".into(),
             measures: vec![m],
+            latencies: Vec::new(),
+            memory: Vec::new(),
         };
         let text = report.to_string();
         assert!(

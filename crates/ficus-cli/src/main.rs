@@ -713,6 +713,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 rows: if quick { 50_000 } else { rows },
                 ficus: std::env::current_exe().context("finding the ficus binary")?,
                 keep,
+                latency_for: std::time::Duration::from_secs(if quick { 3 } else { 10 }),
             };
             let report = ficus_bench::run(&options, &|what| eprintln!("bench: {what}")).await?;
             print!("{report}");
