@@ -80,11 +80,12 @@ pub struct Report {
     pub measures: Vec<Measure>,
     /// Commit → durable at a steady write rate, per sink.
     pub latencies: Vec<Latency>,
-    /// One transaction of `rows` inserts streamed, per sink.
+    /// Peak RSS: one transaction of `rows` inserts streamed, per sink; the workload streamed into
+    /// a broker that is killed.
     pub memory: Vec<Memory>,
 }
 
-/// Streaming one large transaction into one sink: the peak RSS it took.
+/// A run whose peak RSS is bounded: one large transaction into a sink, a broker that is down.
 #[derive(Clone, Debug)]
 pub struct Memory {
     pub path: String,
@@ -146,7 +147,7 @@ impl fmt::Display for Report {
         }
         if !self.memory.is_empty() {
             writeln!(f)?;
-            writeln!(f, "| one transaction | rows | time | peak RSS | target |")?;
+            writeln!(f, "| memory | rows | time | peak RSS | target |")?;
             writeln!(f, "| --- | ---: | ---: | ---: | ---: |")?;
             for m in &self.memory {
                 let mib = m.peak_rss / (1024 * 1024);
@@ -357,23 +358,52 @@ impl Running {
 
     /// Waits for its end: how long it ran and its peak RSS; an error unless it exited with 0.
     fn wait(self) -> anyhow::Result<Ran> {
-        let mut status = 0;
-        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `pid` is our child, not waited for yet (its `Child` is never waited on).
-        let waited = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
-        let elapsed = self.began.elapsed();
-        if waited != self.pid {
-            bail!("waiting for {}: {}", self.what, std::io::Error::last_os_error());
-        }
+        let (status, ran) = self.reap(0)?.expect("a blocking wait4 returns once it has ended");
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
             let said = std::fs::read_to_string(&self.log).unwrap_or_default();
             bail!("{} failed (wait status {status}):\n{said}", self.what);
         }
-        Ok(Ran {
-            elapsed,
-            peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
-        })
+        Ok(ran)
+    }
+
+    /// Waits for its end, however it ends (killed if it has not ended within `limit`).
+    fn wait_ending(self, limit: Duration) -> anyhow::Result<Ran> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((_, ran)) = self.reap(libc::WNOHANG)? {
+                return Ok(ran);
+            }
+            if Instant::now() > deadline {
+                // SAFETY: our child, not waited for yet.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                let (_, ran) = self.reap(0)?.expect("a blocking wait4 returns once it has ended");
+                return Ok(ran);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `wait4` with `options`: its wait status, how long it ran and its peak RSS; `None` while
+    /// it runs (with `WNOHANG`).
+    fn reap(&self, options: libc::c_int) -> anyhow::Result<Option<(libc::c_int, Ran)>> {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our child, not waited for yet (its `Child` is never waited on).
+        let waited = unsafe { libc::wait4(self.pid, &mut status, options, &mut usage) };
+        if waited == 0 {
+            return Ok(None);
+        }
+        if waited != self.pid {
+            bail!("waiting for {}: {}", self.what, std::io::Error::last_os_error());
+        }
+        Ok(Some((
+            status,
+            Ran {
+                elapsed: self.began.elapsed(),
+                peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            },
+        )))
     }
 }
 
@@ -584,6 +614,8 @@ const ROWS_PER_COMMIT: u32 = 50;
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 /// How often the sink is looked at.
 const POLL: Duration = Duration::from_millis(1);
+/// How long ficus streams into a NATS sink whose server was killed, before it is stopped.
+const BROKER_DOWN_FOR: Duration = Duration::from_secs(5);
 /// How long ficus may take to deliver what was written, before the bench gives up.
 const WAIT_FOR_SINK: Duration = Duration::from_secs(60);
 
@@ -756,7 +788,67 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             Some(0.5),
         ),
     ];
+    // The broker sinks the bench can start a server of its own for, each measured against the
+    // jsonl sink's rate in the same run; and one more NATS server, to be taken down under ficus.
+    progress("stream: starting the brokers that are installed");
+    let mut servers = Vec::new();
+    let mut brokers: Vec<(&str, String, String)> = Vec::new();
+    if ficus_testkit::installed("nats-server").is_some() {
+        let server = ficus_testkit::Server::nats();
+        brokers.push((
+            "nats",
+            "stream → NATS JetStream".into(),
+            format!(
+                "[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"orders.{{type}}\"\n[sink.stream]\nname = \"ORDERS\"\ncreate = true\n",
+                server.port
+            ),
+        ));
+        servers.push(server);
+    }
+    if ficus_testkit::installed("redis-server").is_some() {
+        let server = ficus_testkit::Server::redis(&[]);
+        brokers.push((
+            "redis",
+            "stream → Redis stream (appendfsync always)".into(),
+            format!(
+                "[[sink]]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey = \"orders\"\n",
+                server.port
+            ),
+        ));
+        servers.push(server);
+    }
+    if ficus_testkit::installed("tansu").is_some() {
+        let server = ficus_testkit::Server::kafka(&[]);
+        brokers.push((
+            "kafka",
+            "stream → Kafka (tansu)".into(),
+            format!(
+                "[[sink]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\ntopic = \"orders\"\ncreate_topics = true\n",
+                server.port
+            ),
+        ));
+        servers.push(server);
+    }
+    let mut down = ficus_testkit::installed("nats-server").map(|_| ficus_testkit::Server::nats());
     bench.write("stream/orders.toml", STREAM_MAPPINGS)?;
+    for (name, _, sinks) in &brokers {
+        bench.write(
+            &format!("{name}.toml"),
+            &config(&url, &format!("bench_{name}"), "stream", sinks),
+        )?;
+        bench.ficus(
+            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
+            "/dev/null",
+        )?;
+    }
+    if let Some(server) = &down {
+        let sinks = format!(
+            "[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"orders.{{type}}\"\n[sink.stream]\nname = \"ORDERS\"\ncreate = true\n",
+            server.port
+        );
+        bench.write("down.toml", &config(&url, "bench_down", "stream", &sinks))?;
+        bench.ficus(&["run", "-c", "down.toml", "--until-caught-up"], "/dev/null")?;
+    }
     for (name, _, sinks, _) in &stream_sinks {
         bench.write(
             &format!("{name}.toml"),
@@ -811,6 +903,45 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             *target,
         ));
     }
+    let jsonl_rate = measures.iter().find(|m| m.path.contains("jsonl")).map(|m| m.rate);
+    for (name, path, _) in &brokers {
+        progress(&format!("stream: {path}"));
+        let ran = bench.ficus(
+            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
+            "/dev/null",
+        )?;
+        let rate = changes as f64 / ran.elapsed.as_secs_f64();
+        measures.push(Measure {
+            path: path.clone(),
+            rate,
+            unit: "changes",
+            reference: "the jsonl sink",
+            reference_rate: jsonl_rate.unwrap_or(rate),
+            target: None,
+            peak_rss: ran.peak_rss,
+        });
+    }
+    drop(servers);
+
+    // A broker that goes down under ficus: it reads on until its events in flight reach
+    // `max_in_flight`, then waits (backpressure), holding no more.
+    let mut memory = Vec::new();
+    if let Some(server) = &mut down {
+        progress("stream: a NATS sink whose server is killed while ficus streams into it");
+        let ficus = bench.start_ficus(&["run", "-c", "down.toml"], "/dev/null")?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.stop();
+        tokio::time::sleep(BROKER_DOWN_FOR).await;
+        ficus.stop();
+        let ran = ficus.wait_ending(Duration::from_secs(60))?;
+        memory.push(Memory {
+            path: "the workload → NATS, its server killed".into(),
+            rows: changes,
+            seconds: ran.elapsed.as_secs_f64(),
+            peak_rss: ran.peak_rss,
+        });
+    }
+    drop(down);
 
     // Replay the SQLite store's events, against a plain scan of its rows.
     progress("replay: the SQLite store to stdout");
@@ -837,12 +968,12 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     let big = [
         (
             "big_jsonl",
-            "stream → jsonl (fsync)",
+            "one transaction → jsonl (fsync)",
             "[[sink]]\ntype = \"jsonl\"\npath = \"big.jsonl\"\n",
         ),
         (
             "big_store",
-            "stream → SQLite store",
+            "one transaction → SQLite store",
             "[[sink]]\ntype = \"store\"\npath = \"big.db\"\n",
         ),
     ];
@@ -867,7 +998,6 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             ),
         )
         .await?;
-    let mut memory = Vec::new();
     for (name, path, _) in &big {
         let ran = bench.ficus(
             &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
@@ -1023,6 +1153,41 @@ mod tests {
         let text = report.to_string();
         assert!(
             text.contains("| stream → x | 250 changes/s | ref 1,000 changes/s | 0.25 | ≥ 0.6 ✗ | 50 MiB |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_and_memory_read_against_their_targets() {
+        let report = Report {
+            rows: 1000,
+            changes: 1000,
+            transactions: 3,
+            machine: "2 CPUs".into(),
+            measures: Vec::new(),
+            latencies: vec![Latency {
+                path: "stream → x".into(),
+                commits: 300,
+                rate: 5012.0,
+                p50: 2.25,
+                p99: 21.0,
+                max: 40.0,
+                peak_rss: 30 * 1024 * 1024,
+            }],
+            memory: vec![Memory {
+                path: "one transaction → x".into(),
+                rows: 1_000_000,
+                seconds: 12.34,
+                peak_rss: 99 * 1024 * 1024,
+            }],
+        };
+        let text = report.to_string();
+        assert!(
+            text.contains("| stream → x | 300 | 5,012 | 2.2 ms | 21.0 ms | 40.0 ms | p99 ≤ 20 ms ✗ | 30 MiB |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| one transaction → x | 1,000,000 | 12.3 s | 99 MiB | ≤ 100 MiB ✓ |"),
             "{text}"
         );
     }

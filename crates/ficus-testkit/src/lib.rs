@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor, PgConnection};
 
 mod server;
-pub use server::{Server, binary};
+pub use server::{Server, binary, installed};
 
 /// A running throwaway cluster.
 pub struct Cluster {

@@ -175,10 +175,14 @@ impl Drop for Server {
 
 /// A binary on the PATH, else in /usr/sbin or /usr/bin.
 pub fn binary(name: &str) -> PathBuf {
+    installed(name).unwrap_or_else(|| panic!("{name} is not installed (.ci/run installs it)"))
+}
+
+/// Where a binary is, if it is installed (on the PATH, or in /usr/sbin or /usr/bin).
+pub fn installed(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|d| d.join(name))
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is not installed (.ci/run installs it)"))
 }
