@@ -461,28 +461,42 @@ impl Bench {
         )
     }
 
+    /// Writes the config `bench_NAME.toml` (slot and publication `bench_NAME`, the stream
+    /// mappings, `sinks`) and runs it once until caught up: its slot exists from now on.
+    fn prepare(&self, name: &str, url: &str, sinks: &str) -> anyhow::Result<()> {
+        self.write(
+            &format!("bench_{name}.toml"),
+            &config(url, &format!("bench_{name}"), "stream", sinks),
+        )?;
+        self.caught_up(name)?;
+        Ok(())
+    }
+
+    /// `ficus run --until-caught-up` of the config [`Bench::prepare`] wrote.
+    fn caught_up(&self, name: &str) -> anyhow::Result<Ran> {
+        self.ficus(
+            &["run", "-c", &format!("bench_{name}.toml"), "--until-caught-up"],
+            "/dev/null",
+        )
+    }
+
     /// Commit → durable into one sink: ficus streams (config `name`) while a second connection
     /// commits [`ROWS_PER_COMMIT`] inserts every [`COMMIT_EVERY`] for `duration`; every
     /// millisecond the bench looks at what the sink holds, and each commit's latency is from its
     /// time in the commit record (the events' `time`) to when the last of its events was seen.
     async fn latency(&self, name: &str, path: &str, sink: &str, duration: Duration) -> anyhow::Result<Latency> {
-        let config = format!("{name}.toml");
         let (sinks, store) = match sink {
             "jsonl" => (format!("[[sink]]\ntype = \"jsonl\"\npath = \"{name}.jsonl\"\n"), false),
             _ => (format!("[[sink]]\ntype = \"store\"\npath = \"{name}.db\"\n"), true),
         };
-        self.write(
-            &config,
-            &self::config(&self.cluster.url("bench"), &format!("bench_{name}"), "stream", &sinks),
-        )?;
         // The slot and the publication (and the store), made before ficus streams.
-        self.ficus(&["run", "-c", &config, "--until-caught-up"], "/dev/null")?;
+        self.prepare(name, &self.cluster.url("bench"), &sinks)?;
         let watched = if store {
             Watched::store(&self.path(&format!("{name}.db"))).await?
         } else {
             Watched::jsonl(self.path(&format!("{name}.jsonl")))
         };
-        let ficus = self.start_ficus(&["run", "-c", &config], "/dev/null")?;
+        let ficus = self.start_ficus(&["run", "-c", &format!("bench_{name}.toml")], "/dev/null")?;
         let measured = self.steady(watched, duration).await;
         ficus.stop();
         let ran = ficus.wait()?;
@@ -614,6 +628,25 @@ const ROWS_PER_COMMIT: u32 = 50;
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 /// How often the sink is looked at.
 const POLL: Duration = Duration::from_millis(1);
+/// The broker sinks measured when their server's binary is installed: name, path, binary.
+const BROKERS: [(&str, &str, &str); 3] = [
+    ("nats", "stream → NATS JetStream", "nats-server"),
+    ("redis", "stream → Redis stream (appendfsync always)", "redis-server"),
+    ("kafka", "stream → Kafka (tansu)", "tansu"),
+];
+
+/// The sink settings of broker `name` on `port`.
+fn broker_sink(name: &str, port: u16) -> String {
+    let settings = match name {
+        "nats" => format!(
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"orders.{{type}}\"\n[sink.stream]\nname = \"ORDERS\"\ncreate = true"
+        ),
+        "redis" => format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nkey = \"orders\""),
+        _ => format!("type = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"orders\"\ncreate_topics = true"),
+    };
+    format!("[[sink]]\n{settings}\n")
+}
+
 /// How long ficus streams into a NATS sink whose server was killed, before it is stopped.
 const BROKER_DOWN_FOR: Duration = Duration::from_secs(5);
 /// How long ficus may take to deliver what was written, before the bench gives up.
@@ -792,72 +825,29 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     // jsonl sink's rate in the same run; and one more NATS server, to be taken down under ficus.
     progress("stream: starting the brokers that are installed");
     let mut servers = Vec::new();
-    let mut brokers: Vec<(&str, String, String)> = Vec::new();
-    if ficus_testkit::installed("nats-server").is_some() {
-        let server = ficus_testkit::Server::nats();
-        brokers.push((
-            "nats",
-            "stream → NATS JetStream".into(),
-            format!(
-                "[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"orders.{{type}}\"\n[sink.stream]\nname = \"ORDERS\"\ncreate = true\n",
-                server.port
-            ),
-        ));
-        servers.push(server);
-    }
-    if ficus_testkit::installed("redis-server").is_some() {
-        let server = ficus_testkit::Server::redis(&[]);
-        brokers.push((
-            "redis",
-            "stream → Redis stream (appendfsync always)".into(),
-            format!(
-                "[[sink]]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey = \"orders\"\n",
-                server.port
-            ),
-        ));
-        servers.push(server);
-    }
-    if ficus_testkit::installed("tansu").is_some() {
-        let server = ficus_testkit::Server::kafka(&[]);
-        brokers.push((
-            "kafka",
-            "stream → Kafka (tansu)".into(),
-            format!(
-                "[[sink]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\ntopic = \"orders\"\ncreate_topics = true\n",
-                server.port
-            ),
-        ));
+    let mut brokers: Vec<(&str, &str, String)> = Vec::new();
+    for (name, path, binary) in BROKERS {
+        if ficus_testkit::installed(binary).is_none() {
+            continue;
+        }
+        let server = match name {
+            "nats" => ficus_testkit::Server::nats(),
+            "redis" => ficus_testkit::Server::redis(&[]),
+            _ => ficus_testkit::Server::kafka(&[]),
+        };
+        brokers.push((name, path, broker_sink(name, server.port)));
         servers.push(server);
     }
     let mut down = ficus_testkit::installed("nats-server").map(|_| ficus_testkit::Server::nats());
     bench.write("stream/orders.toml", STREAM_MAPPINGS)?;
     for (name, _, sinks) in &brokers {
-        bench.write(
-            &format!("{name}.toml"),
-            &config(&url, &format!("bench_{name}"), "stream", sinks),
-        )?;
-        bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        bench.prepare(name, &url, sinks)?;
     }
     if let Some(server) = &down {
-        let sinks = format!(
-            "[[sink]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nsubject = \"orders.{{type}}\"\n[sink.stream]\nname = \"ORDERS\"\ncreate = true\n",
-            server.port
-        );
-        bench.write("down.toml", &config(&url, "bench_down", "stream", &sinks))?;
-        bench.ficus(&["run", "-c", "down.toml", "--until-caught-up"], "/dev/null")?;
+        bench.prepare("down", &url, &broker_sink("nats", server.port))?;
     }
     for (name, _, sinks, _) in &stream_sinks {
-        bench.write(
-            &format!("{name}.toml"),
-            &config(&url, &format!("bench_{name}"), "stream", sinks),
-        )?;
-        bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        bench.prepare(name, &url, sinks)?;
     }
     bench
         .sql(
@@ -884,10 +874,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     let mut runs = Vec::new();
     for (name, path, _, target) in &stream_sinks {
         progress(&format!("stream: {path}"));
-        let ran = bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        let ran = bench.caught_up(name)?;
         runs.push((*path, ran, *target));
     }
     let after = bench.recvlogical("recv_after", "bench_jsonl", &end)?;
@@ -906,13 +893,10 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     let jsonl_rate = measures.iter().find(|m| m.path.contains("jsonl")).map(|m| m.rate);
     for (name, path, _) in &brokers {
         progress(&format!("stream: {path}"));
-        let ran = bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        let ran = bench.caught_up(name)?;
         let rate = changes as f64 / ran.elapsed.as_secs_f64();
         measures.push(Measure {
-            path: path.clone(),
+            path: path.to_string(),
             rate,
             unit: "changes",
             reference: "the jsonl sink",
@@ -928,7 +912,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     let mut memory = Vec::new();
     if let Some(server) = &mut down {
         progress("stream: a NATS sink whose server is killed while ficus streams into it");
-        let ficus = bench.start_ficus(&["run", "-c", "down.toml"], "/dev/null")?;
+        let ficus = bench.start_ficus(&["run", "-c", "bench_down.toml"], "/dev/null")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         server.stop();
         tokio::time::sleep(BROKER_DOWN_FOR).await;
@@ -945,7 +929,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
 
     // Replay the SQLite store's events, against a plain scan of its rows.
     progress("replay: the SQLite store to stdout");
-    let mut replay = std::fs::read_to_string(bench.path("store.toml"))?;
+    let mut replay = std::fs::read_to_string(bench.path("bench_store.toml"))?;
     replay.push_str("\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n");
     bench.write("replay.toml", &replay)?;
     let events = stored_events(&bench.path("store.db")).await?;
@@ -978,14 +962,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         ),
     ];
     for (name, _, sinks) in &big {
-        bench.write(
-            &format!("{name}.toml"),
-            &config(&url, &format!("bench_{name}"), "stream", sinks),
-        )?;
-        bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        bench.prepare(name, &url, sinks)?;
     }
     bench
         .sql(
@@ -999,10 +976,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         )
         .await?;
     for (name, path, _) in &big {
-        let ran = bench.ficus(
-            &["run", "-c", &format!("{name}.toml"), "--until-caught-up"],
-            "/dev/null",
-        )?;
+        let ran = bench.caught_up(name)?;
         memory.push(Memory {
             path: path.to_string(),
             rows,

@@ -100,6 +100,29 @@ async fn a_commit_is_durable_once_every_sink_flushed_it() {
     durable_at(&d, Lsn(15)).await;
 }
 
+/// Group commit: a lane flushes as soon as it has a commit's events and nothing more waits. With
+/// tokio's clock paused, time moves only when every task waits for a timer: a lane that waited
+/// for its flush timer would make the commit durable at the timer's time, not before.
+#[tokio::test(start_paused = true)]
+async fn a_commit_is_flushed_as_soon_as_its_events_are_in_not_on_a_timer() {
+    let sink = MemorySink::new();
+    let (mut d, _stop) = delivery(vec![(settings("one", &[], 100), sink.clone())]);
+    let began = tokio::time::Instant::now();
+    commit(&mut d, 10, &[("A", "a1"), ("A", "a2")]).await;
+    durable_at(&d, Lsn(10)).await;
+    assert_eq!(sink.durable_ids(), ["a1", "a2"]);
+    assert!(
+        began.elapsed() < crate::run::FLUSH_INTERVAL,
+        "the commit waited {:?} to be durable",
+        began.elapsed()
+    );
+    // The next commit too, on its own.
+    let began = tokio::time::Instant::now();
+    commit(&mut d, 20, &[("A", "a3")]).await;
+    durable_at(&d, Lsn(20)).await;
+    assert!(began.elapsed() < crate::run::FLUSH_INTERVAL);
+}
+
 #[tokio::test]
 async fn transient_failures_are_retried_with_every_event_not_yet_durable() {
     let flaky = MemorySink::new();
