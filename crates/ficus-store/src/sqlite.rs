@@ -31,6 +31,9 @@ const CACHE_KIB: u64 = 16 * 1024;
 /// checkpoint (every 1,000 pages) runs in the commit that crosses the limit, which then waits for
 /// it: tens of milliseconds added to a commit's latency once a second at 5,000 events a second.
 const CHECKPOINT_AFTER_BYTES: u64 = 2 * 1024 * 1024;
+/// What an append writes to the WAL besides its rows, at least (a page): a checkpoint-only
+/// append adds up too, so a store that only records checkpoints still has its WAL folded in.
+const APPEND_OVERHEAD_BYTES: u64 = 4096;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE ficus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -70,6 +73,8 @@ pub struct SqliteStore {
 
 /// The store's own WAL checkpoints: the bytes appended since the last one, and the one running.
 struct WalCheckpoints {
+    /// The store, as messages name it.
+    shown: String,
     options: SqliteConnectOptions,
     appended: AtomicU64,
     running: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -78,7 +83,8 @@ struct WalCheckpoints {
 impl WalCheckpoints {
     /// After an append of `bytes`: past the limit, a checkpoint on a connection of its own, unless
     /// one is running.
-    fn appended(&self, bytes: u64, shown: String) {
+    fn appended(&self, rows_bytes: u64) {
+        let bytes = rows_bytes + APPEND_OVERHEAD_BYTES;
         if self.appended.fetch_add(bytes, Ordering::Relaxed) + bytes < CHECKPOINT_AFTER_BYTES {
             return;
         }
@@ -88,6 +94,7 @@ impl WalCheckpoints {
         }
         self.appended.store(0, Ordering::Relaxed);
         let options = self.options.clone();
+        let shown = self.shown.clone();
         *running = Some(tokio::spawn(async move {
             // PASSIVE: copies what no reader still needs, never waits for the writer. A failed
             // checkpoint loses nothing (the WAL keeps the pages): the next one, or the file's
@@ -161,6 +168,7 @@ impl SqliteStore {
             pool,
             source_column: true,
             wal: Arc::new(WalCheckpoints {
+                shown: shown.clone(),
                 options: options.create_if_missing(false),
                 appended: AtomicU64::new(0),
                 running: Mutex::new(None),
@@ -372,7 +380,7 @@ impl EventStore for SqliteStore {
         tx.commit().await.map_err(err)?;
         let bytes = fresh.iter().map(|r| r.event.len()).sum::<usize>()
             + changes.iter().map(|(_, c)| c.change.len()).sum::<usize>();
-        self.wal.appended(bytes as u64, self.describe());
+        self.wal.appended(bytes as u64);
         Ok(Appended {
             stored,
             repeated: batch.len() as u64 - stored,
@@ -458,3 +466,43 @@ INSERT INTO changes (position, key, lsn, time_us, relation, change)
 SELECT (SELECT coalesce(max(position), 0) FROM changes) + row_number() OVER (ORDER BY seq),
        key, lsn, time_us, relation, change
 FROM batch b WHERE NOT EXISTS (SELECT 1 FROM changes c WHERE c.key = b.key) ORDER BY seq";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's automatic checkpoint is off (it would hold up the commit that crosses its
+    /// limit): the store folds its WAL into the file itself, once about 2 MiB were appended.
+    #[tokio::test]
+    async fn the_wal_is_folded_into_the_file_without_sqlites_automatic_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ficus.db");
+        let store = SqliteStore::open(&path, Mode::Create).await.unwrap();
+        let created = std::fs::metadata(&path).unwrap().len();
+        let data = "x".repeat(1_000);
+        for batch in 0..6u32 {
+            let records: Vec<Record> = (0..500)
+                .map(|i| {
+                    let n = batch * 500 + i;
+                    Record {
+                        id: format!("id-{n}"),
+                        ty: "OrderPlaced".into(),
+                        aggregate: "public.orders".into(),
+                        subject: n.to_string(),
+                        time_micros: i64::from(n),
+                        lsn: u64::from(n),
+                        event: format!(r#"{{"id":"id-{n}","data":"{data}"}}"#),
+                    }
+                })
+                .collect();
+            store.append(&records, &[], None).await.unwrap();
+        }
+        store.wal.finish().await;
+        let folded = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            folded > created + 1024 * 1024,
+            "the database file holds {folded} bytes (created with {created}): its WAL was not checkpointed"
+        );
+        store.close().await;
+    }
+}
