@@ -303,6 +303,17 @@ end $$"
     )
 }
 
+/// One transaction of `rows` new orders into `table` (`orders`, or `backfilled`, its copy), their
+/// notes `NOTE N`.
+fn insert_orders(table: &str, note: &str, rows: u64) -> String {
+    format!(
+        "insert into {table} (customer_id, status, total, note, attrs)
+         select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), '{note} ' || g,
+                jsonb_build_object('channel', 'web', 'items', g % 7)
+         from generate_series(1, {rows}) g"
+    )
+}
+
 /// A ficus project's config: the source's `slot` and publication, `mappings`, the `sinks`.
 fn config(url: &str, slot: &str, mappings: &str, sinks: &str) -> String {
     format!(
@@ -517,12 +528,7 @@ impl Bench {
     /// Writes at a steady rate while ficus streams, and watches the sink: the commits, the rate
     /// written (changes/s), each commit's latency (ms).
     async fn steady(&self, mut watched: Watched, duration: Duration) -> anyhow::Result<(usize, f64, Vec<f64>)> {
-        let insert = format!(
-            "insert into orders (customer_id, status, total, note, attrs)
-             select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), 'steady ' || g,
-                    jsonb_build_object('channel', 'web', 'items', g % 7)
-             from generate_series(1, {ROWS_PER_COMMIT}) g"
-        );
+        let insert = insert_orders("orders", "steady", u64::from(ROWS_PER_COMMIT));
         let mut conn = pg(&self.cluster.url("bench")).await?;
         // Warm-up: one commit seen in the sink says ficus streams.
         sqlx::query(&insert).execute(&mut conn).await?;
@@ -765,17 +771,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
         "backfill.toml",
         &config(&url, "bench_backfill", "backfill", "[[sink]]\ntype = \"stdout\"\n"),
     )?;
-    bench
-        .sql(
-            "bench",
-            &format!(
-                "insert into backfilled (customer_id, status, total, note, attrs)
-                 select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), 'note ' || g,
-                        jsonb_build_object('channel', 'web', 'items', g % 7)
-                 from generate_series(1, {rows}) g"
-            ),
-        )
-        .await?;
+    bench.sql("bench", &insert_orders("backfilled", "note", rows)).await?;
     bench.sql("bench", "vacuum analyze backfilled").await?;
     // The slot and the publication; its first start backfills once too (a warm-up).
     bench.ficus(&["run", "-c", "backfill.toml", "--until-caught-up"], "/dev/null")?;
@@ -890,7 +886,11 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             *target,
         ));
     }
-    let jsonl_rate = measures.iter().find(|m| m.path.contains("jsonl")).map(|m| m.rate);
+    let jsonl_rate = measures
+        .iter()
+        .find(|m| m.path.contains("jsonl"))
+        .map(|m| m.rate)
+        .context("the jsonl sink's rate, the brokers' reference")?;
     for (name, path, _) in &brokers {
         progress(&format!("stream: {path}"));
         let ran = bench.caught_up(name)?;
@@ -900,7 +900,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             rate,
             unit: "changes",
             reference: "the jsonl sink",
-            reference_rate: jsonl_rate.unwrap_or(rate),
+            reference_rate: jsonl_rate,
             target: None,
             peak_rss: ran.peak_rss,
         });
@@ -964,17 +964,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
     for (name, _, sinks) in &big {
         bench.prepare(name, &url, sinks)?;
     }
-    bench
-        .sql(
-            "bench",
-            &format!(
-                "insert into orders (customer_id, status, total, note, attrs)
-                 select (random() * 10000)::int, 'placed', (random() * 1000)::numeric(12, 2), 'big ' || g,
-                        jsonb_build_object('channel', 'web', 'items', g % 7)
-                 from generate_series(1, {rows}) g"
-            ),
-        )
-        .await?;
+    bench.sql("bench", &insert_orders("orders", "big", rows)).await?;
     for (name, path, _) in &big {
         let ran = bench.caught_up(name)?;
         memory.push(Memory {

@@ -293,8 +293,7 @@ impl Driver {
     /// events waits for the timer: flushing it at once would be a store transaction per commit
     /// of a table no mapping reads.
     fn commit_waiting(&self) -> bool {
-        let unflushed = self.unflushed_events > 0 || self.unflushed_changes > 0;
-        unflushed
+        self.unflushed()
             && match &self.target {
                 Target::Sink(_) => self.marked > self.status.borrow().durable,
                 Target::Store { .. } => self.checkpoint().is_some(),
@@ -303,8 +302,12 @@ impl Driver {
 
     /// How long after the last flush the next one is due, if one is.
     fn flush_due(&self) -> Option<Duration> {
-        let unflushed = self.unflushed_events > 0 || self.unflushed_changes > 0;
-        (unflushed || self.checkpoint().is_some()).then_some(FLUSH_INTERVAL)
+        (self.unflushed() || self.checkpoint().is_some()).then_some(FLUSH_INTERVAL)
+    }
+
+    /// Whether it holds events or changes written and not yet durable.
+    fn unflushed(&self) -> bool {
+        self.unflushed_events > 0 || self.unflushed_changes > 0
     }
 
     /// For the store: the checkpoint a flush would record now, if it moves.
@@ -343,7 +346,7 @@ impl Driver {
             }
             Item::Mark(lsn) => {
                 self.marked = self.marked.max(lsn);
-                let idle = self.unflushed_events == 0 && self.unflushed_changes == 0;
+                let idle = !self.unflushed();
                 if idle && matches!(self.target, Target::Sink(_)) {
                     // Nothing in flight: everything up to the mark is durable already.
                     self.durable(self.marked);
