@@ -99,9 +99,10 @@ impl Event {
     }
 }
 
-/// An event as a stored line has it (the store keeps the aggregate apart).
+/// An event as a stored line has it (the store keeps the aggregate apart); its data read as `D`
+/// ([`Data`], or skipped).
 #[derive(serde::Deserialize)]
-struct Stored<'a> {
+struct Stored<'a, D> {
     #[serde(borrow)]
     specversion: Cow<'a, str>,
     id: String,
@@ -119,20 +120,38 @@ struct Stored<'a> {
     backfill: Option<Cow<'a, str>>,
     #[serde(default, rename = "ficusunavailable")]
     unavailable: Option<String>,
-    data: Data,
+    data: D,
 }
 
 impl Event {
     /// The event a stored line holds (what [`Event::write_json`] wrote), with what the store
     /// keeps beside it: its aggregate, commit time and LSN. `data` keeps its exact text.
     pub fn from_stored(line: &str, aggregate: &str, time_micros: i64, lsn: Lsn) -> Result<Event, String> {
-        Event::from_stored_at(line, aggregate.into(), Time::from_micros(time_micros), lsn)
+        let e: Stored<'_, Data> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        e.into_event(aggregate.into(), Time::from_micros(time_micros), lsn, |data| data)
     }
 
-    /// [`Event::from_stored`], with the aggregate and the commit time made already: a reader of
-    /// many events shares them between the events of a stream and of a transaction.
-    pub fn from_stored_at(line: &str, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Result<Event, String> {
-        let e: Stored<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    /// The attributes of the event a stored line holds, with `data` left empty: what goes out
+    /// is the line itself, which holds the data (a sink's binary mode reads it from there). The
+    /// line is read whole all the same: one that is not an event is an error. The aggregate and
+    /// the commit time come made already: a reader of many events shares them between the
+    /// events of a stream and of a transaction.
+    pub fn attributes_from_stored(line: &str, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Result<Event, String> {
+        let e: Stored<'_, serde::de::IgnoredAny> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        e.into_event(aggregate, time, lsn, |_| Data::default())
+    }
+}
+
+impl<D> Stored<'_, D> {
+    /// The event, its data made of what was read.
+    fn into_event(
+        self,
+        aggregate: Arc<str>,
+        time: Time,
+        lsn: Lsn,
+        data: impl FnOnce(D) -> Data,
+    ) -> Result<Event, String> {
+        let e = self;
         if e.specversion != "1.0" || e.datacontenttype != "application/json" {
             return Err(format!(
                 "specversion {:?} and datacontenttype {:?}: ficus writes 1.0 and application/json",
@@ -156,7 +175,7 @@ impl Event {
                 .map_err(|_| format!("txid {:?} is not a number", e.txid))?,
             backfill: e.backfill.map(Into::into),
             unavailable: e.unavailable,
-            data: e.data,
+            data: data(e.data),
         })
     }
 }
@@ -315,5 +334,28 @@ mod tests {
                 "backfill"
             ]
         );
+    }
+
+    #[test]
+    fn a_stored_lines_attributes_read_back_without_its_data_and_a_line_that_is_no_event_does_not() {
+        let line = r#"{"specversion":"1.0","id":"e1","source":"/ficus/shop/public.orders","type":"OrderPaid","subject":"7","time":"2026-11-22T08:20:50.888272Z","datacontenttype":"application/json","eventversion":2,"lsn":"0/1962798","txid":"735","data":{"total":120.50}}"#;
+        let lsn: Lsn = "0/1962798".parse().unwrap();
+        let time = Time::from_micros(1_795_335_650_888_272);
+        let e = Event::attributes_from_stored(line, "public.orders".into(), time.clone(), lsn).unwrap();
+        let full = Event::from_stored(line, "public.orders", time.micros(), lsn).unwrap();
+        assert_eq!(
+            e.attributes(),
+            full.attributes(),
+            "the same attributes as the whole event's"
+        );
+        assert!(e.data.0.is_empty(), "the data stays in the line");
+        for damaged in [
+            &line[..line.len() - 1],
+            r#"{"specversion":"1.0","id":"e1","source":"s","type":"T","subject":"7","datacontenttype":"application/json","eventversion":2,"txid":"735"}"#,
+            r#"{"specversion":"1.0","id":"e1","source":"s","type":"T","subject":"7","datacontenttype":"application/json","eventversion":2,"txid":"735","data":{"a":}}"#,
+        ] {
+            let err = Event::attributes_from_stored(damaged, "a".into(), time.clone(), lsn).unwrap_err();
+            assert!(!err.is_empty(), "{damaged}");
+        }
     }
 }

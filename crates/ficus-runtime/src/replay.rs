@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ficus_model::{Event, Lsn, Time};
 use ficus_sinks::Outgoing;
-use ficus_store::{EventStore, Filter, Mode, Store, StoreError};
+use ficus_store::{EventStore, Filter, Mode, Store, StoreError, StoredLine};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -160,17 +160,16 @@ async fn read_pages(
 ) {
     let mut shared = Shared::default();
     loop {
-        let read = store.read(&filter, after, PAGE).await;
+        let read = store.read_lines(&filter, after, PAGE).await;
         let page = read.map_err(RunError::from).and_then(|rows| {
             let full = rows.len() as i64 == PAGE;
+            let positions = rows.first().zip(rows.last()).map(|(f, l)| (f.position, l.position));
             let mut events = Vec::with_capacity(rows.len());
-            for stored in &rows {
-                let r = &stored.record;
-                if routes.accepts(&r.ty) {
+            for stored in rows {
+                if routes.accepts(&stored.ty) {
                     events.push(read_back(&store, stored, &mut shared)?);
                 }
             }
-            let positions = rows.first().zip(rows.last()).map(|(f, l)| (f.position, l.position));
             Ok((full, Page { events, positions }))
         });
         let (full, page) = match page {
@@ -204,18 +203,18 @@ struct Shared {
     time: Option<Time>,
 }
 
-/// A stored event as it goes out: the stored line, byte for byte, with the event read back from it.
-fn read_back(store: &Store, stored: &ficus_store::Stored, shared: &mut Shared) -> Result<Outgoing, RunError> {
-    let r = &stored.record;
+/// A stored event as it goes out: the stored line, byte for byte, with the event's attributes read
+/// back from it (its data stays in the line, as on every outgoing event).
+fn read_back(store: &Store, stored: StoredLine, shared: &mut Shared) -> Result<Outgoing, RunError> {
     let aggregate = match &shared.aggregate {
-        Some(a) if **a == *r.aggregate => a.clone(),
-        _ => shared.aggregate.insert(Arc::from(r.aggregate.as_str())).clone(),
+        Some(a) if **a == *stored.aggregate => a.clone(),
+        _ => shared.aggregate.insert(Arc::from(stored.aggregate.as_str())).clone(),
     };
     let time = match &shared.time {
-        Some(t) if t.micros() == r.time_micros => t.clone(),
-        _ => shared.time.insert(Time::from_micros(r.time_micros)).clone(),
+        Some(t) if t.micros() == stored.time_micros => t.clone(),
+        _ => shared.time.insert(Time::from_micros(stored.time_micros)).clone(),
     };
-    let event = Event::from_stored_at(&r.event, aggregate, time, Lsn(r.lsn)).map_err(|e| {
+    let event = Event::attributes_from_stored(&stored.event, aggregate, time, Lsn(stored.lsn)).map_err(|e| {
         StoreError::new(
             format!(
                 "{}: the event at position {} does not read back: {e}",
@@ -227,7 +226,7 @@ fn read_back(store: &Store, stored: &ficus_store::Stored, shared: &mut Shared) -
     })?;
     Ok(Outgoing {
         event,
-        line: r.event.clone().into(),
+        line: stored.event.into(),
     })
 }
 

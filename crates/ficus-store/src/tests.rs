@@ -159,6 +159,53 @@ async fn read_filters_by_position_time_lsn_type_and_subject() {
     }
 }
 
+/// A replay's read: the same events as `read`, under the same filters, each as its line and what
+/// the line does not say.
+#[tokio::test]
+async fn lines_are_the_stored_events_read_with_the_same_filters() {
+    for (store, _db, _dir) in stores().await {
+        let batch: Vec<Record> = (1..=10)
+            .map(|n| record(n, if n < 5 { "public.orders" } else { "public.lines" }, &(n % 3).to_string()))
+            .collect();
+        store.append(&batch, &[], None).await.unwrap();
+        let filters = [
+            Filter::default(),
+            Filter {
+                from: Some(3),
+                to: Some(6),
+                ..Filter::default()
+            },
+            Filter {
+                types: vec!["OrderPlaced".into()],
+                subjects: vec!["1".into(), "2".into()],
+                since_micros: Some(1_700_000_000_000_003),
+                ..Filter::default()
+            },
+        ];
+        for filter in filters {
+            for (after, limit) in [(0, 100), (4, 2)] {
+                let lines = store.read_lines(&filter, after, limit).await.unwrap();
+                let expected: Vec<StoredLine> = store
+                    .read(&filter, after, limit)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| StoredLine {
+                        position: s.position,
+                        ty: s.record.ty,
+                        aggregate: s.record.aggregate,
+                        time_micros: s.record.time_micros,
+                        lsn: s.record.lsn,
+                        event: s.record.event,
+                    })
+                    .collect();
+                assert!(!expected.is_empty(), "{filter:?} after {after}");
+                assert_eq!(lines, expected, "{filter:?} after {after}, {limit} at most");
+            }
+        }
+    }
+}
+
 /// A reader following the store while a writer appends sees every position once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_follow_a_writer_without_skipping() {
