@@ -26,7 +26,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 pub use postgres::PgStore;
-pub use sink::{DEFAULT_STORE_PATH, StoreConfig, StoreSink, record};
+pub use sink::{DEFAULT_STORE_PATH, StoreConfig, StoreSink};
 pub use sqlite::SqliteStore;
 
 /// The store format's version, written in the store; a store of a newer version is refused.
@@ -118,6 +118,41 @@ pub struct Record {
     pub lsn: u64,
     /// The event as delivered: one JSON line, without its newline.
     pub event: String,
+}
+
+impl Record {
+    /// The record, borrowed.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            id: &self.id,
+            ty: &self.ty,
+            aggregate: &self.aggregate,
+            subject: &self.subject,
+            time_micros: self.time_micros,
+            lsn: self.lsn,
+            event: &self.event,
+        }
+    }
+}
+
+/// An event to append, borrowed from what holds it (the store sink appends the events in
+/// flight, which the lane holds until they are durable, without copying them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The event id.
+    pub id: &'a str,
+    /// The event's type.
+    pub ty: &'a str,
+    /// The aggregate its stream belongs to.
+    pub aggregate: &'a str,
+    /// The subject: the aggregate id.
+    pub subject: &'a str,
+    /// The event's time, microseconds since the Unix epoch.
+    pub time_micros: i64,
+    /// The commit LSN it comes from.
+    pub lsn: u64,
+    /// The event as delivered: one JSON line, without its newline.
+    pub event: &'a str,
 }
 
 /// A row change to archive (`archive = true`): what `ficus remap` maps again.
@@ -262,6 +297,14 @@ pub trait EventStore {
         checkpoint: Option<Checkpoint<'_>>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
+    /// [`EventStore::append`], of borrowed events.
+    fn append_refs(
+        &self,
+        batch: &[RecordRef<'_>],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
     /// Up to `limit` archived changes after position `after` that pass the filter's position,
     /// time and LSN bounds, in position order.
     fn read_changes(
@@ -349,6 +392,18 @@ impl EventStore for Store {
         }
     }
 
+    async fn append_refs(
+        &self,
+        batch: &[RecordRef<'_>],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.append_refs(batch, changes, checkpoint).await,
+            Store::Postgres(s) => s.append_refs(batch, changes, checkpoint).await,
+        }
+    }
+
     async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
         match self {
             Store::Sqlite(s) => s.read_changes(filter, after, limit).await,
@@ -411,8 +466,8 @@ fn first_of_each<T>(items: &[T], key: impl Fn(&T) -> &str) -> Vec<(i64, &T)> {
 }
 
 /// The batch without repeats of an id, with each event's place in it.
-pub(crate) fn first_of_each_id(batch: &[Record]) -> Vec<(i64, &Record)> {
-    first_of_each(batch, |r| &r.id)
+pub(crate) fn first_of_each_id<'a, 'r>(batch: &'a [RecordRef<'r>]) -> Vec<(i64, &'a RecordRef<'r>)> {
+    first_of_each(batch, |r| r.id)
 }
 
 /// The archived changes without repeats of a key, with each one's place.

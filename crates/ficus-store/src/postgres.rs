@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::{
-    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record, RecordRef,
     SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, StoredLine, first_of_each_id, first_of_each_key,
     line_from, now_micros, push_filter, relations_of, stored_from,
 };
@@ -191,6 +191,16 @@ impl EventStore for PgStore {
         changes: &[ArchivedChange],
         checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<Appended, StoreError> {
+        let batch: Vec<RecordRef<'_>> = batch.iter().map(Record::as_ref).collect();
+        self.append_refs(&batch, changes, checkpoint).await
+    }
+
+    async fn append_refs(
+        &self,
+        batch: &[RecordRef<'_>],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
         let err = |e| StoreError::sql(&self.shown, "appending events", e);
         let fresh = first_of_each_id(batch);
         let mut tx = self.pool.begin().await.map_err(err)?;
@@ -200,7 +210,7 @@ impl EventStore for PgStore {
             .await
             .map_err(err)?;
         // The batch's ids that are stored already: a repeated id is a no-op.
-        let ids: Vec<&str> = fresh.iter().map(|(_, r)| r.id.as_str()).collect();
+        let ids: Vec<&str> = fresh.iter().map(|(_, r)| r.id).collect();
         let repeated: HashSet<String> = if ids.is_empty() {
             HashSet::new()
         } else {
@@ -212,10 +222,10 @@ impl EventStore for PgStore {
                 .into_iter()
                 .collect()
         };
-        let fresh: Vec<&Record> = fresh
+        let fresh: Vec<&RecordRef<'_>> = fresh
             .into_iter()
             .map(|(_, r)| r)
-            .filter(|r| !repeated.contains(&r.id))
+            .filter(|r| !repeated.contains(r.id))
             .collect();
         let stored = fresh.len() as u64;
         if !fresh.is_empty() {
@@ -223,7 +233,7 @@ impl EventStore for PgStore {
             let mut seen = HashSet::new();
             let streams: Vec<(&str, &str)> = fresh
                 .iter()
-                .map(|r| (r.aggregate.as_str(), r.subject.as_str()))
+                .map(|r| (r.aggregate, r.subject))
                 .filter(|s| seen.insert(*s))
                 .collect();
             let (aggregates, subjects): (Vec<&str>, Vec<&str>) = streams.iter().copied().unzip();
@@ -245,17 +255,17 @@ impl EventStore for PgStore {
             let mut columns = Columns::default();
             for r in &fresh {
                 position += 1;
-                let version = versions.entry((r.aggregate.as_str(), r.subject.as_str())).or_insert(0);
+                let version = versions.entry((r.aggregate, r.subject)).or_insert(0);
                 *version += 1;
                 columns.position.push(position);
                 columns.version.push(*version);
-                columns.id.push(&r.id);
-                columns.ty.push(&r.ty);
-                columns.aggregate.push(&r.aggregate);
-                columns.subject.push(&r.subject);
+                columns.id.push(r.id);
+                columns.ty.push(r.ty);
+                columns.aggregate.push(r.aggregate);
+                columns.subject.push(r.subject);
                 columns.time.push(r.time_micros);
                 columns.lsn.push(r.lsn as i64);
-                columns.event.push(&r.event);
+                columns.event.push(r.event);
             }
             sqlx::query(APPEND)
                 .bind(&columns.position)

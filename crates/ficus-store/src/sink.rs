@@ -7,14 +7,13 @@
 //! position), so streaming again from it after a crash loses nothing anywhere: the other sinks
 //! may see events again, the store leaves out ids it has.
 
-use async_trait::async_trait;
-use ficus_sinks::{Outgoing, Sink, SinkError};
+use ficus_sinks::{Outgoing, SinkError};
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{ArchivedChange, Checkpoint, EventStore, Location, Record, Store, StoreError};
+use crate::{ArchivedChange, Checkpoint, EventStore, Location, RecordRef, Store, StoreError};
 
 /// The store's file when a store sink names neither `path` nor `url`.
 pub const DEFAULT_STORE_PATH: &str = "ficus.db";
@@ -52,11 +51,12 @@ impl StoreConfig {
     }
 }
 
-/// The store sink.
+/// The store sink. Unlike the other sinks, it does not keep the events it is to append: the lane
+/// that drives it holds them until they are durable, and hands them over at each flush, so an
+/// event in flight for the store is held once.
 pub struct StoreSink {
     store: Store,
     slot: String,
-    batch: Vec<Record>,
     changes: Vec<ArchivedChange>,
     /// The checkpoint the next flush records (LSN and what is known of the source there).
     checkpoint: Option<(u64, String)>,
@@ -68,7 +68,6 @@ impl StoreSink {
         StoreSink {
             store,
             slot: slot.to_owned(),
-            batch: Vec::new(),
             changes: Vec::new(),
             checkpoint: None,
         }
@@ -88,53 +87,54 @@ impl StoreSink {
     pub fn checkpoint_at(&mut self, lsn: u64, source: &str) {
         self.checkpoint = Some((lsn, source.to_owned()));
     }
+
+    /// Appends `events` (in their order; ids stored already are left out), the changes to archive
+    /// and the checkpoint, in one transaction; after an error, all of them are still to append.
+    pub async fn flush(&mut self, events: &[&Outgoing]) -> Result<(), SinkError> {
+        if events.is_empty() && self.changes.is_empty() && self.checkpoint.is_none() {
+            return Ok(());
+        }
+        let batch = events.iter().map(|o| record(o)).collect::<Result<Vec<_>, _>>()?;
+        let checkpoint = self.checkpoint.as_ref().map(|(lsn, source)| Checkpoint {
+            slot: &self.slot,
+            lsn: *lsn,
+            source: Some(source),
+        });
+        self.store.append_refs(&batch, &self.changes, checkpoint).await?;
+        self.changes.clear();
+        self.checkpoint = None;
+        Ok(())
+    }
+
+    /// Closes the store.
+    pub async fn close(&mut self) {
+        self.store.close().await;
+    }
 }
 
-/// What the store files an event under, with its line.
-pub fn record(o: &Outgoing) -> Record {
+/// What the store files an event under, with its line: borrowed from the event in flight.
+fn record<'a>(o: &'a Outgoing) -> Result<RecordRef<'a>, SinkError> {
     let e = &o.event;
-    Record {
-        id: e.id.clone(),
-        ty: e.ty.to_string(),
-        aggregate: e.aggregate.to_string(),
-        subject: e.subject.clone(),
+    let event = std::str::from_utf8(&o.line).map_err(|err| {
+        SinkError::definite(
+            format!("event {} is not UTF-8 JSON ({err}): the store keeps JSON text", e.id),
+            "this is a bug in ficus: report it with the event's mapping",
+        )
+    })?;
+    Ok(RecordRef {
+        id: &e.id,
+        ty: &e.ty,
+        aggregate: &e.aggregate,
+        subject: &e.subject,
         time_micros: e.time.micros(),
         lsn: e.lsn.0,
-        event: String::from_utf8_lossy(&o.line).into_owned(),
-    }
+        event,
+    })
 }
 
 impl From<StoreError> for SinkError {
     fn from(e: StoreError) -> SinkError {
         let hint = e.hint().to_owned();
         SinkError::definite(e.to_string(), hint)
-    }
-}
-
-#[async_trait]
-impl Sink for StoreSink {
-    async fn write(&mut self, events: &[&Outgoing]) -> Result<(), SinkError> {
-        self.batch.extend(events.iter().map(|o| record(o)));
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.batch.is_empty() && self.changes.is_empty() && self.checkpoint.is_none() {
-            return Ok(());
-        }
-        let checkpoint = self.checkpoint.as_ref().map(|(lsn, source)| Checkpoint {
-            slot: &self.slot,
-            lsn: *lsn,
-            source: Some(source),
-        });
-        self.store.append(&self.batch, &self.changes, checkpoint).await?;
-        self.batch.clear();
-        self.changes.clear();
-        self.checkpoint = None;
-        Ok(())
-    }
-
-    async fn close(&mut self) {
-        self.store.close().await;
     }
 }

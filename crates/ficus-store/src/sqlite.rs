@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Connection, QueryBuilder, Sqlite};
 
 use crate::{
-    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record, RecordRef,
     SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, StoredLine, first_of_each_id, first_of_each_key,
     line_from, now_micros, push_filter, relations_of, stored_from,
 };
@@ -264,6 +264,16 @@ impl EventStore for SqliteStore {
         changes: &[ArchivedChange],
         checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<Appended, StoreError> {
+        let batch: Vec<RecordRef<'_>> = batch.iter().map(Record::as_ref).collect();
+        self.append_refs(&batch, changes, checkpoint).await
+    }
+
+    async fn append_refs(
+        &self,
+        batch: &[RecordRef<'_>],
+        changes: &[ArchivedChange],
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Appended, StoreError> {
         let err = |e| StoreError::sql(&self.describe(), "appending events", e);
         let fresh = first_of_each_id(batch);
         let mut conn = self.pool.acquire().await.map_err(err)?;
@@ -275,16 +285,16 @@ impl EventStore for SqliteStore {
             let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM events WHERE id IN (");
             let mut ids = q.separated(", ");
             for (_, r) in part {
-                ids.push_bind(r.id.as_str());
+                ids.push_bind(r.id);
             }
             q.push(")");
             let found: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await.map_err(err)?;
             repeated.extend(found);
         }
-        let fresh: Vec<&Record> = fresh
+        let fresh: Vec<&RecordRef<'_>> = fresh
             .into_iter()
             .map(|(_, r)| r)
-            .filter(|r| !repeated.contains(&r.id))
+            .filter(|r| !repeated.contains(r.id))
             .collect();
         // Each stream's last version, once per batch.
         let mut versions: HashMap<(&str, &str), i64> = HashMap::new();
@@ -292,7 +302,7 @@ impl EventStore for SqliteStore {
             let mut seen = HashSet::new();
             fresh
                 .iter()
-                .map(|r| (r.aggregate.as_str(), r.subject.as_str()))
+                .map(|r| (r.aggregate, r.subject))
                 .filter(|s| seen.insert(*s))
                 .collect()
         };
@@ -320,17 +330,17 @@ impl EventStore for SqliteStore {
             );
             q.push_values(part, |mut row, r| {
                 position += 1;
-                let version = versions.entry((r.aggregate.as_str(), r.subject.as_str())).or_insert(0);
+                let version = versions.entry((r.aggregate, r.subject)).or_insert(0);
                 *version += 1;
                 row.push_bind(position)
-                    .push_bind(r.id.as_str())
-                    .push_bind(r.ty.as_str())
-                    .push_bind(r.aggregate.as_str())
-                    .push_bind(r.subject.as_str())
+                    .push_bind(r.id)
+                    .push_bind(r.ty)
+                    .push_bind(r.aggregate)
+                    .push_bind(r.subject)
                     .push_bind(*version)
                     .push_bind(r.time_micros)
                     .push_bind(r.lsn as i64)
-                    .push_bind(r.event.as_str());
+                    .push_bind(r.event);
             });
             q.build().execute(&mut *tx).await.map_err(err)?;
         }

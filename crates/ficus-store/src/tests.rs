@@ -165,7 +165,13 @@ async fn read_filters_by_position_time_lsn_type_and_subject() {
 async fn lines_are_the_stored_events_read_with_the_same_filters() {
     for (store, _db, _dir) in stores().await {
         let batch: Vec<Record> = (1..=10)
-            .map(|n| record(n, if n < 5 { "public.orders" } else { "public.lines" }, &(n % 3).to_string()))
+            .map(|n| {
+                record(
+                    n,
+                    if n < 5 { "public.orders" } else { "public.lines" },
+                    &(n % 3).to_string(),
+                )
+            })
             .collect();
         store.append(&batch, &[], None).await.unwrap();
         let filters = [

@@ -479,7 +479,7 @@ impl Delivery {
         }
         for p in std::mem::take(&mut self.planned) {
             if let Target::Store { mut sink, .. } = p.target {
-                ficus_sinks::Sink::close(&mut sink).await;
+                sink.close().await;
             }
         }
         summaries

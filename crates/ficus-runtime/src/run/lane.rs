@@ -327,7 +327,8 @@ impl Driver {
                 let began = Instant::now();
                 let written = match &mut self.target {
                     Target::Sink(s) => s.write(&routed).await,
-                    Target::Store { sink, .. } => sink.write(&routed).await,
+                    // The store appends the events at its flush, from `unflushed`.
+                    Target::Store { .. } => Ok(()),
                 };
                 self.metrics.write.record(began.elapsed().as_secs_f64());
                 self.unflushed.push((batch, permit));
@@ -382,7 +383,12 @@ impl Driver {
                 if let Some(lsn) = checkpoint {
                     sink.checkpoint_at(lsn.0, source);
                 }
-                sink.flush().await?;
+                let events: Vec<&Outgoing> = self
+                    .unflushed
+                    .iter()
+                    .flat_map(|(batch, _)| routed(batch, &self.routes))
+                    .collect();
+                sink.flush(&events).await?;
                 if let (Some(lsn), Target::Store { recorded, .. }) = (checkpoint, &mut self.target) {
                     *recorded = lsn;
                 }
@@ -470,12 +476,12 @@ impl Driver {
 
     /// Writes every event that is not durable again, in order (a repeat has its id).
     async fn rewrite(&mut self) -> Result<(), SinkError> {
+        // The store appends what is in `unflushed` at each flush: nothing to write again.
+        let Target::Sink(s) = &mut self.target else {
+            return Ok(());
+        };
         for (batch, _) in &self.unflushed {
-            let routed = routed(batch, &self.routes);
-            match &mut self.target {
-                Target::Sink(s) => s.write(&routed).await?,
-                Target::Store { sink, .. } => sink.write(&routed).await?,
-            }
+            s.write(&routed(batch, &self.routes)).await?;
         }
         Ok(())
     }
