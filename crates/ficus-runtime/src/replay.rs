@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ficus_model::{Event, Lsn, Time};
 use ficus_sinks::Outgoing;
-use ficus_store::{EventStore, Filter, Mode, Store, StoreError, StoredLine};
+use ficus_store::{EventStore, Filter, LinePage, Mode, PagedLine, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -160,14 +160,15 @@ async fn read_pages(
 ) {
     let mut shared = Shared::default();
     loop {
-        let read = store.read_lines(&filter, after, PAGE).await;
-        let page = read.map_err(RunError::from).and_then(|rows| {
-            let full = rows.len() as i64 == PAGE;
-            let positions = rows.first().zip(rows.last()).map(|(f, l)| (f.position, l.position));
-            let mut events = Vec::with_capacity(rows.len());
-            for stored in rows {
-                if routes.accepts(&stored.ty) {
-                    events.push(read_back(&store, stored, &mut shared)?);
+        let read = store.read_page(&filter, after, PAGE).await;
+        let page = read.map_err(RunError::from).and_then(|read| {
+            let lines = read.lines();
+            let full = lines.len() as i64 == PAGE;
+            let positions = lines.first().zip(lines.last()).map(|(f, l)| (f.position, l.position));
+            let mut events = Vec::with_capacity(lines.len());
+            for line in lines {
+                if routes.accepts(read.ty(line)) {
+                    events.push(read_back(&store, &read, line, &mut shared)?);
                 }
             }
             Ok((full, Page { events, positions }))
@@ -203,30 +204,30 @@ struct Shared {
     time: Option<Time>,
 }
 
-/// A stored event as it goes out: the stored line, byte for byte, with the event's attributes read
-/// back from it (its data stays in the line, as on every outgoing event).
-fn read_back(store: &Store, stored: StoredLine, shared: &mut Shared) -> Result<Outgoing, RunError> {
+/// A stored event as it goes out: the stored line, byte for byte (a slice of the page), with the
+/// event's attributes read back from it (its data stays in the line, as on every outgoing event).
+fn read_back(store: &Store, page: &LinePage, line: &PagedLine, shared: &mut Shared) -> Result<Outgoing, RunError> {
     let aggregate = match &shared.aggregate {
-        Some(a) if **a == *stored.aggregate => a.clone(),
-        _ => shared.aggregate.insert(Arc::from(stored.aggregate.as_str())).clone(),
+        Some(a) if **a == *page.aggregate(line) => a.clone(),
+        _ => shared.aggregate.insert(Arc::from(page.aggregate(line))).clone(),
     };
     let time = match &shared.time {
-        Some(t) if t.micros() == stored.time_micros => t.clone(),
-        _ => shared.time.insert(Time::from_micros(stored.time_micros)).clone(),
+        Some(t) if t.micros() == line.time_micros => t.clone(),
+        _ => shared.time.insert(Time::from_micros(line.time_micros)).clone(),
     };
-    let event = Event::attributes_from_stored(&stored.event, aggregate, time, Lsn(stored.lsn)).map_err(|e| {
+    let event = Event::attributes_from_stored(page.event(line), aggregate, time, Lsn(line.lsn)).map_err(|e| {
         StoreError::new(
             format!(
                 "{}: the event at position {} does not read back: {e}",
                 store.describe(),
-                stored.position
+                line.position
             ),
             "the store was damaged: restore it from a backup, or replay from a later position (--from)",
         )
     })?;
     Ok(Outgoing {
         event,
-        line: stored.event.into(),
+        line: page.event_bytes(line),
     })
 }
 

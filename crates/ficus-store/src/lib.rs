@@ -17,6 +17,7 @@
 //! held for the append's transaction) and any number of readers while it writes; positions become
 //! visible in order, so a reader following the store never skips one.
 
+mod page;
 mod postgres;
 mod sink;
 mod sqlite;
@@ -25,6 +26,8 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 
+pub(crate) use page::paged_event;
+pub use page::{LinePage, PagedLine};
 pub use postgres::PgStore;
 pub use sink::{DEFAULT_STORE_PATH, StoreConfig, StoreSink};
 pub use sqlite::SqliteStore;
@@ -204,24 +207,6 @@ pub struct Stored {
     pub record: Record,
 }
 
-/// A stored event as a replay sends it: its line, with what the store keeps beside it and the
-/// line does not say (the aggregate, the commit time and LSN as numbers).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredLine {
-    /// Its global position, from 1.
-    pub position: i64,
-    /// The event's type.
-    pub ty: String,
-    /// The aggregate its stream belongs to.
-    pub aggregate: String,
-    /// The event's time, microseconds since the Unix epoch.
-    pub time_micros: i64,
-    /// The commit LSN it comes from.
-    pub lsn: u64,
-    /// The event as delivered: one JSON line, without its newline.
-    pub event: String,
-}
-
 /// What an append did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Appended {
@@ -331,14 +316,14 @@ pub trait EventStore {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
 
-    /// [`EventStore::read`], each event as its line and what a replay needs beside it: what a
-    /// reader of many events reads, three columns fewer a row.
-    fn read_lines(
+    /// [`EventStore::read`] as a replay reads it: the events' lines, and what a line does not say,
+    /// in one page.
+    fn read_page(
         &self,
         filter: &Filter,
         after: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<StoredLine>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<LinePage, StoreError>> + Send;
 
     /// The last position (0 when the store is empty).
     fn end(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
@@ -439,10 +424,10 @@ impl EventStore for Store {
         }
     }
 
-    async fn read_lines(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredLine>, StoreError> {
+    async fn read_page(&self, filter: &Filter, after: i64, limit: i64) -> Result<LinePage, StoreError> {
         match self {
-            Store::Sqlite(s) => s.read_lines(filter, after, limit).await,
-            Store::Postgres(s) => s.read_lines(filter, after, limit).await,
+            Store::Sqlite(s) => s.read_page(filter, after, limit).await,
+            Store::Postgres(s) => s.read_page(filter, after, limit).await,
         }
     }
 
@@ -515,27 +500,6 @@ where
             lsn: row.try_get::<i64, _>(7)? as u64,
             event: row.try_get(8)?,
         },
-    })
-}
-
-/// The columns of a stored line, in the order the backends select them.
-pub(crate) const LINE_COLUMNS: &str = "position, type, aggregate, time_us, lsn, event";
-
-/// A stored line from a row selected with [`LINE_COLUMNS`].
-pub(crate) fn line_from<'r, R>(row: &'r R) -> Result<StoredLine, sqlx::Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(StoredLine {
-        position: row.try_get(0)?,
-        ty: row.try_get(1)?,
-        aggregate: row.try_get(2)?,
-        time_micros: row.try_get(3)?,
-        lsn: row.try_get::<i64, _>(4)? as u64,
-        event: row.try_get(5)?,
     })
 }
 

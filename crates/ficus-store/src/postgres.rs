@@ -10,9 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::{
-    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record, RecordRef,
-    SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, StoredLine, first_of_each_id, first_of_each_key,
-    line_from, now_micros, push_filter, relations_of, stored_from,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LinePage, Mode, Record, RecordRef,
+    SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros,
+    paged_event, push_filter, relations_of, stored_from,
 };
 
 const SCHEMA: &[&str] = &[
@@ -378,20 +378,25 @@ impl EventStore for PgStore {
             .map_err(|e| StoreError::sql(&self.shown, "reading events", e))
     }
 
-    async fn read_lines(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredLine>, StoreError> {
-        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {LINE_COLUMNS} FROM ficus.events WHERE position > "));
+    async fn read_page(&self, filter: &Filter, after: i64, limit: i64) -> Result<LinePage, StoreError> {
+        let event = paged_event(|c| format!("octet_length({c})"));
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT string_agg({event}, '') FROM (SELECT * FROM ficus.events WHERE position > "
+        ));
         q.push_bind(after);
         push_filter(&mut q, filter);
-        q.push(" ORDER BY position LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
+        q.push(" ORDER BY position LIMIT ").push_bind(limit).push(") page");
+        let text: Option<String> = q
+            .build_query_scalar()
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| StoreError::sql(&self.shown, "reading events", e))?;
-        rows.iter()
-            .map(line_from)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::sql(&self.shown, "reading events", e))
+        LinePage::parse(text).map_err(|e| {
+            StoreError::new(
+                format!("{}: {e}", self.shown),
+                "the store was damaged: restore it from a backup, or replay from a later position (--from)",
+            )
+        })
     }
 
     async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {

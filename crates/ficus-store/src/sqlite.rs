@@ -12,9 +12,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Connection, QueryBuilder, Sqlite};
 
 use crate::{
-    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LINE_COLUMNS, Mode, Record, RecordRef,
-    SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, StoredLine, first_of_each_id, first_of_each_key,
-    line_from, now_micros, push_filter, relations_of, stored_from,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LinePage, Mode, Record, RecordRef,
+    SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros,
+    paged_event, push_filter, relations_of, stored_from,
 };
 
 /// Rows per INSERT statement: 9 parameters each, under SQLite's 32,766.
@@ -439,20 +439,25 @@ impl EventStore for SqliteStore {
             .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))
     }
 
-    async fn read_lines(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredLine>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {LINE_COLUMNS} FROM events WHERE position > "));
+    async fn read_page(&self, filter: &Filter, after: i64, limit: i64) -> Result<LinePage, StoreError> {
+        let event = paged_event(|c| format!("length(CAST({c} AS BLOB))"));
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT string_agg({event}, '') FROM (SELECT * FROM events WHERE position > "
+        ));
         q.push_bind(after);
         push_filter(&mut q, filter);
-        q.push(" ORDER BY position LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
+        q.push(" ORDER BY position LIMIT ").push_bind(limit).push(") page");
+        let text: Option<String> = q
+            .build_query_scalar()
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))?;
-        rows.iter()
-            .map(line_from)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::sql(&self.describe(), "reading events", e))
+        LinePage::parse(text).map_err(|e| {
+            StoreError::new(
+                format!("{}: {e}", self.describe()),
+                "the store was damaged: restore it from a backup, or replay from a later position (--from)",
+            )
+        })
     }
 
     async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
