@@ -986,6 +986,12 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<R
             ROWS_PER_COMMIT as u128 * 1000 / COMMIT_EVERY.as_millis(),
             options.latency_for
         ));
+        // What the runs before wrote (hundreds of MB of stores and files) is written back by the
+        // kernel some 30 s later, in the middle of this measure if nothing flushes it first:
+        // every fsync then waits behind it. Each latency measure starts on a disk with nothing
+        // dirty, as the other measures start on a server with nothing else to do.
+        let synced = Command::new("sync").status().context("sync")?;
+        anyhow::ensure!(synced.success(), "sync failed: {synced}");
         latencies.push(bench.latency(name, path, sink, options.latency_for).await?);
     }
 
