@@ -152,7 +152,7 @@ pub fn sinks_of(config: &Config) -> Result<Vec<Sink>, ProjectError> {
             name: None,
             live: true,
             events: vec![],
-            max_in_flight: 1,
+            max_in_flight: None,
             settings: Default::default(),
             at: (0, 0),
         };

@@ -163,7 +163,7 @@ impl Config {
                 name: sink.name.clone(),
                 live: sink.live,
                 events: sink.events.clone(),
-                max_in_flight: sink.max_in_flight,
+                max_in_flight: sink.max_in_flight(),
                 kind,
             });
         }
