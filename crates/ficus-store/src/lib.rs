@@ -280,7 +280,15 @@ pub trait EventStore {
         batch: &[Record],
         changes: &[ArchivedChange],
         checkpoint: Option<Checkpoint<'_>>,
-    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let batch: Vec<RecordRef<'_>> = batch.iter().map(Record::as_ref).collect();
+            self.append_refs(&batch, changes, checkpoint).await
+        }
+    }
 
     /// [`EventStore::append`], of borrowed events.
     fn append_refs(
@@ -365,18 +373,6 @@ impl Store {
 }
 
 impl EventStore for Store {
-    async fn append(
-        &self,
-        batch: &[Record],
-        changes: &[ArchivedChange],
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> Result<Appended, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.append(batch, changes, checkpoint).await,
-            Store::Postgres(s) => s.append(batch, changes, checkpoint).await,
-        }
-    }
-
     async fn append_refs(
         &self,
         batch: &[RecordRef<'_>],
@@ -500,6 +496,39 @@ where
             lsn: row.try_get::<i64, _>(7)? as u64,
             event: row.try_get(8)?,
         },
+    })
+}
+
+/// The query of a page of events (`read_page`) in `table`, with the backend's byte `length`.
+pub(crate) fn page_query<'a, DB>(
+    table: &str,
+    length: impl Fn(&str) -> String,
+    filter: &'a Filter,
+    after: i64,
+    limit: i64,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new(format!(
+        "SELECT string_agg({}, '') FROM (SELECT * FROM {table} WHERE position > ",
+        paged_event(length)
+    ));
+    q.push_bind(after);
+    push_filter(&mut q, filter);
+    q.push(" ORDER BY position LIMIT ").push_bind(limit).push(") page");
+    q
+}
+
+/// The page a store built, or what is wrong with it.
+pub(crate) fn page_from(store: &str, text: Option<String>) -> Result<LinePage, StoreError> {
+    LinePage::parse(text).map_err(|e| {
+        StoreError::new(
+            format!("{store}: {e}"),
+            "the store was damaged: restore it from a backup, or replay from a later position (--from)",
+        )
     })
 }
 

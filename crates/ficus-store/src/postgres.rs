@@ -10,9 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::{
-    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LinePage, Mode, Record, RecordRef,
+    Appended, ArchivedChange, COLUMNS, Checkpoint, EventStore, FORMAT, Filter, LinePage, Mode, RecordRef,
     SCHEMA_VERSION, SavedCheckpoint, StoreError, Stored, StoredChange, first_of_each_id, first_of_each_key, now_micros,
-    paged_event, push_filter, relations_of, stored_from,
+    page_from, page_query, push_filter, relations_of, stored_from,
 };
 
 const SCHEMA: &[&str] = &[
@@ -185,16 +185,6 @@ impl PgStore {
 }
 
 impl EventStore for PgStore {
-    async fn append(
-        &self,
-        batch: &[Record],
-        changes: &[ArchivedChange],
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> Result<Appended, StoreError> {
-        let batch: Vec<RecordRef<'_>> = batch.iter().map(Record::as_ref).collect();
-        self.append_refs(&batch, changes, checkpoint).await
-    }
-
     async fn append_refs(
         &self,
         batch: &[RecordRef<'_>],
@@ -379,24 +369,13 @@ impl EventStore for PgStore {
     }
 
     async fn read_page(&self, filter: &Filter, after: i64, limit: i64) -> Result<LinePage, StoreError> {
-        let event = paged_event(|c| format!("octet_length({c})"));
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT string_agg({event}, '') FROM (SELECT * FROM ficus.events WHERE position > "
-        ));
-        q.push_bind(after);
-        push_filter(&mut q, filter);
-        q.push(" ORDER BY position LIMIT ").push_bind(limit).push(") page");
-        let text: Option<String> = q
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| StoreError::sql(&self.shown, "reading events", e))?;
-        LinePage::parse(text).map_err(|e| {
-            StoreError::new(
-                format!("{}: {e}", self.shown),
-                "the store was damaged: restore it from a backup, or replay from a later position (--from)",
-            )
-        })
+        let text: Option<String> =
+            page_query::<Postgres>("ficus.events", |c| format!("octet_length({c})"), filter, after, limit)
+                .build_query_scalar()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| StoreError::sql(&self.shown, "reading events", e))?;
+        page_from(&self.shown, text)
     }
 
     async fn read_changes(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
