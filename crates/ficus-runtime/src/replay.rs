@@ -163,7 +163,9 @@ async fn read_pages(
         let read = store.read_page(&filter, after, PAGE).await;
         let page = read.map_err(RunError::from).and_then(|read| {
             let lines = read.lines();
-            let full = lines.len() as i64 == PAGE;
+            // A page may hold fewer events than asked for and not be the last (the store reads
+            // fewer at a time when a page would not fit in one value): the end is an empty page.
+            let full = !lines.is_empty();
             let positions = lines.first().zip(lines.last()).map(|(f, l)| (f.position, l.position));
             let mut events = Vec::with_capacity(lines.len());
             for line in lines {

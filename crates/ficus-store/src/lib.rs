@@ -325,7 +325,8 @@ pub trait EventStore {
     ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
 
     /// [`EventStore::read`] as a replay reads it: the events' lines, and what a line does not say,
-    /// in one page.
+    /// in one page. [`Store`] reads fewer than `limit` events when the page would not fit in one
+    /// value: only an empty page says there is nothing after `after`.
     fn read_page(
         &self,
         filter: &Filter,
@@ -421,9 +422,19 @@ impl EventStore for Store {
     }
 
     async fn read_page(&self, filter: &Filter, after: i64, limit: i64) -> Result<LinePage, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.read_page(filter, after, limit).await,
-            Store::Postgres(s) => s.read_page(filter, after, limit).await,
+        let mut limit = limit;
+        loop {
+            let read = match self {
+                Store::Sqlite(s) => s.read_page(filter, after, limit).await,
+                Store::Postgres(s) => s.read_page(filter, after, limit).await,
+            };
+            match read {
+                // A page is one value, and a value has a limit (1 GB in SQLite and Postgres): a
+                // page of events of a megabyte and more is read in fewer events at a time, down
+                // to one, whose error (if it still fails) is the one to show.
+                Err(_) if limit > 1 => limit = (limit / 16).max(1),
+                read => return read,
+            }
         }
     }
 
