@@ -432,7 +432,10 @@ impl EventStore for Store {
                 // A page is one value, and a value has a limit (1 GB in SQLite and Postgres): a
                 // page of events of a megabyte and more is read in fewer events at a time, down
                 // to one, whose error (if it still fails) is the one to show.
-                Err(_) if limit > 1 => limit = (limit / 16).max(1),
+                Err(e) if limit > 1 => {
+                    limit = (limit / 16).max(1);
+                    tracing::debug!(store = %self.describe(), after, limit, error = %e, "a page failed; reading fewer events at a time");
+                }
                 read => return read,
             }
         }
