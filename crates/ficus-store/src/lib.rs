@@ -33,10 +33,15 @@ pub use sink::{DEFAULT_STORE_PATH, StoreConfig, StoreSink};
 pub use sqlite::SqliteStore;
 
 /// The store format's version, written in the store; a store of a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Format versions: 1, the first; 2 adds `checkpoints.source` (what the runtime knows of the
-/// source at the checkpoint). A writer upgrades a store of version 1 in place; a reader reads both.
+/// source at the checkpoint); 3: the SQLite store finds a stored id by its key
+/// (`events.id_key`, [`id_key`], indexed) instead of a unique index on the id's text (the Postgres
+/// store's tables are those of version 2). A writer upgrades an older store in place; a reader
+/// reads every version.
 const FIRST_WITH_SOURCE: i64 = 2;
+/// The first format version whose SQLite `events` has `id_key`.
+const FIRST_WITH_ID_KEY: i64 = 3;
 /// The value of `format` in a store's metadata: how ficus knows a store from a foreign database.
 pub const FORMAT: &str = "ficus-store";
 
@@ -615,4 +620,22 @@ pub(crate) fn missing_table(store: &str, table: &str) -> StoreError {
 /// Whether a store of this format version has `checkpoints.source`.
 pub(crate) fn has_source(version: i64) -> bool {
     version >= FIRST_WITH_SOURCE
+}
+
+/// Whether a SQLite store of this format version has `events.id_key`.
+pub(crate) fn has_id_key(version: i64) -> bool {
+    version >= FIRST_WITH_ID_KEY
+}
+
+/// The key the SQLite store finds an event id by: the id's 64-bit FNV-1a hash, as a signed
+/// integer. Part of the store's format (version 3 on): it never changes.
+///
+/// An index of 8-byte keys is a fraction of one of 36-character ids, and an append rewrites every
+/// page of it that its events land on — at random, as ids are hashes (UUID v5). Two ids may share
+/// a key: the key only finds candidates, and the ids themselves are compared.
+pub(crate) fn id_key(id: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = id.bytes().fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    hash as i64
 }

@@ -122,7 +122,7 @@ impl PgStore {
             }
         }
         store.source_column = crate::has_source(version);
-        if !store.source_column && mode == Mode::Create {
+        if version < SCHEMA_VERSION && mode == Mode::Create {
             store.upgrade().await?;
         }
         Ok(store)
@@ -155,7 +155,8 @@ impl PgStore {
         tx.commit().await.map_err(err)
     }
 
-    /// Brings a store of format version 1 to the current one: `checkpoints.source`.
+    /// Brings a store of an older format version to the current one: `checkpoints.source`
+    /// (version 2; version 3 changed the SQLite store only).
     async fn upgrade(&mut self) -> Result<(), StoreError> {
         let err = |e| StoreError::sql(&self.shown, "upgrading the store's format", e);
         let mut tx = self.pool.begin().await.map_err(err)?;

@@ -466,3 +466,94 @@ async fn a_store_of_format_version_1_is_read_as_it_is_and_upgraded_by_a_writer()
         drop(db);
     }
 }
+
+#[tokio::test]
+async fn a_sqlite_store_of_format_version_2_is_read_as_it_is_and_rewritten_with_id_keys_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ficus.db");
+    // What a store of format version 2 looks like: a unique index on the ids' text, no id_key.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE ficus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO ficus_meta VALUES ('format', 'ficus-store'), ('schema_version', '2');
+         CREATE TABLE events (
+             position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+             aggregate TEXT NOT NULL, subject TEXT NOT NULL, version INTEGER NOT NULL,
+             time_us INTEGER NOT NULL, lsn INTEGER NOT NULL, event TEXT NOT NULL,
+             UNIQUE (aggregate, subject, version));
+         CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL, source TEXT);
+         INSERT INTO checkpoints VALUES ('s', 4096, 0, 'source 1');
+         CREATE TABLE relations (id INTEGER PRIMARY KEY, description TEXT NOT NULL UNIQUE);
+         CREATE TABLE changes (position INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, lsn INTEGER NOT NULL,
+             time_us INTEGER NOT NULL, relation INTEGER NOT NULL REFERENCES relations (id), change TEXT NOT NULL);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let old: Vec<Record> = (1..=2_500)
+        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
+        .collect();
+    for (i, r) in old.iter().enumerate() {
+        sqlx::query("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(i as i64 + 1)
+            .bind(&r.id)
+            .bind(&r.ty)
+            .bind(&r.aggregate)
+            .bind(&r.subject)
+            .bind(i as i64 / 7 + 1)
+            .bind(r.time_micros)
+            .bind(r.lsn as i64)
+            .bind(&r.event)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sqlx::Connection::close(conn).await.unwrap();
+    let location = Location::Sqlite(path.clone());
+
+    let reader = Store::open(&location, Mode::Existing).await.unwrap();
+    let before = reader.read(&Filter::default(), 0, 10_000).await.unwrap();
+    assert_eq!(before.len(), 2_500);
+    let refused = reader.append(&old[..1], &[], None).await.unwrap_err();
+    assert!(refused.to_string().contains("older format"), "{refused}");
+    reader.close().await;
+
+    // The writer rewrites the events with their keys (in pages of 2,000: more than one here).
+    let writer = Store::open(&location, Mode::Create).await.unwrap();
+    assert_eq!(writer.read(&Filter::default(), 0, 10_000).await.unwrap(), before);
+    let again = vec![old[0].clone(), old[2_499].clone(), record(2_501, "public.orders", "1")];
+    let appended = writer.append(&again, &[], None).await.unwrap();
+    assert_eq!(appended, Appended { stored: 1, repeated: 2 });
+    assert_eq!(writer.end().await.unwrap(), 2_501);
+    assert_eq!(
+        writer.checkpoint("s").await.unwrap(),
+        Some(SavedCheckpoint {
+            lsn: 4096,
+            source: Some("source 1".into())
+        })
+    );
+    let Store::Sqlite(s) = &writer else { unreachable!() };
+    let meta: (String, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT value FROM ficus_meta WHERE key = 'schema_version'),
+                (SELECT count(*) FROM sqlite_master WHERE name IN ('events_id_key', 'events_before_v3')),
+                (SELECT count(*) FROM events WHERE id_key = 0)",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(meta, (SCHEMA_VERSION.to_string(), 1, 0));
+    writer.close().await;
+}
+
+#[test]
+fn an_id_key_is_the_ids_fnv_1a_hash_and_never_changes() {
+    // FNV-1a 64 test vectors: the keys of stores already written depend on them.
+    assert_eq!(id_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+    assert_eq!(id_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+    assert_eq!(id_key("foobar"), 0x8594_4171_f739_67e8_u64 as i64);
+}
