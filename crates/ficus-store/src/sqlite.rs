@@ -273,7 +273,7 @@ impl SqliteStore {
             ] {
                 sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
             }
-            let mut after = 0_i64;
+            let (mut after, mut written, began) = (0_i64, 0_i64, std::time::Instant::now());
             loop {
                 let ids: Vec<(i64, String)> = sqlx::query_as(
                     "SELECT position, id FROM events_before_v3 WHERE position > ? ORDER BY position LIMIT ?",
@@ -295,6 +295,11 @@ impl SqliteStore {
                      FROM k JOIN events_before_v3 e ON e.position = k.position",
                 );
                 q.build().execute(&mut *tx).await.map_err(err)?;
+                written += ids.len() as i64;
+                // A long upgrade says where it is, about every ten seconds.
+                if written % 1_000_000 < ROWS_PER_LOOKUP as i64 {
+                    tracing::info!(store = %self.describe(), written, of = events, elapsed = ?began.elapsed(), "upgrading the store to format version 3");
+                }
             }
             sqlx::query("DROP TABLE events_before_v3")
                 .execute(&mut *tx)
