@@ -140,6 +140,29 @@ impl Event {
         let e: Stored<'_, serde::de::IgnoredAny> = serde_json::from_str(line).map_err(|e| e.to_string())?;
         e.into_event(aggregate, time, lsn, |_| Data::default())
     }
+
+    /// The attributes ficus routes and orders a stored event by — its type, aggregate, commit time
+    /// and LSN, which the store keeps in columns of their own — and no others: its id, source and
+    /// subject are empty, its version and txid 0. Only for a sink that writes the event's line and
+    /// reads none of its attributes (`Sink::reads_attributes`), which the line holds as stored.
+    pub fn routing_only(ty: Arc<str>, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Event {
+        Event {
+            specversion: "1.0",
+            id: String::new(),
+            source: Arc::from(""),
+            ty,
+            aggregate,
+            subject: String::new(),
+            time,
+            datacontenttype: "application/json",
+            eventversion: 0,
+            lsn,
+            txid: 0,
+            backfill: None,
+            unavailable: None,
+            data: Data::default(),
+        }
+    }
 }
 
 impl<D> Stored<'_, D> {

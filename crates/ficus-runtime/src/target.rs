@@ -56,6 +56,12 @@ impl Target {
         })
     }
 
+    /// Whether the sink reads the events' attributes, or only writes their lines
+    /// ([`Sink::reads_attributes`]).
+    pub fn reads_attributes(&self) -> bool {
+        self.sink.reads_attributes()
+    }
+
     /// Whether the sink takes events of this type.
     pub fn accepts(&self, ty: &str) -> bool {
         self.routes.accepts(ty)

@@ -116,6 +116,10 @@ impl Sink for JsonlSink {
         synced.map_err(|e| self.err(e))
     }
 
+    fn reads_attributes(&self) -> bool {
+        false
+    }
+
     /// The file can be appended to, or created (nothing is written).
     async fn health(&mut self) -> Result<(), SinkError> {
         if self.path.exists() {

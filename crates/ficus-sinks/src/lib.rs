@@ -81,4 +81,13 @@ pub trait Sink: Send {
     fn summary(&self) -> Option<String> {
         None
     }
+
+    /// Whether the sink reads an event's attributes ([`Outgoing::event`]: its id, subject, …),
+    /// or writes its line and nothing else. A sink that only writes lines may be handed events
+    /// whose attributes are only those ficus routes them by ([`ficus_model::Event::routing_only`]):
+    /// replay then writes the stored lines out without reading each one back. Every sink reads
+    /// them unless it says otherwise.
+    fn reads_attributes(&self) -> bool {
+        true
+    }
 }

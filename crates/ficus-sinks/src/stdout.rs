@@ -39,4 +39,8 @@ impl Sink for StdoutSink {
     async fn flush(&mut self) -> Result<(), SinkError> {
         Ok(self.0.flush()?)
     }
+
+    fn reads_attributes(&self) -> bool {
+        false
+    }
 }
