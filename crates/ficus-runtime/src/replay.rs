@@ -213,7 +213,7 @@ struct Shared {
 /// A stored event as it goes out: the stored line, byte for byte (a slice of the page), with the
 /// event's attributes read back from it (its data stays in the line, as on every outgoing event)
 /// — or, for a sink that reads no attributes (`attributes` false: stdout, jsonl), with only those
-/// the store keeps in columns, and the line not read: reading every line back was a third of a
+/// the store keeps in columns, and the line not read: reading every line back was a fifth of a
 /// replay's time.
 fn read_back(
     store: &Store,
