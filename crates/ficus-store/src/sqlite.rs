@@ -250,6 +250,17 @@ impl SqliteStore {
         let err = |e| StoreError::sql(&self.describe(), "upgrading the store's format", e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        // Another writer opening the store at the same moment may have upgraded it first: what
+        // is done is read again under the lock.
+        let version: String = sqlx::query_scalar("SELECT value FROM ficus_meta WHERE key = 'schema_version'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        if version.parse::<i64>().is_ok_and(|v| v >= SCHEMA_VERSION) {
+            self.source_column = true;
+            self.id_key_column = true;
+            return Ok(());
+        }
         if !self.source_column {
             sqlx::query("ALTER TABLE checkpoints ADD COLUMN source TEXT")
                 .execute(&mut *tx)

@@ -467,38 +467,39 @@ async fn a_store_of_format_version_1_is_read_as_it_is_and_upgraded_by_a_writer()
     }
 }
 
-#[tokio::test]
-async fn a_sqlite_store_of_format_version_2_is_read_as_it_is_and_rewritten_with_id_keys_by_a_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ficus.db");
-    // What a store of format version 2 looks like: a unique index on the ids' text, no id_key.
+/// A SQLite store of format version 1 or 2, as those versions made them (2 has
+/// `checkpoints.source`; neither has `events.id_key`), holding `events` at positions from 1 — the
+/// i-th (from 0) at version i / 7 + 1 of its stream: give the events seven subjects in turn.
+async fn an_old_sqlite_store(path: &std::path::Path, version: u32, events: &[Record]) {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
+        .filename(path)
         .create_if_missing(true);
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
         .await
         .unwrap();
-    sqlx::raw_sql(
+    let (source_column, source) = if version >= 2 {
+        (", source TEXT", ", 'source 1'")
+    } else {
+        ("", "")
+    };
+    sqlx::raw_sql(&format!(
         "CREATE TABLE ficus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         INSERT INTO ficus_meta VALUES ('format', 'ficus-store'), ('schema_version', '2');
+         INSERT INTO ficus_meta VALUES ('format', 'ficus-store'), ('schema_version', '{version}');
          CREATE TABLE events (
              position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
              aggregate TEXT NOT NULL, subject TEXT NOT NULL, version INTEGER NOT NULL,
              time_us INTEGER NOT NULL, lsn INTEGER NOT NULL, event TEXT NOT NULL,
              UNIQUE (aggregate, subject, version));
-         CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL, source TEXT);
-         INSERT INTO checkpoints VALUES ('s', 4096, 0, 'source 1');
+         CREATE TABLE checkpoints (slot TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_us INTEGER NOT NULL{source_column});
+         INSERT INTO checkpoints VALUES ('s', 4096, 0{source});
          CREATE TABLE relations (id INTEGER PRIMARY KEY, description TEXT NOT NULL UNIQUE);
          CREATE TABLE changes (position INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, lsn INTEGER NOT NULL,
-             time_us INTEGER NOT NULL, relation INTEGER NOT NULL REFERENCES relations (id), change TEXT NOT NULL);",
-    )
+             time_us INTEGER NOT NULL, relation INTEGER NOT NULL REFERENCES relations (id), change TEXT NOT NULL);"
+    ))
     .execute(&mut conn)
     .await
     .unwrap();
-    let old: Vec<Record> = (1..=2_500)
-        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
-        .collect();
-    for (i, r) in old.iter().enumerate() {
+    for (i, r) in events.iter().enumerate() {
         sqlx::query("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(i as i64 + 1)
             .bind(&r.id)
@@ -514,6 +515,16 @@ async fn a_sqlite_store_of_format_version_2_is_read_as_it_is_and_rewritten_with_
             .unwrap();
     }
     sqlx::Connection::close(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sqlite_store_of_format_version_2_is_read_as_it_is_and_rewritten_with_id_keys_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ficus.db");
+    let old: Vec<Record> = (1..=2_500)
+        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
+        .collect();
+    an_old_sqlite_store(&path, 2, &old).await;
     let location = Location::Sqlite(path.clone());
 
     let reader = Store::open(&location, Mode::Existing).await.unwrap();
@@ -556,4 +567,32 @@ fn an_id_key_is_the_ids_fnv_1a_hash_and_never_changes() {
     assert_eq!(id_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
     assert_eq!(id_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
     assert_eq!(id_key("foobar"), 0x8594_4171_f739_67e8_u64 as i64);
+}
+
+#[tokio::test]
+async fn two_writers_opening_an_old_sqlite_store_at_once_upgrade_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ficus.db");
+    let old: Vec<Record> = (1..=100)
+        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
+        .collect();
+    // Version 1: the second writer to take the lock would add checkpoints.source again.
+    an_old_sqlite_store(&path, 1, &old).await;
+    let location = Location::Sqlite(path.clone());
+    let (a, b) = tokio::join!(
+        Store::open(&location, Mode::Create),
+        Store::open(&location, Mode::Create)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for store in [&a, &b] {
+        assert_eq!(store.read(&Filter::default(), 0, 1_000).await.unwrap().len(), 100);
+        assert_eq!(store.checkpoint("s").await.unwrap().map(|c| c.lsn), Some(4096));
+    }
+    let appended = b
+        .append(&[old[0].clone(), record(101, "public.orders", "1")], &[], None)
+        .await
+        .unwrap();
+    assert_eq!(appended, Appended { stored: 1, repeated: 1 });
+    a.close().await;
+    b.close().await;
 }
