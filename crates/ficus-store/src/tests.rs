@@ -471,9 +471,11 @@ async fn a_store_of_format_version_1_is_read_as_it_is_and_upgraded_by_a_writer()
 /// `checkpoints.source`; neither has `events.id_key`), holding `events` at positions from 1 — the
 /// i-th (from 0) at version i / 7 + 1 of its stream: give the events seven subjects in turn.
 async fn an_old_sqlite_store(path: &std::path::Path, version: u32, events: &[Record]) {
+    // In WAL mode, as every ficus store is: a reader never waits for the writer.
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true);
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
         .await
         .unwrap();
