@@ -251,23 +251,19 @@ impl SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(err)?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         // Another writer opening the store at the same moment may have upgraded it first: what
-        // is done is read again under the lock.
-        let version: String = sqlx::query_scalar("SELECT value FROM ficus_meta WHERE key = 'schema_version'")
-            .fetch_one(&mut *tx)
+        // is to be done follows from the version read again under the lock.
+        let meta: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM ficus_meta")
+            .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
-        if version.parse::<i64>().is_ok_and(|v| v >= SCHEMA_VERSION) {
-            self.source_column = true;
-            self.id_key_column = true;
-            return Ok(());
-        }
-        if !self.source_column {
+        let version = crate::check_meta(&self.describe(), &meta)?;
+        if !crate::has_source(version) {
             sqlx::query("ALTER TABLE checkpoints ADD COLUMN source TEXT")
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
         }
-        if !self.id_key_column {
+        if !crate::has_id_key(version) {
             let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
                 .fetch_one(&mut *tx)
                 .await
