@@ -468,9 +468,12 @@ async fn a_store_of_format_version_1_is_read_as_it_is_and_upgraded_by_a_writer()
 }
 
 /// A SQLite store of format version 1 or 2, as those versions made them (2 has
-/// `checkpoints.source`; neither has `events.id_key`), holding `events` at positions from 1 — the
-/// i-th (from 0) at version i / 7 + 1 of its stream: give the events seven subjects in turn.
-async fn an_old_sqlite_store(path: &std::path::Path, version: u32, events: &[Record]) {
+/// `checkpoints.source`; neither has `events.id_key`), in `path`, holding `n` events at positions
+/// from 1 (seven streams in turn); the events it holds.
+async fn an_old_sqlite_store(path: &std::path::Path, version: u32, n: u32) -> Vec<Record> {
+    let events: Vec<Record> = (1..=n)
+        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
+        .collect();
     // In WAL mode, as every ficus store is: a reader never waits for the writer.
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
@@ -517,16 +520,14 @@ async fn an_old_sqlite_store(path: &std::path::Path, version: u32, events: &[Rec
             .unwrap();
     }
     sqlx::Connection::close(conn).await.unwrap();
+    events
 }
 
 #[tokio::test]
 async fn a_sqlite_store_of_format_version_2_is_read_as_it_is_and_rewritten_with_id_keys_by_a_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ficus.db");
-    let old: Vec<Record> = (1..=2_500)
-        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
-        .collect();
-    an_old_sqlite_store(&path, 2, &old).await;
+    let old = an_old_sqlite_store(&path, 2, 2_500).await;
     let location = Location::Sqlite(path.clone());
 
     let reader = Store::open(&location, Mode::Existing).await.unwrap();
@@ -575,11 +576,8 @@ fn an_id_key_is_the_ids_fnv_1a_hash_and_never_changes() {
 async fn two_writers_opening_an_old_sqlite_store_at_once_upgrade_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ficus.db");
-    let old: Vec<Record> = (1..=100)
-        .map(|n| record(n, "public.orders", &(n % 7).to_string()))
-        .collect();
     // Version 1: the second writer to take the lock would add checkpoints.source again.
-    an_old_sqlite_store(&path, 1, &old).await;
+    let old = an_old_sqlite_store(&path, 1, 100).await;
     let location = Location::Sqlite(path.clone());
     let (a, b) = tokio::join!(
         Store::open(&location, Mode::Create),
