@@ -24,6 +24,17 @@ create table orders (
 -- OrderPaid reads old.status: updates must carry the old row.
 alter table orders replica identity full;
 
+-- An order's lines, written in the order's transaction: OrderPlaced carries them (collected
+-- rows), and a line added later is an OrderLinesAdded of the order.
+create table order_lines (
+  id       bigserial primary key,
+  order_id bigint not null references orders,
+  line_no  int not null,
+  sku      text not null,
+  quantity int not null check (quantity > 0),
+  price    money_amount not null
+);
+
 -- Not mapped: ficus never sees it, however busy it is.
 create table page_views (
   id   bigserial primary key,

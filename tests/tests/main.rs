@@ -20,5 +20,6 @@ mod publication;
 mod redis;
 mod status;
 mod store;
+mod transactions;
 mod values;
 mod verify;

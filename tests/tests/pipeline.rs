@@ -23,7 +23,7 @@ pub(crate) async fn shop() -> Project {
 async fn shop_example_end_to_end() {
     let p = shop().await;
     let out = p.ok(&["check"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 mapping(s) of 2 table(s) check out"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 mapping(s) of 3 table(s) check out"));
     // The customer from before ficus, as a snapshot event (this creates the slot).
     p.ok(&["backfill"]);
     let existing = p.events();
@@ -36,7 +36,7 @@ async fn shop_example_end_to_end() {
     let events = p.events();
     insta::assert_snapshot!(redacted(&events));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("delivered 8 events from"), "{log}");
+    assert!(log.contains("delivered 9 events from"), "{log}");
     let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "ids are unique");
     // Caught up means acknowledged: a second run delivers nothing again.
@@ -68,7 +68,7 @@ async fn a_second_slot_gives_the_same_ids() {
             .collect::<Vec<_>>()
     };
     let first = ids(p.events());
-    assert_eq!(first.len(), 8);
+    assert_eq!(first.len(), 9);
     assert_eq!(first, ids(p.events_in("second.jsonl")));
     // The exited ficus's walsender may hold the slot a moment longer.
     ficus_testkit::wait_for(

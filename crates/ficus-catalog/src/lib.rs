@@ -52,25 +52,41 @@ pub struct Source {
 /// types and nullability (tables it lacks leave their fields untyped).
 pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
     let mut out: BTreeMap<(String, u32), EventVersion> = BTreeMap::new();
-    for m in compiled.mappings() {
-        let table = tables.get(&m.table);
-        let entry = out
-            .entry((m.name.to_string(), m.version))
+    let mut add = |name: &str, version: u32, source: Source| {
+        out.entry((name.to_owned(), version))
             .or_insert_with(|| EventVersion {
-                name: m.name.to_string(),
-                version: m.version,
+                name: name.to_owned(),
+                version,
                 sources: vec![],
-            });
-        entry.sources.push(Source {
-            table: m.table.clone(),
+            })
+            .sources
+            .push(source);
+    };
+    for m in compiled.mappings() {
+        let source = |rows: &ficus_mapping::Mapping, shape| Source {
+            table: rows.table.clone(),
             aggregate: m.aggregate.to_string(),
-            ops: m.ops.iter().map(|o| o.as_str().to_owned()).collect(),
-            when: m.sources.when.clone(),
-            key: m.sources.key.clone(),
-            origin: m.origin.clone(),
-            shape: m.shape(table),
-            typed: table.is_some(),
-        });
+            ops: rows.ops.iter().map(|o| o.as_str().to_owned()).collect(),
+            when: rows.sources.when.clone(),
+            key: rows.sources.key.clone(),
+            origin: rows.origin.clone(),
+            shape,
+            typed: tables.contains_key(&rows.table),
+        };
+        add(&m.name, m.version, source(m, m.shape_in(tables)));
+        // Rows whose event did not fire in their transaction make an event of their own.
+        for c in &m.collects {
+            if let ficus_mapping::WithoutParent::Event { name, version, per } = &c.without_parent {
+                let shape = match per {
+                    ficus_mapping::Per::Row => c.rows.shape(tables.get(&c.rows.table)),
+                    ficus_mapping::Per::Aggregate => ficus_mapping::DataShape {
+                        fields: vec![c.shape_in(tables)],
+                        open: false,
+                    },
+                };
+                add(name, *version, source(&c.rows, shape));
+            }
+        }
     }
     out.into_values().collect()
 }
@@ -141,16 +157,17 @@ pub fn describe(source: &Source) -> String {
 }
 
 fn data_schema(source: &Source) -> Json {
+    let shape = &source.shape;
     let mut properties = serde_json::Map::new();
     let mut required = Vec::new();
-    for field in &source.shape.fields {
+    for field in &shape.fields {
         properties.insert(field.name.clone(), field_schema(field));
         if field.required {
             required.push(Json::String(field.name.clone()));
         }
     }
     let mut o = json!({ "type": "object", "properties": properties, "required": required });
-    if source.shape.open {
+    if shape.open {
         o["description"] = json!("the whole row: its columns were not given to the catalog");
     }
     o
@@ -213,6 +230,23 @@ pub fn type_schema(ty: &JsonType) -> Json {
         JsonType::String { .. } => json!({ "type": "string" }),
         JsonType::Array(elem) => json!({ "type": "array", "items": type_schema(elem) }),
         JsonType::Object => json!({ "type": "object" }),
+        // Without descriptions: a type is compared as it is (the lock), and a description names
+        // the column's type as the source at hand calls it.
+        JsonType::Rows(shape) => {
+            let mut properties = serde_json::Map::new();
+            let mut required = Vec::new();
+            for f in &shape.fields {
+                let mut s = field_schema(f);
+                if let Json::Object(o) = &mut s {
+                    o.remove("description");
+                }
+                properties.insert(f.name.clone(), s);
+                if f.required {
+                    required.push(Json::String(f.name.clone()));
+                }
+            }
+            json!({ "type": "array", "items": { "type": "object", "properties": properties, "required": required } })
+        }
         JsonType::Any => json!({}),
     }
 }

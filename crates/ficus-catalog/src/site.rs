@@ -461,6 +461,11 @@ fn sample(ty: &ficus_mapping::JsonType) -> Json {
         T::String { .. } => json!("text"),
         T::Array(elem) => json!([sample(elem)]),
         T::Object | T::Any => json!({}),
+        T::Rows(shape) => {
+            let row: serde_json::Map<String, Json> =
+                shape.fields.iter().map(|f| (f.name.clone(), sample(&f.ty))).collect();
+            json!([row])
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::cel_value::{cel_to_json, cel_to_subject, map, to_cel};
 use crate::compile::{Compiled, Data, Mapping, UnchangedToast};
 use crate::expr::{Cols, Expr, Var};
+use crate::tx::Transaction;
 
 /// Where events come from: names the source in `source` and makes event ids
 /// unique to it.
@@ -87,6 +88,28 @@ pub enum MapError {
     /// An expression failed on a row change.
     #[error(transparent)]
     Eval(Box<EvalError>),
+    /// A transaction's collected rows (and the events waiting for them) outgrew
+    /// `collect_memory`.
+    #[error(transparent)]
+    CollectLimit(Box<CollectLimit>),
+}
+
+/// A transaction whose collected rows outgrew the memory they may take.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{origin}: {event} collects rows of {table}, and the transaction committed at {lsn} holds more of them than collect_memory allows ({limit} bytes)"
+)]
+pub struct CollectLimit {
+    /// The mapping's `file:line`.
+    pub origin: String,
+    /// The collecting event's name and field (`OrderPlaced.lines`).
+    pub event: String,
+    /// The collected table.
+    pub table: String,
+    /// The transaction's commit LSN.
+    pub lsn: String,
+    /// The limit, in bytes.
+    pub limit: u64,
 }
 
 /// A value a mapping reads that an update did not send.
@@ -144,6 +167,9 @@ impl MapError {
                 "the row change has no value for that column: old values need REPLICA IDENTITY FULL, and unchanged TOASTed values are not sent; guard with has(old.column)".into()
             }
             MapError::Eval(_) => "fix the expression, then start ficus again: the slot stays where it is".into(),
+            MapError::CollectLimit(_) => {
+                "raise collect_memory in [source] of ficus.toml (it bounds one transaction's collected rows, default 64MB), or narrow the collect's when; then start ficus again: the slot stays before this transaction".into()
+            }
         }
     }
 }
@@ -173,10 +199,23 @@ struct Rule {
     reads_new: Vec<usize>,
 }
 
+/// Rows of this table some event collects, bound.
+#[derive(Debug)]
+struct CollectRule {
+    /// The collecting event's mapping.
+    parent: Arc<Mapping>,
+    /// Which of its collects.
+    index: usize,
+    /// The collected row's mapping (`key`, `when`, `data`).
+    rule: Rule,
+    order: Option<BoundExpr>,
+}
+
 /// The mappings of one table, bound to one version of its relation.
 pub struct Bound {
     relation: Arc<Relation>,
     rules: Vec<Rule>,
+    collects: Vec<CollectRule>,
     /// Columns put into CEL's `new` and `old`, with their names as CEL map keys.
     cel_new: Vec<(usize, Key)>,
     cel_old: Vec<(usize, Key)>,
@@ -199,55 +238,36 @@ impl Compiled {
     /// `None` when no mapping reads the table.
     pub fn bind(&self, relation: Arc<Relation>, ctx: &EventContext) -> Result<Option<Bound>, MapError> {
         let mappings: Vec<&Arc<Mapping>> = self.mappings.iter().filter(|m| m.table == relation.table).collect();
-        if mappings.is_empty() {
+        let collected: Vec<(&Arc<Mapping>, usize)> = self
+            .mappings
+            .iter()
+            .flat_map(|m| m.collects.iter().enumerate().map(move |(i, c)| (m, i, c)))
+            .filter(|(_, _, c)| c.rows.table == relation.table)
+            .map(|(m, i, _)| (m, i))
+            .collect();
+        if mappings.is_empty() && collected.is_empty() {
             return Ok(None);
         }
         let (mut cel_new, mut cel_old, mut changed) = (Cols::None, Cols::None, false);
         let mut rules = Vec::new();
         for m in mappings {
-            let bind = |e: &Expr| -> Result<BoundExpr, MapError> {
-                Ok(match e {
-                    Expr::Column { var, name } => BoundExpr::Column {
-                        var: *var,
-                        index: column(&relation, m, name)?,
-                    },
-                    Expr::Op => BoundExpr::Op,
-                    Expr::Table => BoundExpr::Table,
-                    Expr::Cel(p) => BoundExpr::Cel(p.clone()),
-                })
-            };
-            for cols in [&m.reads.new, &m.reads.old] {
-                if let Cols::Some(names) = cols {
-                    for name in names {
-                        column(&relation, m, name)?;
-                    }
-                }
-            }
             cel_new.merge(&m.reads.cel_new);
             cel_old.merge(&m.reads.cel_old);
             changed |= m.reads.changed;
-            let data = match &m.data {
-                Data::Fields(fields) => BoundData::Fields(
-                    fields
-                        .iter()
-                        .map(|(f, e)| Ok((f.clone(), bind(e)?)))
-                        .collect::<Result<_, MapError>>()?,
-                ),
-                Data::Row { var, exclude } => BoundData::Row {
-                    var: *var,
-                    columns: (0..relation.columns.len())
-                        .filter(|i| !exclude.contains(&relation.columns[*i].name))
-                        .collect(),
-                },
-            };
-            rules.push(Rule {
-                when: m.when.as_ref().map(&bind).transpose()?,
-                key: bind(&m.key)?,
-                data,
-                reads_new: (0..relation.columns.len())
-                    .filter(|&i| m.reads_new.contains(&relation.columns[i].name))
-                    .collect(),
-                mapping: m.clone(),
+            rules.push(bind_rule(&relation, m)?);
+        }
+        let mut collects = Vec::new();
+        for (parent, index) in collected {
+            let c = &parent.collects[index];
+            let m = &c.rows;
+            cel_new.merge(&m.reads.cel_new);
+            cel_old.merge(&m.reads.cel_old);
+            changed |= m.reads.changed;
+            collects.push(CollectRule {
+                parent: parent.clone(),
+                index,
+                rule: bind_rule(&relation, m)?,
+                order: c.order.as_ref().map(|e| bind_expr(&relation, m, e)).transpose()?,
             });
         }
         let positions = |cols: &Cols| -> Vec<(usize, Key)> {
@@ -262,6 +282,7 @@ impl Compiled {
                 .collect()
         };
         Ok(Some(Bound {
+            collects,
             cel_new: positions(&cel_new),
             cel_old: positions(&cel_old),
             changed,
@@ -272,6 +293,52 @@ impl Compiled {
             relation,
         }))
     }
+}
+
+/// A mapping's expressions with their columns resolved to the relation's positions.
+fn bind_rule(relation: &Relation, m: &Arc<Mapping>) -> Result<Rule, MapError> {
+    for cols in [&m.reads.new, &m.reads.old] {
+        if let Cols::Some(names) = cols {
+            for name in names {
+                column(relation, m, name)?;
+            }
+        }
+    }
+    let data = match &m.data {
+        Data::Fields(fields) => BoundData::Fields(
+            fields
+                .iter()
+                .map(|(f, e)| Ok((f.clone(), bind_expr(relation, m, e)?)))
+                .collect::<Result<_, MapError>>()?,
+        ),
+        Data::Row { var, exclude } => BoundData::Row {
+            var: *var,
+            columns: (0..relation.columns.len())
+                .filter(|i| !exclude.contains(&relation.columns[*i].name))
+                .collect(),
+        },
+    };
+    Ok(Rule {
+        when: m.when.as_ref().map(|e| bind_expr(relation, m, e)).transpose()?,
+        key: bind_expr(relation, m, &m.key)?,
+        data,
+        reads_new: (0..relation.columns.len())
+            .filter(|&i| m.reads_new.contains(&relation.columns[i].name))
+            .collect(),
+        mapping: m.clone(),
+    })
+}
+
+fn bind_expr(relation: &Relation, m: &Mapping, e: &Expr) -> Result<BoundExpr, MapError> {
+    Ok(match e {
+        Expr::Column { var, name } => BoundExpr::Column {
+            var: *var,
+            index: column(relation, m, name)?,
+        },
+        Expr::Op => BoundExpr::Op,
+        Expr::Table => BoundExpr::Table,
+        Expr::Cel(p) => BoundExpr::Cel(p.clone()),
+    })
 }
 
 fn column(relation: &Relation, m: &Mapping, name: &str) -> Result<usize, MapError> {
@@ -343,6 +410,7 @@ impl Bound {
         let mut columns: Vec<usize> = self
             .rules
             .iter()
+            .chain(self.collects.iter().map(|c| &c.rule))
             .filter(|r| r.mapping.unchanged_toast == UnchangedToast::Reselect && r.mapping.ops.contains(&change.op))
             .flat_map(|r| r.reads_new.iter().copied())
             .filter(|&i| unsent(change, i))
@@ -357,76 +425,162 @@ impl Bound {
         &self.relation
     }
 
-    /// Maps one row change to its events: none, one or several, in mapping order.
+    /// Maps one row change to its events: none, one or several, in mapping order. A change
+    /// mapped alone is a transaction of its own: an event that collects rows gets none but its
+    /// own (see [`Bound::apply_in`]).
     pub fn apply(&self, change: &RowChange, ctx: &EventContext) -> Result<Vec<Event>, MapError> {
+        let mut tx = Transaction::default();
+        let mut events = self.apply_in(change, ctx, &mut tx)?;
+        events.extend(tx.commit(ctx)?);
+        Ok(events)
+    }
+
+    /// Maps one row change of the transaction `tx` collects: returns the events made at once; an
+    /// event that collects rows, and the rows it collects, wait in `tx` for its
+    /// [`commit`](Transaction::commit).
+    pub fn apply_in(
+        &self,
+        change: &RowChange,
+        ctx: &EventContext,
+        tx: &mut Transaction,
+    ) -> Result<Vec<Event>, MapError> {
         let mut cel_ctx: Option<cel::Context<'static, 'static>> = None;
         let mut events: Vec<Event> = Vec::new();
+        let mut made: Vec<(Arc<str>, u32)> = Vec::new();
         for rule in &self.rules {
             if !rule.mapping.ops.contains(&change.op) {
                 continue;
             }
             let m = &rule.mapping;
-            let fail = |what: &str, message: String| {
-                MapError::Eval(Box::new(EvalError {
-                    origin: m.origin.clone(),
-                    event: m.name.to_string(),
-                    table: self.relation.table.to_string(),
-                    op: change.op,
-                    lsn: change.tx.commit_lsn.to_string(),
-                    what: what.to_owned(),
-                    message,
-                }))
+            let nth = made.iter().filter(|(n, v)| *n == m.name && *v == m.version).count();
+            let Some(event) = self.event_of(rule, change, ctx, &mut cel_ctx, nth, true)? else {
+                continue;
             };
-            if let Some(when) = &rule.when {
-                match self.eval(when, change, &mut cel_ctx).map_err(|e| fail("when", e))? {
-                    Out::Cel(Cel::Bool(true)) => {}
-                    Out::Text(t) if t == "t" => {}
-                    Out::Cel(Cel::Bool(false)) | Out::Null | Out::Missing => continue,
-                    Out::Text(t) if t == "f" => continue,
-                    _ => return Err(fail("when", "did not give a bool".into())),
+            made.push((m.name.clone(), m.version));
+            if !m.collects.is_empty() {
+                // It waits for the commit, and so does every later event of the transaction.
+                tx.hold(event, Some(m), m, change)?;
+            } else if tx.holding() {
+                tx.hold(event, None, m, change)?;
+            } else {
+                events.push(event);
+            }
+        }
+        for c in &self.collects {
+            if !c.rule.mapping.ops.contains(&change.op) {
+                continue;
+            }
+            let Some(row) = self.event_of(&c.rule, change, ctx, &mut cel_ctx, 0, false)? else {
+                continue;
+            };
+            let order = match &c.order {
+                None => None,
+                Some(e) => {
+                    let m = &c.rule.mapping;
+                    let value = self.eval(e, change, &mut cel_ctx).map_err(|err| {
+                        MapError::Eval(Box::new(EvalError {
+                            origin: m.origin.clone(),
+                            event: m.name.to_string(),
+                            table: self.relation.table.to_string(),
+                            op: change.op,
+                            lsn: change.tx.commit_lsn.to_string(),
+                            what: "order_by".into(),
+                            message: err,
+                        }))
+                    })?;
+                    Some(crate::tx::SortKey::of(&match value {
+                        Out::Missing | Out::Null => Json::Null,
+                        Out::Text(t) => match e {
+                            BoundExpr::Column { index, .. } => match to_field(&self.relation.columns[*index].ty, &t) {
+                                Field::Json(v) => v,
+                                Field::Raw(r) => Json::String(r.get().to_owned()),
+                            },
+                            _ => Json::String(t.into_owned()),
+                        },
+                        Out::Cel(v) => cel_to_json(&v).unwrap_or(Json::Null),
+                    }))
                 }
-            }
-            let subject = match self.eval(&rule.key, change, &mut cel_ctx).map_err(|e| fail("key", e))? {
-                Out::Text(t) => t.to_string(),
-                Out::Cel(v) => cel_to_subject(&v).ok_or_else(|| fail("key", format!("gave {v:?}, not a scalar")))?,
-                Out::Null | Out::Missing => return Err(fail("key", "is null".into())),
             };
-            // A value the update did not send: stop, or leave it out and say so.
-            if m.unchanged_toast == UnchangedToast::Stop
-                && let Some(&i) = rule.reads_new.iter().find(|&&i| unsent(change, i))
-            {
-                return Err(MapError::Unsent(Box::new(UnsentValue {
-                    origin: m.origin.clone(),
-                    event: m.name.to_string(),
-                    table: self.relation.table.to_string(),
-                    key: identity_of(&self.relation, change),
-                    column: self.relation.columns[i].name.clone(),
-                    lsn: change.tx.commit_lsn.to_string(),
-                })));
+            tx.collect(&c.parent, c.index, row, order, change)?;
+        }
+        Ok(events)
+    }
+
+    /// The event a rule makes of a row change, `None` when its `when` is false; `nth` tells
+    /// apart the events of one name and version made of the change. Without `with_id`, its id
+    /// is left empty (a collected row is no event of its own).
+    fn event_of(
+        &self,
+        rule: &Rule,
+        change: &RowChange,
+        ctx: &EventContext,
+        cel_ctx: &mut Option<cel::Context<'static, 'static>>,
+        nth: usize,
+        with_id: bool,
+    ) -> Result<Option<Event>, MapError> {
+        let m = &rule.mapping;
+        let fail = |what: &str, message: String| {
+            MapError::Eval(Box::new(EvalError {
+                origin: m.origin.clone(),
+                event: m.name.to_string(),
+                table: self.relation.table.to_string(),
+                op: change.op,
+                lsn: change.tx.commit_lsn.to_string(),
+                what: what.to_owned(),
+                message,
+            }))
+        };
+        if let Some(when) = &rule.when {
+            match self.eval(when, change, cel_ctx).map_err(|e| fail("when", e))? {
+                Out::Cel(Cel::Bool(true)) => {}
+                Out::Text(t) if t == "t" => {}
+                Out::Cel(Cel::Bool(false)) | Out::Null | Out::Missing => return Ok(None),
+                Out::Text(t) if t == "f" => return Ok(None),
+                _ => return Err(fail("when", "did not give a bool".into())),
             }
-            let mut unavailable: Vec<&str> = Vec::new();
-            let data = match &rule.data {
-                BoundData::Row { var, columns } => {
-                    let mut obj = Vec::with_capacity(columns.len());
-                    for &i in columns {
-                        let col = &self.relation.columns[i];
-                        match cell(change, *var, i) {
-                            Some(Cell::Text(t)) => obj.push((col.name.clone(), to_field(&col.ty, &text_of(t)))),
-                            Some(Cell::Null) => obj.push((col.name.clone(), Field::Json(Json::Null))),
-                            _ => {
-                                if *var == Var::New && unsent(change, i) {
-                                    unavailable.push(&col.name);
-                                }
+        }
+        let subject = match self.eval(&rule.key, change, cel_ctx).map_err(|e| fail("key", e))? {
+            Out::Text(t) => t.to_string(),
+            Out::Cel(v) => cel_to_subject(&v).ok_or_else(|| fail("key", format!("gave {v:?}, not a scalar")))?,
+            Out::Null | Out::Missing => return Err(fail("key", "is null".into())),
+        };
+        // A value the update did not send: stop, or leave it out and say so.
+        if m.unchanged_toast == UnchangedToast::Stop
+            && let Some(&i) = rule.reads_new.iter().find(|&&i| unsent(change, i))
+        {
+            return Err(MapError::Unsent(Box::new(UnsentValue {
+                origin: m.origin.clone(),
+                event: m.name.to_string(),
+                table: self.relation.table.to_string(),
+                key: identity_of(&self.relation, change),
+                column: self.relation.columns[i].name.clone(),
+                lsn: change.tx.commit_lsn.to_string(),
+            })));
+        }
+        let mut unavailable: Vec<&str> = Vec::new();
+        let data = match &rule.data {
+            BoundData::Row { var, columns } => {
+                let mut obj = Vec::with_capacity(columns.len());
+                for &i in columns {
+                    let col = &self.relation.columns[i];
+                    match cell(change, *var, i) {
+                        Some(Cell::Text(t)) => obj.push((col.name.clone(), to_field(&col.ty, &text_of(t)))),
+                        Some(Cell::Null) => obj.push((col.name.clone(), Field::Json(Json::Null))),
+                        _ => {
+                            if *var == Var::New && unsent(change, i) {
+                                unavailable.push(&col.name);
                             }
-                        };
-                    }
-                    ficus_model::Data(obj)
+                        }
+                    };
                 }
-                BoundData::Fields(fields) => {
-                    let mut obj = Vec::with_capacity(fields.len());
-                    for (name, e) in fields {
-                        let value = match self
-                            .eval(e, change, &mut cel_ctx)
+                ficus_model::Data(obj)
+            }
+            BoundData::Fields(fields) => {
+                let mut obj = Vec::with_capacity(fields.len());
+                for (name, e) in fields {
+                    let value =
+                        match self
+                            .eval(e, change, cel_ctx)
                             .map_err(|err| fail(&format!("data.{name}"), err))?
                         {
                             Out::Missing => {
@@ -446,47 +600,45 @@ impl Bound {
                                 fail(&format!("data.{name}"), "gave a value with no JSON form".into())
                             })?),
                         };
-                        obj.push((name.clone(), value));
-                    }
-                    ficus_model::Data(obj)
+                    obj.push((name.clone(), value));
                 }
-            };
-            let nth = events
-                .iter()
-                .filter(|e| e.ty == m.name && e.eventversion == m.version)
-                .count();
-            let tx = self.tx_attributes(change);
-            let (id_name, backfill) = match &change.origin {
-                Origin::Wal { lsn, seq } => (
-                    format!("{}/{lsn}/{seq}/{}/{}/{nth}", change.tx.commit_lsn, m.name, m.version),
-                    None,
+                ficus_model::Data(obj)
+            }
+        };
+        let tx = self.tx_attributes(change);
+        let backfill = match &change.origin {
+            Origin::Wal { .. } => None,
+            Origin::Backfill { id, .. } => Some(id.clone()),
+        };
+        let id = if !with_id {
+            String::new()
+        } else {
+            ctx.event_id(&match &change.origin {
+                Origin::Wal { lsn, seq } => {
+                    format!("{}/{lsn}/{seq}/{}/{}/{nth}", change.tx.commit_lsn, m.name, m.version)
+                }
+                Origin::Backfill { id, key } => format!(
+                    "backfill/{id}/{}/{key}/{}/{}/{nth}",
+                    self.relation.table, m.name, m.version
                 ),
-                Origin::Backfill { id, key } => (
-                    format!(
-                        "backfill/{id}/{}/{key}/{}/{}/{nth}",
-                        self.relation.table, m.name, m.version
-                    ),
-                    Some(id.clone()),
-                ),
-            };
-            events.push(Event {
-                specversion: "1.0",
-                id: ctx.event_id(&id_name),
-                source: self.source.clone(),
-                ty: m.name.clone(),
-                aggregate: m.aggregate.clone(),
-                subject,
-                time: tx.time,
-                datacontenttype: "application/json",
-                eventversion: m.version,
-                lsn: change.tx.commit_lsn,
-                txid: change.tx.xid,
-                backfill,
-                unavailable: (!unavailable.is_empty()).then(|| unavailable.join(",")),
-                data,
-            });
-        }
-        Ok(events)
+            })
+        };
+        Ok(Some(Event {
+            specversion: "1.0",
+            id,
+            source: self.source.clone(),
+            ty: m.name.clone(),
+            aggregate: m.aggregate.clone(),
+            subject,
+            time: tx.time,
+            datacontenttype: "application/json",
+            eventversion: m.version,
+            lsn: change.tx.commit_lsn,
+            txid: change.tx.xid,
+            backfill,
+            unavailable: (!unavailable.is_empty()).then(|| unavailable.join(",")),
+            data,
+        }))
     }
 
     /// The transaction's shared attributes, formatted once per transaction.

@@ -10,7 +10,7 @@ use toml::Spanned;
 use crate::cel_value;
 use crate::diagnostic::{Diagnostic, SourceText};
 use crate::expr::{self, Cols, ColumnRef, Expr, Reads, Var};
-use crate::file::{MappingFile, RawData, RawEvent};
+use crate::file::{MappingFile, RawCollect, RawData, RawEvent, RawWithoutParent};
 
 /// The live schema of the mapped tables, for checking mappings against it.
 pub type Schema = BTreeMap<TableRef, CatalogTable>;
@@ -67,10 +67,55 @@ pub struct Mapping {
     pub unchanged_toast: UnchangedToast,
     /// The expressions as written.
     pub sources: Sources,
+    /// Rows of other tables it collects from its transaction, each into a field of its data.
+    pub collects: Vec<Collect>,
     pub(crate) when: Option<Expr>,
     pub(crate) key: Expr,
     pub(crate) data: Data,
     pub(crate) reads: Reads,
+}
+
+/// Rows of a table written in the same transaction as an event's row change, collected into a
+/// field of the event (`[event.collect.lines]`): the lines of an order.
+#[derive(Debug)]
+pub struct Collect {
+    /// The field of the event's data that holds the rows, an array.
+    pub field: String,
+    /// How a row is collected, as a mapping of its table: its operations, `when`, `key` (the key
+    /// of the event it belongs to) and `data` (the array's element). Its name is
+    /// `Event.field`.
+    pub rows: Arc<Mapping>,
+    /// `order_by` as written; `None`: the rows' order in the transaction.
+    pub order_by: Option<String>,
+    /// What rows whose event did not fire in their transaction make.
+    pub without_parent: WithoutParent,
+    pub(crate) order: Option<Expr>,
+}
+
+/// What collected rows make when the event they belong to did not fire in their transaction (a
+/// line added to an order placed before).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WithoutParent {
+    /// Nothing (the default): another mapping of the table may map them.
+    Ignore,
+    /// An event of the parent's aggregate, keyed by the parent's key.
+    Event {
+        /// Its name.
+        name: Arc<str>,
+        /// Its version.
+        version: u32,
+        /// One per transaction and key, or one per row.
+        per: Per,
+    },
+}
+
+/// How many events rows without their parent make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    /// One per transaction and key, its data `{ field: [rows] }`.
+    Aggregate,
+    /// One per row, its data the row's.
+    Row,
 }
 
 /// A mapping's expressions as written in its file (for the catalog and messages).
@@ -156,7 +201,15 @@ impl Compiled {
 
     /// The tables some mapping reads: the publication's tables.
     pub fn tables(&self) -> BTreeSet<TableRef> {
-        self.mappings.iter().map(|m| m.table.clone()).collect()
+        self.readers().map(|m| m.table.clone()).collect()
+    }
+
+    /// Every mapping that reads row changes: the events' mappings and, after each, those of the
+    /// rows it collects (what the publication must send).
+    pub fn readers(&self) -> impl Iterator<Item = &Arc<Mapping>> {
+        self.mappings
+            .iter()
+            .flat_map(|m| std::iter::once(m).chain(m.collects.iter().map(|c| &c.rows)))
     }
 
     /// Whether some mapping of the table maps snapshot rows (a backfill has events to make).
@@ -504,7 +557,12 @@ impl Checker<'_> {
             key: raw.key.get_ref().trim().to_owned(),
             fields: field_texts,
         };
+        let collects = match &raw.collect {
+            Some(collect) => self.collects(raw, collect, &name, &ops, schema, env),
+            None => vec![],
+        };
         Some(Mapping {
+            collects,
             name: name.into(),
             version,
             sources,
@@ -520,6 +578,156 @@ impl Checker<'_> {
             data,
             reads,
         })
+    }
+
+    /// The rows an event collects, each table checked as a mapping of its own (`Event.field`),
+    /// with `order_by` and `without_parent`.
+    fn collects(
+        &mut self,
+        raw: &RawEvent,
+        collect: &Spanned<crate::file::RawCollects>,
+        name: &str,
+        ops: &[Op],
+        schema: Option<&Schema>,
+        env: &Arc<cel::Env>,
+    ) -> Vec<Collect> {
+        if let Some(op) = ops.iter().find(|o| matches!(o, Op::Snapshot | Op::Truncate)) {
+            self.error(
+                &raw.on.span(),
+                format!("an event that collects rows cannot map {op}"),
+                "collected rows come from the row change's transaction, which a snapshot row or a truncate does not have: map them in an [[event]] of their own".to_owned(),
+            );
+        }
+        let mut out: Vec<Collect> = Vec::new();
+        for (field, c) in &collect.get_ref().0 {
+            let span = c.span();
+            let c: &RawCollect = c.get_ref();
+            let field_ok = !field.is_empty() && field.chars().all(|ch| ch.is_alphanumeric() || ch == '_');
+            if !field_ok {
+                self.error(
+                    &span,
+                    format!("invalid field name {field:?} for collected rows"),
+                    "name the field like a data field: lines, order_lines".to_owned(),
+                );
+                continue;
+            }
+            if let Some(crate::file::RawData::Fields(fields)) = raw.data.as_ref().map(|d| d.get_ref())
+                && fields.iter().any(|(f, _)| f == field)
+            {
+                self.error(
+                    &span,
+                    format!("{field} is a field of the event's data already"),
+                    "give the collected rows a field of their own".to_owned(),
+                );
+            }
+            let on = c.on.clone().unwrap_or_else(|| {
+                Spanned::new(c.table.span(), vec![Spanned::new(c.table.span(), "insert".to_owned())])
+            });
+            for op in on.get_ref() {
+                if matches!(op.get_ref().as_str(), "snapshot" | "truncate") {
+                    self.error(
+                        &op.span(),
+                        format!("collected rows cannot be of {}", op.get_ref()),
+                        "collect rows of insert, update and delete".to_owned(),
+                    );
+                }
+            }
+            let rows_raw = RawEvent {
+                name: Spanned::new(c.table.span(), format!("{name}.{field}")),
+                version: None,
+                table: c.table.clone(),
+                on,
+                when: c.when.clone(),
+                key: c.key.clone(),
+                aggregate: None,
+                data: c.data.clone(),
+                exclude: c.exclude.clone(),
+                unchanged_toast: c.unchanged_toast.clone(),
+                collect: None,
+            };
+            let Some(mut rows) = self.event(&rows_raw, schema, env) else {
+                continue;
+            };
+            let order = c.order_by.as_ref().and_then(|o| self.expr(o));
+            // What order_by reads is read of the row too (the CEL context, the publication).
+            if let Some(o) = &order {
+                rows.reads.merge(&o.parsed.reads);
+                for col in &o.parsed.columns {
+                    let read = if col.var == Var::New {
+                        &mut rows.reads_new
+                    } else {
+                        &mut rows.reads_old
+                    };
+                    if let ColumnsRead::Only(set) = read {
+                        set.insert(col.name.clone());
+                    }
+                }
+            }
+            if let (Some(o), Some(schema)) = (&order, schema)
+                && let Some(catalog) = schema.get(&rows.table)
+            {
+                for col in &o.parsed.columns {
+                    if catalog.relation.column_index(&col.name).is_none() {
+                        let at = self.inside(&o.span, col.offset);
+                        self.error(
+                            &at,
+                            format!("unknown column {:?} in {}", col.name, rows.table),
+                            "order_by reads the collected row, e.g. new.line_no".to_owned(),
+                        );
+                    }
+                }
+            }
+            let without_parent = match c.without_parent.as_ref().map(|w| (w.get_ref(), w.span())) {
+                None => WithoutParent::Ignore,
+                Some((RawWithoutParent::Word(w), _)) if w == "ignore" => WithoutParent::Ignore,
+                Some((RawWithoutParent::Event(e), span)) => {
+                    let ok = !e.event.is_empty()
+                        && e.event
+                            .chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+                    let version = match e.version {
+                        None => Some(DEFAULT_VERSION),
+                        Some(v) => u32::try_from(v).ok().filter(|v| *v >= 1),
+                    };
+                    let per = match e.per.as_deref() {
+                        None | Some("aggregate") => Some(Per::Aggregate),
+                        Some("row") => Some(Per::Row),
+                        Some(_) => None,
+                    };
+                    match (ok, version, per) {
+                        (true, Some(version), Some(per)) => WithoutParent::Event {
+                            name: e.event.clone().into(),
+                            version,
+                            per,
+                        },
+                        _ => {
+                            self.error(
+                                &span,
+                                "without_parent names an invalid event",
+                                "write without_parent = { event = \"OrderLinesAdded\", version = 1, per = \"aggregate\" } (per = \"row\": one event per row), with an event name like OrderPaid and a version from 1".to_owned(),
+                            );
+                            WithoutParent::Ignore
+                        }
+                    }
+                }
+                Some((RawWithoutParent::Word(w), span)) => {
+                    self.error(
+                        &span,
+                        format!("unknown without_parent {w:?}"),
+                        "without_parent is \"ignore\" (the default) or { event = \"OrderLinesAdded\", per = \"aggregate\" | \"row\" }".to_owned(),
+                    );
+                    WithoutParent::Ignore
+                }
+            };
+            out.push(Collect {
+                field: field.clone(),
+                rows: Arc::new(rows),
+                order_by: c.order_by.as_ref().map(|o| o.get_ref().trim().to_owned()),
+                without_parent,
+                order: order.map(|o| o.parsed.expr),
+            });
+        }
+        out
     }
 
     /// A mapping of updates that reads a column whose value may be TOASTed, on a table whose

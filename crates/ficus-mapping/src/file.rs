@@ -72,6 +72,122 @@ pub(crate) struct RawEvent {
     #[serde(default)]
     #[schemars(with = "Option<crate::UnchangedToast>")]
     pub unchanged_toast: Option<Spanned<String>>,
+    /// Rows of other tables written in the same transaction, collected into fields of the event:
+    /// `[event.collect.lines]`, one table per field (docs/mappings.md, "Collected rows").
+    #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, RawCollect>>")]
+    pub collect: Option<Spanned<RawCollects>>,
+}
+
+/// The collected rows of an event, by field, in file order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RawCollects(pub Vec<(String, Spanned<RawCollect>)>);
+
+impl<'de> Deserialize<'de> for RawCollects {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CollectsVisitor;
+        impl<'de> Visitor<'de> for CollectsVisitor {
+            type Value = RawCollects;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("tables of collected rows: [event.collect.field]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawCollects, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    fields.push((key, map.next_value::<Spanned<RawCollect>>()?));
+                }
+                Ok(RawCollects(fields))
+            }
+        }
+        deserializer.deserialize_map(CollectsVisitor)
+    }
+}
+
+/// `[event.collect.field]`: rows of a table written in the event's transaction, each mapped to
+/// an element of the array `field`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCollect {
+    /// The table whose rows are collected: `public.order_lines`.
+    #[schemars(with = "String")]
+    pub table: Spanned<String>,
+    /// The operations whose rows are collected, default `["insert"]` (`insert`, `update`,
+    /// `delete`).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub on: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A CEL condition over the collected row (`new`, `old`, `op`, ...): collected only when true.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
+    /// A CEL expression over the collected row: the key of the event it belongs to
+    /// (`new.order_id` for the lines of the order whose key is `new.id`).
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    /// Each collected row's data: `"new"`, `"old"`, or a table of field = CEL expression.
+    #[serde(default)]
+    #[schemars(with = "Option<RawData>")]
+    pub data: Option<Spanned<RawData>>,
+    /// Columns left out of `data = "new"`/`"old"`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A CEL expression over the collected row that orders the array (`new.line_no`); default:
+    /// the rows' order in the transaction.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub order_by: Option<Spanned<String>>,
+    /// What rows whose event did not fire in their transaction make (a line added to an order
+    /// placed before): `"ignore"` (the default: nothing), or
+    /// `{ event = "OrderLinesAdded", version = 1, per = "aggregate" | "row" }`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawWithoutParentSchema>")]
+    pub without_parent: Option<Spanned<RawWithoutParent>>,
+    /// What an update whose TOASTed value was not sent does: as the event's `unchanged_toast`.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::UnchangedToast>")]
+    pub unchanged_toast: Option<Spanned<String>>,
+}
+
+/// `without_parent` as written: `"ignore"` or a table naming the event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawWithoutParent {
+    Word(String),
+    Event(RawParentEvent),
+}
+
+/// `without_parent = { event = "...", version = 1, per = "aggregate" }`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawParentEvent {
+    /// The event's name.
+    pub event: String,
+    /// Its version, default 1.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// `"aggregate"` (default: one event per transaction and key, carrying the rows in the
+    /// collect's field) or `"row"` (one event per row, its data the row's).
+    #[serde(default)]
+    pub per: Option<String>,
+}
+
+/// `without_parent`, for the schema of mapping files.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawWithoutParentSchema {
+    /// `"ignore"`: such rows make no event here.
+    Ignore(IgnoreWord),
+    /// An event of the parent's aggregate.
+    Event(RawParentEvent),
+}
+
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum IgnoreWord {
+    Ignore,
 }
 
 /// An operation, as `on` names it (for the schema of mapping files).
@@ -103,7 +219,7 @@ pub fn mapping_file_schema() -> serde_json::Value {
 }
 
 /// `data = "new"` or `data = { field = "expr", ... }`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RawData {
     Row(String),
     Fields(Vec<(String, Spanned<String>)>),
@@ -207,18 +323,11 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
                     Err(e) => {
                         errors.push(diag(&e));
                         let unknown = e.message().starts_with("unknown field");
-                        let span = e.span();
-                        let before = table.len();
-                        if let (true, Some(span)) = (unknown, span) {
-                            let hit = table
-                                .iter()
-                                .find(|(k, v)| k.span() == span || v.span() == span)
-                                .map(|(k, _)| k.get_ref().to_string());
-                            if let Some(hit) = hit {
-                                table.remove(hit.as_str());
-                            }
-                        }
-                        if table.len() == before {
+                        let removed = match (unknown, e.span()) {
+                            (true, Some(span)) => remove_key(&mut table, &span),
+                            _ => false,
+                        };
+                        if !removed {
                             break;
                         }
                     }
@@ -229,11 +338,28 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
     (MappingFile { source, events }, errors)
 }
 
+/// Removes the key at `span` from the table or a table inside it (`[event.collect.lines]`);
+/// whether there was one.
+fn remove_key(table: &mut DeTable<'_>, span: &std::ops::Range<usize>) -> bool {
+    let hit = table
+        .iter()
+        .find(|(k, v)| k.span() == *span || v.span() == *span)
+        .map(|(k, _)| k.get_ref().to_string());
+    if let Some(hit) = hit {
+        table.remove(hit.as_str());
+        return true;
+    }
+    table.iter_mut().any(|(_, v)| match v.get_mut() {
+        DeValue::Table(inner) => remove_key(inner, span),
+        _ => false,
+    })
+}
+
 fn toml_message(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_owned();
     let hint = if message.starts_with("unknown field") {
         Some(
-            "an [[event]] takes name, version, table, on, when, key, aggregate, data, exclude and unchanged_toast"
+            "an [[event]] takes name, version, table, on, when, key, aggregate, data, exclude, unchanged_toast and collect; a collect table takes table, on, when, key, data, exclude, order_by, without_parent and unchanged_toast"
                 .to_owned(),
         )
     } else if message.starts_with("missing field") {

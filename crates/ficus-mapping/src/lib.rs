@@ -21,9 +21,13 @@ mod diagnostic;
 mod expr;
 mod file;
 mod shape;
+mod tx;
 
 pub use apply::{Bound, EvalError, EventContext, MapError, UnsentValue};
-pub use compile::{ColumnsRead, Compiled, Mapping, Schema, Sources, UnchangedToast, compile};
+pub use compile::{
+    Collect, ColumnsRead, Compiled, Mapping, Per, Schema, Sources, UnchangedToast, WithoutParent, compile,
+};
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, mapping_file_schema, parse_file};
 pub use shape::{DataShape, FieldShape, FieldSource, JsonType};
+pub use tx::Transaction;

@@ -32,6 +32,8 @@ pub enum JsonType {
     Array(Box<JsonType>),
     /// A JSON object.
     Object,
+    /// An array of objects of one shape: collected rows.
+    Rows(Box<DataShape>),
     /// Any JSON value (a `json`/`jsonb` column, or an expression whose type ficus cannot tell).
     Any,
 }
@@ -124,6 +126,16 @@ pub struct DataShape {
 }
 
 impl Mapping {
+    /// The shape of this mapping's events' data with their collected rows (an array field per
+    /// collect, each row of its table's shape); `tables` gives the columns' types.
+    pub fn shape_in(&self, tables: &crate::Schema) -> DataShape {
+        let mut shape = self.shape(tables.get(&self.table));
+        for c in &self.collects {
+            shape.fields.push(c.shape_in(tables));
+        }
+        shape
+    }
+
     /// The shape of this mapping's events' data; `table` gives the columns' types and
     /// nullability (without it, columns are of any type and nullable).
     pub fn shape(&self, table: Option<&CatalogTable>) -> DataShape {
@@ -313,5 +325,23 @@ fn infer(e: &IdedExpr, table: Option<&CatalogTable>) -> (JsonType, bool) {
         Ast::List(_) => (JsonType::Array(Box::new(JsonType::Any)), false),
         Ast::Map(_) => (JsonType::Object, false),
         _ => ANY,
+    }
+}
+
+impl crate::Collect {
+    /// The field of the collected rows: always there, never null, an array of rows.
+    pub fn shape_in(&self, tables: &crate::Schema) -> FieldShape {
+        FieldShape {
+            name: self.field.clone(),
+            source: FieldSource::Expression(format!(
+                "rows of {} where {} is the key{}",
+                self.rows.table,
+                self.rows.sources.key,
+                self.order_by.as_ref().map(|o| format!(", by {o}")).unwrap_or_default()
+            )),
+            ty: JsonType::Rows(Box::new(self.rows.shape(tables.get(&self.rows.table)))),
+            nullable: false,
+            required: true,
+        }
     }
 }

@@ -123,9 +123,11 @@ fn shop_relations() -> (Arc<Relation>, Arc<Relation>) {
 
 fn shop_schema() -> Schema {
     let (c, o) = shop_relations();
+    let l = collect::lines_relation();
     BTreeMap::from([
         (c.table.clone(), (*c).clone().into()),
         (o.table.clone(), (*o).clone().into()),
+        (l.table.clone(), (*l).clone().into()),
     ])
 }
 
@@ -777,3 +779,5 @@ fn the_source_is_a_uri_reference_for_any_name() {
         "/ficus/my%20shop/public.orders"
     );
 }
+
+mod collect;

@@ -93,6 +93,12 @@ pub struct SourceConfig {
     #[serde(default = "default_max_retained_wal", deserialize_with = "byte_size")]
     #[schemars(with = "String")]
     pub max_retained_wal: u64,
+    /// The memory one transaction's collected rows may take (`[event.collect.*]`: the rows, as
+    /// their events' JSON, and the events waiting for them), `"64MB"` by default: a transaction
+    /// that needs more stops ficus before it is acknowledged, naming the mapping and the limit.
+    #[serde(default = "default_collect_memory", deserialize_with = "byte_size")]
+    #[schemars(with = "String")]
+    pub collect_memory: u64,
     /// Write a heartbeat (a transactional logical decoding message, no table needed) this often,
     /// in seconds, so that the slot moves on a source where nothing ficus streams is written.
     /// Default 0: none.
@@ -106,6 +112,13 @@ pub struct SourceConfig {
 
 /// The default `max_retained_wal`: 4GB.
 pub const DEFAULT_MAX_RETAINED_WAL: u64 = 4_000_000_000;
+
+/// The default `collect_memory`: 64MB.
+pub const DEFAULT_COLLECT_MEMORY: u64 = 64_000_000;
+
+fn default_collect_memory() -> u64 {
+    DEFAULT_COLLECT_MEMORY
+}
 
 fn default_max_retained_wal() -> u64 {
     DEFAULT_MAX_RETAINED_WAL

@@ -332,7 +332,28 @@ impl Fixture {
         let ctx = EventContext::new(source_name, "fixture");
         let mut bound = BTreeMap::new();
         let mut out = Vec::new();
+        // A transaction's events that collect rows come at its end: the next change of another
+        // transaction, or the last change.
+        let mut tx = ficus_mapping::Transaction::default();
+        let commit = |tx: &mut ficus_mapping::Transaction, out: &mut Vec<Json>, i: usize| {
+            let events = tx.commit(&ctx).map_err(|e| {
+                ProjectError::new(
+                    format!(
+                        "{}:{}: the transaction of change {}: {e}",
+                        self.file,
+                        self.lines[i],
+                        i + 1
+                    ),
+                    e.hint(),
+                )
+            })?;
+            out.extend(events.iter().map(expectation));
+            Ok::<(), ProjectError>(())
+        };
         for (i, change) in self.changes.iter().enumerate() {
+            if i > 0 && self.changes[i - 1].tx != change.tx {
+                commit(&mut tx, &mut out, i - 1)?;
+            }
             let table = &change.relation.table;
             if !bound.contains_key(table) {
                 let b = compiled
@@ -341,13 +362,16 @@ impl Fixture {
                 bound.insert(table.clone(), b);
             }
             let Some(b) = &bound[table] else { continue };
-            let events = b.apply(change, &ctx).map_err(|e| {
+            let events = b.apply_in(change, &ctx, &mut tx).map_err(|e| {
                 ProjectError::new(
                     format!("{}:{}: change {}: {e}", self.file, self.lines[i], i + 1),
                     e.hint(),
                 )
             })?;
             out.extend(events.iter().map(expectation));
+        }
+        if !self.changes.is_empty() {
+            commit(&mut tx, &mut out, self.changes.len() - 1)?;
         }
         Ok(out)
     }

@@ -203,6 +203,20 @@ impl Recording {
         part.changes.push((change.clone(), events));
     }
 
+    /// Events a transaction's commit made of the changes of `table` (an event that collects
+    /// rows, as `ficus test` makes it of the file's changes): they go with its last change
+    /// recorded, where `ficus test` makes them.
+    pub fn record_commit(&mut self, table: &TableRef, events: Vec<Json>) {
+        if let Some(last) = self
+            .tables
+            .get_mut(table)
+            .and_then(|parts| parts.last_mut())
+            .and_then(|part| part.changes.last_mut())
+        {
+            last.1.extend(events);
+        }
+    }
+
     /// How many changes are recorded.
     pub fn len(&self) -> usize {
         self.tables.values().flatten().map(|r| r.changes.len()).sum()

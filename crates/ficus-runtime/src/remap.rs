@@ -112,6 +112,14 @@ async fn remap_from(
     let mut report = RemapReport::default();
     let mut described: HashMap<i64, Described> = HashMap::new();
     let progress = crate::progress::Positions::new("remap: archived changes", after, None);
+    // The transaction being remapped: its events that collect rows wait for its last change.
+    let mut tx = ficus_mapping::Transaction::default();
+    let mut in_tx: Option<(ficus_model::Lsn, EventContext)> = None;
+    let wanted = |event: &ficus_model::Event, target: &Target| {
+        (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
+            && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject))
+            && target.accepts(&event.ty)
+    };
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -144,10 +152,29 @@ async fn remap_from(
             let Some(bound) = &d.bound else { continue };
             let change =
                 archive::decode(&stored.change, &d.relation).map_err(|e| damaged(store, stored.position, e))?;
-            for event in bound.apply(&change, &d.ctx)? {
-                let wanted = (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
-                    && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject));
-                if wanted && target.accepts(&event.ty) {
+            if let Some((lsn, ctx)) = &in_tx
+                && *lsn != change.tx.commit_lsn
+            {
+                for event in tx.commit(ctx)? {
+                    if wanted(&event, target) {
+                        outgoing.push(Outgoing::new(event));
+                        report.events += 1;
+                    }
+                }
+            }
+            in_tx = Some((change.tx.commit_lsn, d.ctx.clone()));
+            for event in bound.apply_in(&change, &d.ctx, &mut tx)? {
+                if wanted(&event, target) {
+                    outgoing.push(Outgoing::new(event));
+                    report.events += 1;
+                }
+            }
+        }
+        if (page.len() as i64) < PAGE
+            && let Some((_, ctx)) = in_tx.take()
+        {
+            for event in tx.commit(&ctx)? {
+                if wanted(&event, target) {
                     outgoing.push(Outgoing::new(event));
                     report.events += 1;
                 }

@@ -128,10 +128,10 @@ fn channels_follow_the_sinks_and_messages_their_bindings() {
     let messages = |c: &str| -> Vec<String> { channels[c]["messages"].as_object().unwrap().keys().cloned().collect() };
     // Routing: the sinks' `events` decide which messages a channel has.
     assert!(messages("orders").iter().all(|m| m.starts_with("Order")));
-    assert_eq!(messages("orders").len(), 4);
+    assert_eq!(messages("orders").len(), 5);
     assert!(messages("redis").iter().all(|m| m.starts_with("Customer")));
     assert_eq!(messages("billing_hook"), ["OrderPaid.v2"]);
-    assert_eq!(messages("backbone").len(), 6);
+    assert_eq!(messages("backbone").len(), 7);
     // The binary mode's headers per protocol; the structured and batch modes' whole events.
     let rabbit = &channels["rabbit"]["messages"]["OrderPaid.v2"];
     assert_eq!(

@@ -82,10 +82,10 @@ fn the_flow_has_a_node_per_table_mapping_event_and_sink() {
     let count = |kind: &str| svg.matches(&format!("data-kind=\"{kind}\"")).count();
     assert_eq!(
         (count("table"), count("mapping"), count("event"), count("sink")),
-        (2, 2, 6, 2)
+        (3, 2, 7, 2)
     );
-    // 2 table→file, 6 file→event, 4 order events → kafka, 6 events → store.
-    assert_eq!(svg.matches("<path class=\"edge").count(), 2 + 6 + 4 + 6);
+    // 3 table→file (orders.toml reads two), 7 file→event, 5 order events → kafka, 7 events → store.
+    assert_eq!(svg.matches("<path class=\"edge").count(), 3 + 7 + 5 + 7);
 }
 
 #[test]

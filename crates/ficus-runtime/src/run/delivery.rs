@@ -348,6 +348,16 @@ impl Delivery {
         }
     }
 
+    /// Records the events a commit made of a table's recorded changes, when `ficus record` records.
+    pub fn record_commit(&self, table: &ficus_model::TableRef, events: &[Event]) {
+        if let Some(r) = &self.recording
+            && !events.is_empty()
+        {
+            let made = events.iter().map(ficus_project::fixtures::expectation).collect();
+            r.lock().unwrap_or_else(|e| e.into_inner()).record_commit(table, made);
+        }
+    }
+
     /// A relation's description, as the archive stores it.
     pub fn description(&mut self, relation: &Arc<Relation>, ctx: &EventContext) -> Arc<str> {
         if let Some((_, d)) = self.descriptions.iter().find(|(r, _)| Arc::ptr_eq(r, relation)) {

@@ -315,6 +315,8 @@ async fn stream(
                 heartbeat: (config.source.heartbeat_secs > 0).then(|| Duration::from_secs(config.source.heartbeat_secs)),
                 probed: None,
                 last_heartbeat: Instant::now(),
+                collecting: ficus_mapping::Transaction::new(config.source.collect_memory),
+                recording: HashMap::new(),
             };
             let began = Instant::now();
             let outcome = session.stream(&mut stream, &mut shutdown).await;

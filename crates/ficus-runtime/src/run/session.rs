@@ -52,6 +52,10 @@ pub(super) struct Session<'a> {
     /// When the server was last heard when the last probe was sent (one probe per quiet spell).
     pub probed: Option<Instant>,
     pub last_heartbeat: Instant,
+    /// The transaction's events that collect rows, waiting for its commit.
+    pub collecting: ficus_mapping::Transaction,
+    /// With `ficus record`: the same per table, as the table's fixture file maps its changes.
+    pub recording: HashMap<ficus_model::TableRef, ficus_mapping::Transaction>,
 }
 
 /// The session's periodic queries answer within this, or the source is taken to be silent
@@ -207,6 +211,8 @@ impl Session<'_> {
                 }
                 SourceEvent::Begin(tx) => {
                     self.in_tx = true;
+                    self.collecting.clear();
+                    self.recording.values_mut().for_each(ficus_mapping::Transaction::clear);
                     self.current_xid = tx.xid;
                     self.observer.begin(&tx);
                 }
@@ -233,16 +239,31 @@ impl Session<'_> {
                     if let Some(b) = self.backfills.running() {
                         b.track(&change);
                     }
-                    let events = bound.apply(&change, &self.ctx)?;
+                    let events = bound.apply_in(&change, &self.ctx, &mut self.collecting)?;
                     // Archived with its events: a transaction that gave no event must still be in
                     // the store before the slot moves past it.
                     self.delivery.archive(&change, &self.ctx);
-                    self.delivery.record(&change, &events);
+                    if self.delivery.recording.is_some() {
+                        // A fixture is of one table's changes: what they make mapped as
+                        // `ficus test` maps the file (an event that collects rows collects those
+                        // of its own table only).
+                        let tx = self.recording.entry(change.relation.table.clone()).or_default();
+                        self.delivery.record(&change, &bound.apply_in(&change, &self.ctx, tx)?);
+                    }
                     let written = self.delivery.write(events).await?;
                     self.report.events += written as u64;
                 }
                 SourceEvent::Commit { end_lsn, .. } => {
                     self.in_tx = false;
+                    for (table, tx) in &mut self.recording {
+                        let made = tx.commit(&self.ctx)?;
+                        self.delivery.record_commit(table, &made);
+                    }
+                    // The events that collect rows, with what they collected.
+                    let events = self.collecting.commit(&self.ctx)?;
+                    if !events.is_empty() {
+                        self.report.events += self.delivery.write(events).await? as u64;
+                    }
                     if let Some(b) = self.backfills.running() {
                         b.committed(self.current_xid);
                     }

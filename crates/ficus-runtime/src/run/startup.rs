@@ -336,7 +336,7 @@ async fn resync(
 /// every column): their operations, and per table the columns they read and its key.
 pub(crate) fn publication_needs(compiled: &Compiled, schema: &Schema, archives: bool) -> Needs {
     let mut needs = Needs::default();
-    for m in compiled.mappings() {
+    for m in compiled.readers() {
         for op in &m.ops {
             match op {
                 Op::Insert => needs.ops.insert = true,
