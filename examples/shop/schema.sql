@@ -35,6 +35,17 @@ create table order_lines (
   price    money_amount not null
 );
 
+-- The outbox: where the application states an event itself, in the transaction of the fact
+-- (the Debezium outbox event router's columns). It inserts the row and deletes it at once: the
+-- table stays empty, and ficus reads the insert from the WAL.
+create table outbox (
+  id            uuid primary key,
+  aggregatetype text not null,
+  aggregateid   text not null,
+  type          text not null,
+  payload       jsonb not null
+);
+
 -- Not mapped: ficus never sees it, however busy it is.
 create table page_views (
   id   bigserial primary key,

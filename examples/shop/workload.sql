@@ -22,3 +22,14 @@ update orders set total = 10.49 where id = 2;          -- not an event: no mappi
 update orders set status = 'shipped' where id = 1;
 update customers set email = 'ada@lovelace.example' where id = 1;
 update orders set status = 'cancelled' where id = 2;
+
+-- The application states events itself: an outbox row, inserted and deleted in one transaction
+-- (one LoyaltyPointsGranted, its id the row's) ...
+begin;
+insert into outbox (id, aggregatetype, aggregateid, type, payload) values
+  ('0b7e4a52-6f0e-4c1b-9d8e-2f64a7c1e001', 'Customer', '1', 'LoyaltyPointsGranted', '{"customer_id": 1, "points": 120}');
+delete from outbox where id = '0b7e4a52-6f0e-4c1b-9d8e-2f64a7c1e001';
+commit;
+
+-- ... and a logical decoding message, no table at all (one CartAbandoned).
+select pg_logical_emit_message(true, 'shop.events', '{"type": "CartAbandoned", "cart_id": 9, "items": 3}');

@@ -41,12 +41,12 @@ async fn init_scaffolds_the_shop_into_mappings_that_check_and_stream() {
     let first = p.ficus(&["test", "-c", "app/ficus.toml"]).out();
     let said = String::from_utf8_lossy(&first.stdout).into_owned();
     assert_eq!(first.status.code(), Some(1), "{said}");
-    assert!(said.contains("0 passed, 0 failed, 4 without expectations"), "{said}");
+    assert!(said.contains("0 passed, 0 failed, 5 without expectations"), "{said}");
     assert!(said.contains("{\"type\":\"OrderCreated\",\"subject\":\"1\""), "{said}");
     p.ok(&["test", "-c", "app/ficus.toml", "--accept"]);
     let out = p.ok(&["test", "-c", "app/ficus.toml"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains("4 passed, 0 failed"), "{said}");
+    assert!(said.contains("5 passed, 0 failed"), "{said}");
     // The catalog types the events from the fixtures' columns, and --lock releases them: from an
     // empty folder to tested, documented, locked mappings with init, test and catalog.
     p.ok(&["catalog", "-c", "app/ficus.toml", "--out", "app/catalog", "--lock"]);

@@ -10,7 +10,7 @@ pub(crate) const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/
 pub(crate) async fn shop() -> Project {
     let schema = std::fs::read_to_string(format!("{SHOP}/schema.sql")).unwrap();
     let p = Project::new(&schema).await;
-    for file in ["customers.toml", "orders.toml"] {
+    for file in ["customers.toml", "orders.toml", "outbox.toml"] {
         p.mapping(
             file,
             &std::fs::read_to_string(format!("{SHOP}/mappings/{file}")).unwrap(),
@@ -23,7 +23,7 @@ pub(crate) async fn shop() -> Project {
 async fn shop_example_end_to_end() {
     let p = shop().await;
     let out = p.ok(&["check"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 mapping(s) of 3 table(s) check out"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 mapping(s) of 4 table(s) check out"));
     // The customer from before ficus, as a snapshot event (this creates the slot).
     p.ok(&["backfill"]);
     let existing = p.events();
@@ -36,9 +36,14 @@ async fn shop_example_end_to_end() {
     let events = p.events();
     insta::assert_snapshot!(redacted(&events));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("delivered 9 events from"), "{log}");
+    assert!(log.contains("delivered 11 events from"), "{log}");
     let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "ids are unique");
+    let granted = events.iter().find(|e| e["type"] == "LoyaltyPointsGranted").unwrap();
+    assert_eq!(
+        granted["id"], "0b7e4a52-6f0e-4c1b-9d8e-2f64a7c1e001",
+        "the outbox row's id"
+    );
     // Caught up means acknowledged: a second run delivers nothing again.
     p.catch_up();
     assert_eq!(p.events().len(), events.len());
@@ -68,7 +73,7 @@ async fn a_second_slot_gives_the_same_ids() {
             .collect::<Vec<_>>()
     };
     let first = ids(p.events());
-    assert_eq!(first.len(), 9);
+    assert_eq!(first.len(), 11);
     assert_eq!(first, ids(p.events_in("second.jsonl")));
     // The exited ficus's walsender may hold the slot a moment longer.
     ficus_testkit::wait_for(

@@ -32,7 +32,7 @@ async fn checkouts_interleaved_on_two_connections_are_one_order_placed_each_and_
     let mut b = p.db.connect().await;
     let mut ta = a.begin().await.unwrap();
     let mut tb = b.begin().await.unwrap();
-    let steps: [(bool, &str); 7] = [
+    let steps: [(bool, &str); 10] = [
         (
             true,
             "insert into orders (id, customer_id, total) values (10, 100, 30.00)",
@@ -58,6 +58,19 @@ async fn checkouts_interleaved_on_two_connections_are_one_order_placed_each_and_
             "insert into order_lines (order_id, line_no, sku, quantity, price) values (10, 2, 'B', 1, 10.00)",
         ),
         (true, "update orders set status = 'paid' where id = 10"),
+        // The application states events itself in A: a message, and an outbox row it deletes.
+        (
+            true,
+            "select pg_logical_emit_message(true, 'shop.events', '{\"type\": \"CartAbandoned\", \"cart_id\": 5, \"items\": 1}')",
+        ),
+        (
+            true,
+            "insert into outbox values ('00000000-0000-4000-8000-000000000010', 'Customer', '100', 'LoyaltyPointsGranted', '{\"points\": 30}')",
+        ),
+        (
+            true,
+            "delete from outbox where id = '00000000-0000-4000-8000-000000000010'",
+        ),
     ];
     for (on_a, sql) in steps {
         let tx = if on_a { &mut *ta } else { &mut *tb };
@@ -71,11 +84,7 @@ async fn checkouts_interleaved_on_two_connections_are_one_order_placed_each_and_
     )
     .await;
     p.catch_up();
-    let orders: Vec<serde_json::Value> = p
-        .events()
-        .into_iter()
-        .filter(|e| e["type"].as_str().unwrap().starts_with("Order"))
-        .collect();
+    let orders: Vec<serde_json::Value> = p.events().into_iter().filter(|e| e.get("backfill").is_none()).collect();
     insta::assert_snapshot!(redacted(&orders));
     let types: Vec<&str> = orders.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
@@ -84,11 +93,18 @@ async fn checkouts_interleaved_on_two_connections_are_one_order_placed_each_and_
             "OrderPlaced",
             "OrderPlaced",
             "OrderPaid",
+            "CartAbandoned",
+            "LoyaltyPointsGranted",
             "OrderLinesAdded",
             "OrderLinesAdded"
         ],
-        "B's order first (it committed first); A's OrderPlaced before its OrderPaid"
+        "B's order first (it committed first); A's events in A's order, OrderPlaced first"
     );
+    assert_eq!(
+        orders[4]["id"], "00000000-0000-4000-8000-000000000010",
+        "the outbox row's id"
+    );
+    assert_eq!(orders[4]["lsn"], orders[1]["lsn"]);
     let lines_of = |e: &serde_json::Value| -> Vec<String> {
         e["data"]["lines"]
             .as_array()
@@ -100,11 +116,12 @@ async fn checkouts_interleaved_on_two_connections_are_one_order_placed_each_and_
     assert_eq!(lines_of(&orders[0]), ["X"]);
     assert_eq!(lines_of(&orders[1]), ["A", "B", "C"], "by line_no, not as written");
     assert_eq!(orders[2]["lsn"], orders[1]["lsn"], "one transaction");
-    assert_eq!(lines_of(&orders[3]), ["D"]);
-    assert_eq!(lines_of(&orders[4]), ["Y"]);
+    assert_eq!(lines_of(&orders[5]), ["D"]);
+    assert_eq!(lines_of(&orders[6]), ["Y"]);
 
-    // The archive holds the row changes: remap with the same mappings makes the same events,
-    // ids, order and bytes, the collected lines included.
+    // The archive holds the row changes and the messages: remap with the same mappings makes
+    // the same events, ids, order and bytes, the collected lines, the outbox's and the
+    // message's events included.
     let live = std::fs::read_to_string(p.path("events.jsonl")).unwrap();
     assert_eq!(remapped(&p), live);
 }
@@ -184,4 +201,35 @@ async fn a_hundred_thousand_lines_are_one_event_within_collect_memory_and_past_i
             .all(|(i, l)| l["line_no"] == serde_json::json!(i + 1))
     );
     assert_eq!(lines[0]["sku"], "SKU-100000");
+}
+
+#[tokio::test]
+async fn a_message_outside_a_transaction_stops_ficus_before_it_unless_the_mapping_skips_such() {
+    let p = Project::new("create table t (id int primary key)").await;
+    let mapping =
+        |extra: &str| format!("[[message]]\nprefix = \"RewardGranted\"\nkey = \"string(payload.customer)\"\n{extra}");
+    p.mapping("messages.toml", &mapping(""));
+    p.catch_up();
+    p.db.exec(
+        "select pg_logical_emit_message(true, 'RewardGranted', '{\"customer\": 1, \"points\": 10}');
+         select pg_logical_emit_message(false, 'RewardGranted', '{\"customer\": 2, \"points\": 20}');
+         select pg_logical_emit_message(true, 'RewardGranted', '{\"customer\": 3, \"points\": 30}');",
+    )
+    .await;
+    let out = p.ficus(&["run", "--until-caught-up"]).out();
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains("the message was emitted outside a transaction"), "{said}");
+    assert!(said.contains("non_transactional = \"skip\""), "{said}");
+    let subjects = |p: &Project| -> Vec<String> { p.events().iter().map(|e| e["subject"].to_string()).collect() };
+    assert_eq!(subjects(&p), Vec::<String>::new(), "nothing after it is delivered");
+    // Passed over when the mapping says so, and said so; the transactional ones are delivered.
+    p.mapping("messages.toml", &mapping("non_transactional = \"skip\"\n"));
+    let out = p.catch_up();
+    assert!(
+        stderr(&out).contains("passed over a message emitted outside a transaction"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(subjects(&p), ["\"1\"", "\"3\""]);
 }

@@ -88,6 +88,23 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
             }
         }
     }
+    // Events the application states itself (logical decoding messages): from the prefix.
+    for m in compiled.messages() {
+        add(
+            &m.name,
+            m.version,
+            Source {
+                table: TableRef::new("pg_logical_emit_message", &m.prefix),
+                aggregate: m.aggregate.to_string(),
+                ops: vec!["message".to_owned()],
+                when: m.sources.when.clone(),
+                key: m.sources.key.clone(),
+                origin: m.origin.clone(),
+                shape: m.shape(),
+                typed: true,
+            },
+        );
+    }
     out.into_values().collect()
 }
 

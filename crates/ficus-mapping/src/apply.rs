@@ -59,6 +59,18 @@ impl EventContext {
         uri
     }
 
+    /// The `source` of the events of logical decoding messages with `prefix`:
+    /// `/ficus/{source name}/message/{prefix}`, percent-encoded.
+    pub fn message_source(&self, prefix: &str) -> String {
+        use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+        const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        format!(
+            "{}/message/{}",
+            self.source_uri(None),
+            utf8_percent_encode(prefix, SEGMENT)
+        )
+    }
+
     /// The deterministic id of the event named `name` in this source: the same name, the same id.
     pub fn event_id(&self, name: &str) -> String {
         Uuid::new_v5(&self.id_namespace, name.as_bytes()).to_string()
@@ -92,6 +104,25 @@ pub enum MapError {
     /// `collect_memory`.
     #[error(transparent)]
     CollectLimit(Box<CollectLimit>),
+    /// A logical decoding message of a mapped prefix that cannot be mapped.
+    #[error(transparent)]
+    Message(Box<MessageError>),
+}
+
+/// A logical decoding message of a mapped prefix that cannot be mapped.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: the message with prefix {prefix:?} at {lsn}: {message}")]
+pub struct MessageError {
+    /// The `[[message]]`'s `file:line`.
+    pub origin: String,
+    /// The message's prefix.
+    pub prefix: String,
+    /// The message's LSN.
+    pub lsn: String,
+    /// `transactional`, `payload`, `when`, `key` or `data.field`.
+    pub what: String,
+    /// What went wrong.
+    pub message: String,
 }
 
 /// A transaction whose collected rows outgrew the memory they may take.
@@ -167,6 +198,15 @@ impl MapError {
                 "the row change has no value for that column: old values need REPLICA IDENTITY FULL, and unchanged TOASTed values are not sent; guard with has(old.column)".into()
             }
             MapError::Eval(_) => "fix the expression, then start ficus again: the slot stays where it is".into(),
+            MapError::Message(e) if e.what == "transactional" => {
+                "emit it with pg_logical_emit_message(true, ...), in the transaction whose fact it states; then, to go past the message already written, set non_transactional = \"skip\" on the [[message]] (ficus logs each one it skips) and start ficus again: the slot stays before it".into()
+            }
+            MapError::Message(e) if e.what == "payload" => {
+                "a [[message]]'s payload must be JSON text (an object with data = \"payload\"): fix the application. This message cannot become an event; to go past it, take the prefix's [[message]] mappings out for one run (ficus then passes over messages of the prefix: this one is lost, tell its consumers) and put them back. Until then the slot stays before it".into()
+            }
+            MapError::Message(_) => {
+                "fix the [[message]] (its when, key or data), or add one for what the application states; then start ficus again: the slot stays before the message".into()
+            }
             MapError::CollectLimit(_) => {
                 "raise collect_memory in [source] of ficus.toml (it bounds one transaction's collected rows, default 64MB), or narrow the collect's when; then start ficus again: the slot stays before this transaction".into()
             }
@@ -211,11 +251,23 @@ struct CollectRule {
     order: Option<BoundExpr>,
 }
 
+/// An outbox table's columns, at their positions.
+#[derive(Debug)]
+struct OutboxRule {
+    mapping: Arc<crate::compile::OutboxMapping>,
+    id: Option<usize>,
+    aggregate_type: usize,
+    aggregate_id: usize,
+    ty: usize,
+    payload: usize,
+}
+
 /// The mappings of one table, bound to one version of its relation.
 pub struct Bound {
     relation: Arc<Relation>,
     rules: Vec<Rule>,
     collects: Vec<CollectRule>,
+    outboxes: Vec<OutboxRule>,
     /// Columns put into CEL's `new` and `old`, with their names as CEL map keys.
     cel_new: Vec<(usize, Key)>,
     cel_old: Vec<(usize, Key)>,
@@ -245,7 +297,31 @@ impl Compiled {
             .filter(|(_, _, c)| c.rows.table == relation.table)
             .map(|(m, i, _)| (m, i))
             .collect();
-        if mappings.is_empty() && collected.is_empty() {
+        let mut outboxes = Vec::new();
+        for o in self.outboxes.iter().filter(|o| o.table == relation.table) {
+            let at = |name: &str| {
+                relation.column_index(name).ok_or_else(|| MapError::ColumnMissing {
+                    origin: o.origin.clone(),
+                    event: "[[outbox]]".into(),
+                    table: relation.table.to_string(),
+                    column: name.to_owned(),
+                })
+            };
+            let id = match &o.id {
+                Some(c) if o.id_default && relation.column_index(c).is_none() => None,
+                Some(c) => Some(at(c)?),
+                None => None,
+            };
+            outboxes.push(OutboxRule {
+                id,
+                aggregate_type: at(&o.aggregate_type)?,
+                aggregate_id: at(&o.aggregate_id)?,
+                ty: at(&o.ty)?,
+                payload: at(&o.payload)?,
+                mapping: o.clone(),
+            });
+        }
+        if mappings.is_empty() && collected.is_empty() && outboxes.is_empty() {
             return Ok(None);
         }
         let (mut cel_new, mut cel_old, mut changed) = (Cols::None, Cols::None, false);
@@ -283,6 +359,7 @@ impl Compiled {
         };
         Ok(Some(Bound {
             collects,
+            outboxes,
             cel_new: positions(&cel_new),
             cel_old: positions(&cel_old),
             changed,
@@ -466,6 +543,16 @@ impl Bound {
                 events.push(event);
             }
         }
+        if change.op == Op::Insert {
+            for o in &self.outboxes {
+                let event = self.outbox_event(o, change, ctx)?;
+                if tx.holding() {
+                    tx.hold_plain(event, &o.mapping.origin, change)?;
+                } else {
+                    events.push(event);
+                }
+            }
+        }
         for c in &self.collects {
             if !c.rule.mapping.ops.contains(&change.op) {
                 continue;
@@ -504,6 +591,65 @@ impl Bound {
             tx.collect(&c.parent, c.index, row, order, change)?;
         }
         Ok(events)
+    }
+
+    /// The event of a row inserted into an outbox table: its type, aggregate, key and data
+    /// from the row, its id the row's when it has one.
+    fn outbox_event(&self, o: &OutboxRule, change: &RowChange, ctx: &EventContext) -> Result<Event, MapError> {
+        let fail = |column: usize, message: &str| {
+            MapError::Eval(Box::new(EvalError {
+                origin: o.mapping.origin.clone(),
+                event: "[[outbox]]".into(),
+                table: self.relation.table.to_string(),
+                op: change.op,
+                lsn: change.tx.commit_lsn.to_string(),
+                what: self.relation.columns[column].name.clone(),
+                message: message.to_owned(),
+            }))
+        };
+        let text = |column: usize| -> Result<Cow<'_, str>, MapError> {
+            match cell(change, Var::New, column) {
+                Some(Cell::Text(t)) => Ok(text_of(t)),
+                _ => Err(fail(column, "is null: an outbox row needs it")),
+            }
+        };
+        let ty = text(o.ty)?;
+        let aggregate = text(o.aggregate_type)?;
+        let subject = text(o.aggregate_id)?.into_owned();
+        let data: ficus_model::Data = serde_json::from_str(&text(o.payload)?).map_err(|_| {
+            fail(
+                o.payload,
+                "is not a JSON object: an outbox's payload is the event's data",
+            )
+        })?;
+        let id = match o.id.map(|i| (i, cell(change, Var::New, i))) {
+            Some((_, Some(Cell::Text(t)))) => text_of(t).into_owned(),
+            _ => {
+                let Origin::Wal { lsn, seq } = &change.origin else {
+                    return Err(fail(o.ty, "an outbox maps inserts only"));
+                };
+                ctx.event_id(&format!(
+                    "{}/{lsn}/{seq}/outbox/{}",
+                    change.tx.commit_lsn, self.relation.table
+                ))
+            }
+        };
+        Ok(Event {
+            specversion: "1.0",
+            id,
+            source: self.source.clone(),
+            ty: ty.as_ref().into(),
+            aggregate: aggregate.as_ref().into(),
+            subject,
+            time: self.tx_attributes(change).time,
+            datacontenttype: "application/json",
+            eventversion: crate::compile::DEFAULT_VERSION,
+            lsn: change.tx.commit_lsn,
+            txid: change.tx.xid,
+            backfill: None,
+            unavailable: None,
+            data,
+        })
     }
 
     /// The event a rule makes of a row change, `None` when its `when` is false; `nth` tells

@@ -180,9 +180,76 @@ pub(crate) enum Data {
     Row { var: Var, exclude: Vec<String> },
 }
 
+/// One compiled `[[outbox]]`: an outbox table whose inserted rows are events the application
+/// states, with the Debezium outbox event router's columns.
+#[derive(Debug)]
+pub struct OutboxMapping {
+    /// The outbox table.
+    pub table: TableRef,
+    /// The column of the event id, if any.
+    pub id: Option<String>,
+    /// Whether `id` is the default (`id`), which a table without such a column does without.
+    pub id_default: bool,
+    /// The column of the aggregate's type.
+    pub aggregate_type: String,
+    /// The column of the aggregate's id.
+    pub aggregate_id: String,
+    /// The column of the event's type.
+    pub ty: String,
+    /// The column of the event's data.
+    pub payload: String,
+    /// Where it is written, `file:line`.
+    pub origin: String,
+}
+
+impl OutboxMapping {
+    /// The columns it reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.id
+            .iter()
+            .map(String::as_str)
+            .chain([&self.aggregate_type, &self.aggregate_id, &self.ty, &self.payload].map(String::as_str))
+    }
+}
+
+/// One compiled `[[message]]`: events of logical decoding messages with a prefix.
+#[derive(Debug)]
+pub struct MessageMapping {
+    /// The event's name (CloudEvents `type`).
+    pub name: Arc<str>,
+    /// The event's schema version.
+    pub version: u32,
+    /// The prefix of the messages it maps.
+    pub prefix: String,
+    /// The aggregate its events belong to.
+    pub aggregate: Arc<str>,
+    /// Where it is written, `file:line`.
+    pub origin: String,
+    /// `when` and `key` as written, and each data field's expression.
+    pub sources: Sources,
+    /// Whether a message of the prefix emitted outside a transaction is passed over
+    /// (`non_transactional = "skip"`) rather than stopping ficus.
+    pub skip_non_transactional: bool,
+    pub(crate) when: Option<Arc<cel::Program>>,
+    pub(crate) key: Arc<cel::Program>,
+    /// `None`: the payload as it is.
+    pub(crate) fields: Option<Vec<(String, Arc<cel::Program>)>>,
+}
+
+impl MessageMapping {
+    /// The names of its data's fields, `None` when the data is the payload as it is.
+    pub fn fields(&self) -> Option<Vec<&str>> {
+        self.fields
+            .as_ref()
+            .map(|f| f.iter().map(|(n, _)| n.as_str()).collect())
+    }
+}
+
 /// Every mapping, compiled: ready to bind to the source's relations.
 pub struct Compiled {
     pub(crate) mappings: Vec<Arc<Mapping>>,
+    pub(crate) messages: Vec<Arc<MessageMapping>>,
+    pub(crate) outboxes: Vec<Arc<OutboxMapping>>,
     pub(crate) env: Arc<cel::Env>,
     pub(crate) warnings: Vec<Diagnostic>,
 }
@@ -193,6 +260,16 @@ impl Compiled {
         &self.mappings
     }
 
+    /// The outbox tables (`[[outbox]]`), in file order.
+    pub fn outboxes(&self) -> &[Arc<OutboxMapping>] {
+        &self.outboxes
+    }
+
+    /// The mappings of logical decoding messages (`[[message]]`), in file order.
+    pub fn messages(&self) -> &[Arc<MessageMapping>] {
+        &self.messages
+    }
+
     /// What checks out but may stop ficus at run time (a TOASTed value an update does not send),
     /// each pointing into its file.
     pub fn warnings(&self) -> &[Diagnostic] {
@@ -201,7 +278,10 @@ impl Compiled {
 
     /// The tables some mapping reads: the publication's tables.
     pub fn tables(&self) -> BTreeSet<TableRef> {
-        self.readers().map(|m| m.table.clone()).collect()
+        self.readers()
+            .map(|m| m.table.clone())
+            .chain(self.outboxes.iter().map(|o| o.table.clone()))
+            .collect()
     }
 
     /// Every mapping that reads row changes: the events' mappings and, after each, those of the
@@ -246,6 +326,8 @@ pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compile
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut mappings = Vec::new();
+    let mut messages = Vec::new();
+    let mut outboxes = Vec::new();
     let env = Arc::new(cel::Env::stdlib());
     for file in files {
         for raw in &file.events {
@@ -260,9 +342,33 @@ pub fn compile(files: &[MappingFile], schema: Option<&Schema>) -> Result<Compile
             errors.extend(checker.errors);
             warnings.extend(checker.warnings);
         }
+        for raw in &file.outboxes {
+            let mut checker = Checker {
+                src: &file.source,
+                errors: Vec::new(),
+                warnings: Vec::new(),
+            };
+            if let Some(o) = checker.outbox(raw, schema) {
+                outboxes.push(Arc::new(o));
+            }
+            errors.extend(checker.errors);
+        }
+        for raw in &file.messages {
+            let mut checker = Checker {
+                src: &file.source,
+                errors: Vec::new(),
+                warnings: Vec::new(),
+            };
+            if let Some(m) = checker.message(raw) {
+                messages.push(Arc::new(m));
+            }
+            errors.extend(checker.errors);
+        }
     }
     if errors.is_empty() {
         Ok(Compiled {
+            outboxes,
+            messages,
             mappings,
             env,
             warnings,
@@ -577,6 +683,216 @@ impl Checker<'_> {
             key,
             data,
             reads,
+        })
+    }
+
+    /// An `[[outbox]]`: its table and columns, against the schema when there is one.
+    fn outbox(&mut self, raw: &crate::file::RawOutbox, schema: Option<&Schema>) -> Option<OutboxMapping> {
+        let table = TableRef::parse(raw.table.get_ref().trim());
+        let column = |c: &Option<Spanned<String>>, default: &str| -> (String, Range<usize>) {
+            match c {
+                Some(c) => (c.get_ref().trim().to_owned(), c.span()),
+                None => (default.to_owned(), raw.table.span()),
+            }
+        };
+        let id = column(&raw.id, "id");
+        let columns = [
+            column(&raw.aggregate_type, "aggregatetype"),
+            column(&raw.aggregate_id, "aggregateid"),
+            column(&raw.ty, "type"),
+            column(&raw.payload, "payload"),
+        ];
+        let mut id_column = (!id.0.is_empty()).then(|| id.0.clone());
+        if let Some(schema) = schema {
+            let Some(catalog) = schema.get(&table) else {
+                let known: Vec<String> = schema.keys().map(|t| t.to_string()).collect();
+                self.error(
+                    &raw.table.span(),
+                    format!("unknown table {table}"),
+                    format!("tables are {}", known.join(", ")),
+                );
+                return None;
+            };
+            let relation = &catalog.relation;
+            let names = || {
+                relation
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            // The id column is optional: without `id = ...`, a table that has none derives ids.
+            if raw.id.is_none() && relation.column_index("id").is_none() {
+                id_column = None;
+            }
+            for (name, span) in id_column
+                .iter()
+                .map(|n| (n.clone(), id.1.clone()))
+                .chain(columns.iter().cloned())
+            {
+                if relation.column_index(&name).is_none() {
+                    self.error(
+                        &span,
+                        format!("{table} has no column {name:?}"),
+                        format!(
+                            "columns of {table} are {}; name the outbox's columns: id, aggregate_type, aggregate_id, type, payload",
+                            names()
+                        ),
+                    );
+                }
+            }
+            if relation.replica_identity != ReplicaIdentity::Full && !relation.columns.iter().any(|c| c.identity) {
+                self.error(
+                    &raw.table.span(),
+                    format!(
+                        "{table} has no replica identity: in ficus's publication, the monolith's DELETE of its rows (insert-then-delete) would fail in the source"
+                    ),
+                    format!("give it a primary key (id uuid primary key), or run ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted()),
+                );
+            }
+            let payload = &columns[3];
+            if let Some(c) = relation.columns.iter().find(|c| c.name == payload.0)
+                && c.ty != ficus_model::PgType::Json
+            {
+                self.error(
+                    &payload.1,
+                    format!("the payload column {} is {}, not jsonb or json", c.name, c.type_name),
+                    "an outbox's payload is the event's data, a JSON object: make the column jsonb (text and bytea payloads with a content type are not supported yet)".to_owned(),
+                );
+            }
+        }
+        let [aggregate_type, aggregate_id, ty, payload] = columns.map(|(c, _)| c);
+        let origin = format!(
+            "{}:{}",
+            self.src.path,
+            self.src.error_at(&raw.table.span(), "", None).line
+        );
+        Some(OutboxMapping {
+            table,
+            id_default: raw.id.is_none(),
+            id: id_column,
+            aggregate_type,
+            aggregate_id,
+            ty,
+            payload,
+            origin,
+        })
+    }
+
+    /// A `[[message]]`: its prefix, name, version and CEL over `payload`, `prefix`, `tx`.
+    fn message(&mut self, raw: &crate::file::RawMessage) -> Option<MessageMapping> {
+        let prefix = raw.prefix.get_ref().trim().to_owned();
+        if prefix.is_empty() || prefix.starts_with("ficus") {
+            self.error(
+                &raw.prefix.span(),
+                format!("prefix {prefix:?} cannot be mapped"),
+                "name the prefix your application passes to pg_logical_emit_message; prefixes starting with ficus are ficus's own (heartbeats, watermarks)".to_owned(),
+            );
+        }
+        let name = raw
+            .name
+            .as_ref()
+            .map_or(prefix.clone(), |n| n.get_ref().trim().to_owned());
+        let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !name_ok {
+            let span = raw.name.as_ref().map_or(raw.prefix.span(), |n| n.span());
+            self.error(
+                &span,
+                format!("invalid event name {name:?}"),
+                "event names are like OrderRefunded (letters, digits, _ . -); without name, the prefix is the name"
+                    .to_owned(),
+            );
+        }
+        let version = match &raw.version {
+            None => DEFAULT_VERSION,
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    self.error(
+                        &v.span(),
+                        format!("invalid version {}", v.get_ref()),
+                        "versions are whole numbers from 1".to_owned(),
+                    );
+                    DEFAULT_VERSION
+                }
+            },
+        };
+        let mut cel = |s: &Spanned<String>| match expr::parse_message(s.get_ref()) {
+            Ok(p) => Some(p),
+            Err(errs) => {
+                for e in errs {
+                    let at = self.inside(&s.span(), e.offset);
+                    self.error(&at, e.message, e.hint);
+                }
+                None
+            }
+        };
+        let when = raw.when.as_ref().map(&mut cel);
+        let key = cel(&raw.key);
+        let mut field_texts = Vec::new();
+        let fields = match raw.data.as_ref().map(|d| (d.get_ref(), d.span())) {
+            None => Some(None),
+            Some((RawData::Row(r), _)) if r.trim() == "payload" => Some(None),
+            Some((RawData::Row(r), span)) => {
+                self.error(
+                    &span,
+                    format!("data = {:?} is not \"payload\"", r.trim()),
+                    "write data = \"payload\" for the payload as it is, or data = { field = \"payload.x\", ... }"
+                        .to_owned(),
+                );
+                None
+            }
+            Some((RawData::Fields(fs), _)) => {
+                let mut out = Vec::new();
+                for (field, value) in fs {
+                    if let Some(p) = cel(value) {
+                        out.push((field.clone(), p));
+                        field_texts.push(value.get_ref().trim().to_owned());
+                    }
+                }
+                Some(Some(out))
+            }
+        };
+        let aggregate = raw
+            .aggregate
+            .as_ref()
+            .map_or(prefix.clone(), |a| a.get_ref().trim().to_owned());
+        let origin = format!(
+            "{}:{}",
+            self.src.path,
+            self.src.error_at(&raw.prefix.span(), "", None).line
+        );
+        let skip_non_transactional = match raw.non_transactional.as_ref().map(|n| (n.get_ref().trim(), n.span())) {
+            None | Some(("stop", _)) => false,
+            Some(("skip", _)) => true,
+            Some((other, span)) => {
+                self.error(
+                    &span,
+                    format!("unknown non_transactional {other:?}"),
+                    "non_transactional is \"stop\" (the default) or \"skip\"".to_owned(),
+                );
+                false
+            }
+        };
+        let (Some(key), Some(fields), Some(when)) = (key, fields, when.map_or(Some(None), |w| w.map(Some))) else {
+            return None;
+        };
+        Some(MessageMapping {
+            name: name.into(),
+            version,
+            prefix,
+            aggregate: aggregate.into(),
+            origin,
+            sources: Sources {
+                when: raw.when.as_ref().map(|w| w.get_ref().trim().to_owned()),
+                key: raw.key.get_ref().trim().to_owned(),
+                fields: field_texts,
+            },
+            skip_non_transactional,
+            when,
+            key,
+            fields,
         })
     }
 

@@ -124,6 +124,89 @@ fn is_ident(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The variables of an expression over a logical decoding message.
+pub(crate) const MESSAGE_VARIABLES: &[&str] = &["payload", "prefix", "tx"];
+
+/// Parses an expression over a logical decoding message (`payload`, `prefix`, `tx`): CEL.
+pub(crate) fn parse_message(text: &str) -> Result<Arc<cel::Program>, Vec<ExprError>> {
+    let program = compile_cel(text, "payload.type == 'OrderRefunded'")?;
+    let mut unknown = Vec::new();
+    names(program.expression(), &mut Vec::new(), &mut unknown);
+    if unknown.is_empty() {
+        return Ok(Arc::new(program));
+    }
+    Err(unknown
+        .into_iter()
+        .map(|(name, id)| ExprError {
+            offset: program
+                .source_info()
+                .offset_for(id)
+                .map_or(0, |(start, _)| start as usize),
+            message: format!("unknown variable `{name}`"),
+            hint: Some(format!("a message's variables are {}", MESSAGE_VARIABLES.join(", "))),
+        })
+        .collect())
+}
+
+/// The free names of an expression that are no message variable.
+fn names(e: &IdedExpr, bound: &mut Vec<String>, unknown: &mut Vec<(String, u64)>) {
+    let mut walk = |e: &IdedExpr, bound: &mut Vec<String>| names(e, bound, unknown);
+    match &e.expr {
+        Ast::Ident(name) => {
+            if !bound.contains(name) && !MESSAGE_VARIABLES.contains(&name.as_str()) {
+                unknown.push((name.clone(), e.id));
+            }
+        }
+        Ast::Select(select) => walk(&select.operand, bound),
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                walk(target, bound);
+            }
+            call.args.iter().for_each(|a| walk(a, bound));
+        }
+        Ast::Comprehension(c) => {
+            walk(&c.iter_range, bound);
+            let depth = bound.len();
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            bound.push(c.accu_var.clone());
+            for part in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                walk(part, bound);
+            }
+            bound.truncate(depth);
+        }
+        Ast::List(list) => list.elements.iter().for_each(|a| walk(a, bound)),
+        Ast::Map(map) => map.entries.iter().for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(m) => {
+                walk(&m.key, bound);
+                walk(&m.value, bound);
+            }
+            EntryExpr::StructField(f) => walk(&f.value, bound),
+        }),
+        Ast::Struct(s) => s.entries.iter().for_each(|entry| {
+            if let EntryExpr::StructField(f) = &entry.expr {
+                walk(&f.value, bound)
+            }
+        }),
+        Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+fn compile_cel(text: &str, example: &str) -> Result<cel::Program, Vec<ExprError>> {
+    cel::Program::compile(text).map_err(|errors| {
+        errors
+            .errors
+            .iter()
+            .take(1) // the parser's later errors follow from the first
+            .map(|e| ExprError {
+                offset: line_col_offset(text, e.pos.0, e.pos.1),
+                message: format!("CEL does not parse: {}", e.msg),
+                hint: Some(format!("expressions are CEL, e.g. {example}")),
+            })
+            .collect::<Vec<_>>()
+    })
+}
+
 /// Parses an expression: a plain column reference when it is one, CEL otherwise.
 pub(crate) fn parse(text: &str) -> Result<Parsed, Vec<ExprError>> {
     let trimmed = text.trim();
@@ -167,18 +250,7 @@ pub(crate) fn parse(text: &str) -> Result<Parsed, Vec<ExprError>> {
         }
         _ => {}
     }
-    let program = cel::Program::compile(text).map_err(|errors| {
-        errors
-            .errors
-            .iter()
-            .take(1) // the parser's later errors follow from the first
-            .map(|e| ExprError {
-                offset: line_col_offset(text, e.pos.0, e.pos.1),
-                message: format!("CEL does not parse: {}", e.msg),
-                hint: Some("expressions are CEL, e.g. new.status == 'paid' && old.status != 'paid'".to_owned()),
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let program = compile_cel(text, "new.status == 'paid' && old.status != 'paid'")?;
     let mut analysis = Analysis {
         reads: Reads {
             uses_cel: true,

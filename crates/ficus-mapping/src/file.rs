@@ -25,6 +25,80 @@ use crate::diagnostic::{Diagnostic, SourceText};
 pub struct MappingFile {
     pub(crate) source: SourceText,
     pub(crate) events: Vec<RawEvent>,
+    pub(crate) messages: Vec<RawMessage>,
+    pub(crate) outboxes: Vec<RawOutbox>,
+}
+
+/// One `[[outbox]]` table as written: an outbox table, with the Debezium outbox event router's
+/// columns (each name can be changed).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutbox {
+    /// The outbox table: `public.outbox`.
+    #[schemars(with = "String")]
+    pub table: Spanned<String>,
+    /// The column of the event's id, used as the CloudEvents `id` when it is not null; default
+    /// `id` (`""`: none, ficus derives the id).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub id: Option<Spanned<String>>,
+    /// The column of the aggregate's type (the event's aggregate), default `aggregatetype`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub aggregate_type: Option<Spanned<String>>,
+    /// The column of the aggregate's id (the event's `subject`), default `aggregateid`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub aggregate_id: Option<Spanned<String>>,
+    /// The column of the event's type (CloudEvents `type`), default `type`.
+    #[serde(default)]
+    #[schemars(rename = "type", with = "Option<String>")]
+    #[serde(rename = "type")]
+    pub ty: Option<Spanned<String>>,
+    /// The column of the event's data, a `jsonb` or `json` object; default `payload`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub payload: Option<Spanned<String>>,
+}
+
+/// One `[[message]]` table as written: events the application states itself, with
+/// `pg_logical_emit_message(true, prefix, payload)`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMessage {
+    /// The prefix of the messages it maps: `pg_logical_emit_message(true, 'shop.refunds', ...)`.
+    #[schemars(with = "String")]
+    pub prefix: Spanned<String>,
+    /// The event's type, default the prefix.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub name: Option<Spanned<String>>,
+    /// The event's version, default 1.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub version: Option<Spanned<i64>>,
+    /// A CEL condition over `payload` (the message's JSON), `prefix` and `tx`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
+    /// A CEL expression: the aggregate's key (`payload.order_id`).
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    /// The aggregate's name, default the prefix.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub aggregate: Option<Spanned<String>>,
+    /// The event's data: `"payload"` (the default: the payload as it is, a JSON object), or a
+    /// table of field = CEL expression.
+    #[serde(default)]
+    #[schemars(with = "Option<RawData>")]
+    pub data: Option<Spanned<RawData>>,
+    /// What a message of the prefix emitted outside a transaction does: `"stop"` (the default:
+    /// ficus stops before it) or `"skip"` (ficus logs it and goes on: it cannot be delivered
+    /// exactly once).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub non_transactional: Option<Spanned<String>>,
 }
 
 /// One `[[event]]` table as written.
@@ -209,7 +283,14 @@ enum Op {
 #[allow(dead_code)]
 struct FileSchema {
     /// The events of row changes, each an `[[event]]` table.
+    #[serde(default)]
     event: Vec<RawEvent>,
+    /// The events of logical decoding messages, each a `[[message]]` table.
+    #[serde(default)]
+    message: Vec<RawMessage>,
+    /// Outbox tables, each an `[[outbox]]` table.
+    #[serde(default)]
+    outbox: Vec<RawOutbox>,
 }
 
 /// The JSON Schema (2020-12) of mapping files, for editors: keys completed and checked as they
@@ -281,17 +362,93 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
         Ok(root) => root,
         Err(e) => {
             let errors = vec![diag(&e)];
-            return (MappingFile { source, events: vec![] }, errors);
+            return (
+                MappingFile {
+                    source,
+                    events: vec![],
+                    messages: vec![],
+                    outboxes: vec![],
+                },
+                errors,
+            );
         }
     };
     let mut errors = Vec::new();
     let mut events = Vec::new();
+    let mut messages = Vec::new();
+    let mut outboxes = Vec::new();
     for (key, value) in root.get_ref().iter() {
+        if key.get_ref() == "outbox" {
+            let DeValue::Array(items) = value.get_ref() else {
+                errors.push(source.error_at(
+                    &value.span(),
+                    "`outbox` is not an array of tables",
+                    Some("write each outbox as an [[outbox]] table".into()),
+                ));
+                continue;
+            };
+            for item in items.iter() {
+                let DeValue::Table(table) = item.get_ref() else {
+                    errors.push(source.error_at(
+                        &item.span(),
+                        "an outbox is not a table",
+                        Some("write each outbox as an [[outbox]] table".into()),
+                    ));
+                    continue;
+                };
+                let table = Spanned::new(item.span(), table.clone());
+                match RawOutbox::deserialize(toml::de::Deserializer::from(table)) {
+                    Ok(o) => outboxes.push(o),
+                    Err(e) => {
+                        let (message, _) = toml_message(e.message());
+                        errors.push(source.error_at(
+                            &e.span().unwrap_or(item.span()),
+                            message,
+                            Some("an [[outbox]] takes table, id, aggregate_type, aggregate_id, type and payload (column names)".into()),
+                        ));
+                    }
+                }
+            }
+            continue;
+        }
+        if key.get_ref() == "message" {
+            let DeValue::Array(items) = value.get_ref() else {
+                errors.push(source.error_at(
+                    &value.span(),
+                    "`message` is not an array of tables",
+                    Some("write each message mapping as a [[message]] table".into()),
+                ));
+                continue;
+            };
+            for item in items.iter() {
+                let DeValue::Table(table) = item.get_ref() else {
+                    errors.push(source.error_at(
+                        &item.span(),
+                        "a message mapping is not a table",
+                        Some("write each message mapping as a [[message]] table".into()),
+                    ));
+                    continue;
+                };
+                let table = Spanned::new(item.span(), table.clone());
+                match RawMessage::deserialize(toml::de::Deserializer::from(table)) {
+                    Ok(m) => messages.push(m),
+                    Err(e) => {
+                        let (message, _) = toml_message(e.message());
+                        errors.push(source.error_at(
+                            &e.span().unwrap_or(item.span()),
+                            message,
+                            Some("a [[message]] takes prefix, name, version, when, key, aggregate, data and non_transactional".into()),
+                        ));
+                    }
+                }
+            }
+            continue;
+        }
         if key.get_ref() != "event" {
             errors.push(source.error_at(
                 &key.span(),
                 format!("unknown key `{}`", key.get_ref()),
-                Some("a mapping file holds [[event]] tables only".into()),
+                Some("a mapping file holds [[event]], [[message]] and [[outbox]] tables".into()),
             ));
             continue;
         }
@@ -335,7 +492,15 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
             }
         }
     }
-    (MappingFile { source, events }, errors)
+    (
+        MappingFile {
+            source,
+            events,
+            messages,
+            outboxes,
+        },
+        errors,
+    )
 }
 
 /// Removes the key at `span` from the table or a table inside it (`[event.collect.lines]`);

@@ -20,14 +20,17 @@ mod compile;
 mod diagnostic;
 mod expr;
 mod file;
+mod message;
 mod shape;
 mod tx;
 
-pub use apply::{Bound, EvalError, EventContext, MapError, UnsentValue};
+pub use apply::{Bound, CollectLimit, EvalError, EventContext, MapError, MessageError, UnsentValue};
 pub use compile::{
-    Collect, ColumnsRead, Compiled, Mapping, Per, Schema, Sources, UnchangedToast, WithoutParent, compile,
+    Collect, ColumnsRead, Compiled, Mapping, MessageMapping, OutboxMapping, Per, Schema, Sources, UnchangedToast,
+    WithoutParent, compile,
 };
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, mapping_file_schema, parse_file};
+pub use message::Message;
 pub use shape::{DataShape, FieldShape, FieldSource, JsonType};
 pub use tx::Transaction;

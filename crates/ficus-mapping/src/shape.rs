@@ -345,3 +345,33 @@ impl crate::Collect {
         }
     }
 }
+
+impl crate::MessageMapping {
+    /// The shape of its events' data: the payload (open, its fields unknown to ficus), or its
+    /// fields, typed as far as their expressions tell.
+    pub fn shape(&self) -> DataShape {
+        match &self.fields {
+            None => DataShape {
+                fields: vec![],
+                open: true,
+            },
+            Some(fields) => DataShape {
+                fields: fields
+                    .iter()
+                    .zip(&self.sources.fields)
+                    .map(|((name, program), text)| {
+                        let (ty, nullable) = infer(program.expression(), None);
+                        FieldShape {
+                            name: name.clone(),
+                            source: FieldSource::Expression(text.clone()),
+                            ty,
+                            nullable,
+                            required: true,
+                        }
+                    })
+                    .collect(),
+                open: false,
+            },
+        }
+    }
+}

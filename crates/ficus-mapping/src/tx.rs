@@ -187,6 +187,51 @@ impl Transaction {
         Ok(())
     }
 
+    /// An event made after something that waits (an outbox row's): it waits too.
+    pub(crate) fn hold_plain(&mut self, event: Event, origin: &str, change: &RowChange) -> Result<(), MapError> {
+        let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
+        self.bytes += size;
+        if self.bytes > self.limit {
+            return Err(MapError::CollectLimit(Box::new(CollectLimit {
+                origin: origin.to_owned(),
+                event: event.ty.to_string(),
+                table: change.relation.table.to_string(),
+                lsn: change.tx.commit_lsn.to_string(),
+                limit: self.limit,
+            })));
+        }
+        self.held.push(Held::Event { event, mapping: None });
+        Ok(())
+    }
+
+    /// Events of a logical decoding message: returned, or, when events wait already, waiting
+    /// behind them.
+    pub(crate) fn after(
+        &mut self,
+        events: Vec<Event>,
+        mapping: &crate::compile::MessageMapping,
+        msg: &crate::Message<'_>,
+    ) -> Result<Vec<Event>, MapError> {
+        if !self.holding() {
+            return Ok(events);
+        }
+        for event in events {
+            let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
+            self.bytes += size;
+            if self.bytes > self.limit {
+                return Err(MapError::CollectLimit(Box::new(CollectLimit {
+                    origin: mapping.origin.clone(),
+                    event: mapping.name.to_string(),
+                    table: format!("messages {:?}", mapping.prefix),
+                    lsn: msg.tx.commit_lsn.to_string(),
+                    limit: self.limit,
+                })));
+            }
+            self.held.push(Held::Event { event, mapping: None });
+        }
+        Ok(Vec::new())
+    }
+
     /// A collected row, mapped (`row`: its key is the subject, its element the data).
     pub(crate) fn collect(
         &mut self,

@@ -124,10 +124,23 @@ fn shop_relations() -> (Arc<Relation>, Arc<Relation>) {
 fn shop_schema() -> Schema {
     let (c, o) = shop_relations();
     let l = collect::lines_relation();
+    let outbox = relation(
+        16430,
+        "public.outbox",
+        ReplicaIdentity::Default,
+        &[
+            ("id", PgType::Text, true),
+            ("aggregatetype", PgType::Text, false),
+            ("aggregateid", PgType::Text, false),
+            ("type", PgType::Text, false),
+            ("payload", PgType::Json, false),
+        ],
+    );
     BTreeMap::from([
         (c.table.clone(), (*c).clone().into()),
         (o.table.clone(), (*o).clone().into()),
         (l.table.clone(), (*l).clone().into()),
+        (outbox.table.clone(), (*outbox).clone().into()),
     ])
 }
 
@@ -781,3 +794,4 @@ fn the_source_is_a_uri_reference_for_any_name() {
 }
 
 mod collect;
+mod messages;

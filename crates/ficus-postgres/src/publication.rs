@@ -27,9 +27,15 @@ pub async fn ensure(
     let ctx = |what: &str| format!("{what} publication {name}");
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     let hint = |sql: &str| format!("run as the owner of the tables, or have an owner run: {sql}");
+    // No table: a publication of logical decoding messages only ([[message]] mappings).
+    let for_tables = if tables.is_empty() {
+        String::new()
+    } else {
+        format!(" for table {list}")
+    };
     let sql = match existing {
         None => format!(
-            "create publication {} for table {list} with (publish_via_partition_root = true)",
+            "create publication {}{for_tables} with (publish_via_partition_root = true)",
             quote_ident(name)
         ),
         Some(p) if p.all_tables => {
@@ -39,6 +45,11 @@ pub async fn ensure(
             ));
         }
         Some(p) if p.tables.keys().eq(tables.iter()) => return Ok(()),
+        Some(p) if tables.is_empty() => format!(
+            "alter publication {} drop table {}",
+            quote_ident(name),
+            p.tables.keys().map(|t| t.quoted()).collect::<Vec<_>>().join(", ")
+        ),
         Some(_) => format!("alter publication {} set table {list}", quote_ident(name)),
     };
     sqlx::query(&sql).execute(pool).await.map_err(|e| {

@@ -54,6 +54,8 @@ pub enum SourceEvent {
         content: bytes::Bytes,
         /// Its LSN.
         lsn: Lsn,
+        /// Whether it was emitted in a transaction (it comes with the commit, if any).
+        transactional: bool,
     },
 }
 
@@ -307,12 +309,17 @@ impl ReplicationStream {
                     }));
                 }
                 ReplicationEvent::Message {
-                    prefix, content, lsn, ..
+                    prefix,
+                    content,
+                    lsn,
+                    transactional,
+                    ..
                 } => {
                     return Ok(Some(SourceEvent::Message {
                         prefix,
                         content,
                         lsn: Lsn(lsn.as_u64()),
+                        transactional,
                     }));
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(None),

@@ -25,8 +25,9 @@ pub(crate) struct RelationDescription {
     pub source: String,
     /// The source's identity (what event ids derive from).
     pub identity: String,
-    /// The relation.
-    pub relation: Relation,
+    /// The relation; none for the logical decoding messages of the source.
+    #[serde(default)]
+    pub relation: Option<Relation>,
 }
 
 impl RelationDescription {
@@ -35,10 +36,69 @@ impl RelationDescription {
         let description = RelationDescription {
             source: ctx.source_name.clone(),
             identity: ctx.identity().to_owned(),
-            relation: relation.clone(),
+            relation: Some(relation.clone()),
         };
         serde_json::to_string(&description).expect("a relation always serializes")
     }
+
+    /// The description the source's logical decoding messages are archived under.
+    pub fn encode_messages(ctx: &EventContext) -> String {
+        let description = RelationDescription {
+            source: ctx.source_name.clone(),
+            identity: ctx.identity().to_owned(),
+            relation: None,
+        };
+        serde_json::to_string(&description).expect("a description always serializes")
+    }
+}
+
+/// A logical decoding message as archived: `{"op": "message", "prefix", "content", "lsn",
+/// "xid", "commit_lsn", "commit_us"}` (a mapped message's content is JSON text).
+#[derive(Serialize, Deserialize)]
+struct MessageJson {
+    op: String,
+    prefix: String,
+    content: String,
+    lsn: String,
+    xid: u32,
+    commit_lsn: String,
+    commit_us: i64,
+}
+
+/// A logical decoding message as the store archives it (under [`RelationDescription::encode_messages`]).
+pub(crate) fn encode_message(msg: &ficus_mapping::Message<'_>, description: &str) -> ArchivedChange {
+    let json = MessageJson {
+        op: "message".into(),
+        prefix: msg.prefix.to_owned(),
+        content: String::from_utf8_lossy(msg.content).into_owned(),
+        lsn: msg.lsn.to_string(),
+        xid: msg.tx.xid,
+        commit_lsn: msg.tx.commit_lsn.to_string(),
+        commit_us: msg.tx.commit_time_micros,
+    };
+    ArchivedChange {
+        key: format!("message/{}/{}", msg.tx.commit_lsn, msg.lsn),
+        lsn: msg.tx.commit_lsn.0,
+        time_micros: msg.tx.commit_time_micros,
+        relation: description.to_owned(),
+        change: serde_json::to_string(&json).expect("a message always serializes"),
+    }
+}
+
+/// An archived message back: its prefix, content, LSN and transaction.
+pub(crate) fn decode_message(text: &str) -> Result<(String, String, Lsn, TxMeta), String> {
+    let json: MessageJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let lsn = |s: &str| s.parse::<Lsn>().map_err(|e| e.to_string());
+    Ok((
+        json.prefix,
+        json.content,
+        lsn(&json.lsn)?,
+        TxMeta {
+            xid: json.xid,
+            commit_lsn: lsn(&json.commit_lsn)?,
+            commit_time_micros: json.commit_us,
+        },
+    ))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -224,7 +284,7 @@ mod tests {
         let ctx = EventContext::new("shop", "7/shop");
         let description = RelationDescription::encode(&relation, &ctx);
         let back: RelationDescription = serde_json::from_str(&description).unwrap();
-        assert_eq!(back.relation, *relation);
+        assert_eq!(back.relation.as_ref(), Some(&*relation));
         assert_eq!((back.source.as_str(), back.identity.as_str()), ("shop", "7/shop"));
         for change in &changes {
             let archived = encode(change, &description);

@@ -47,10 +47,10 @@ pub struct RemapReport {
     pub warnings: Vec<String>,
 }
 
-/// One archived relation, bound to the mappings.
+/// One archived relation, bound to the mappings; or the source's messages (`relation` `None`).
 struct Described {
     ctx: EventContext,
-    relation: Arc<ficus_model::Relation>,
+    relation: Option<Arc<ficus_model::Relation>>,
     /// `None` when no current mapping reads the table.
     bound: Option<Bound>,
 }
@@ -115,11 +115,6 @@ async fn remap_from(
     // The transaction being remapped: its events that collect rows wait for its last change.
     let mut tx = ficus_mapping::Transaction::default();
     let mut in_tx: Option<(ficus_model::Lsn, EventContext)> = None;
-    let wanted = |event: &ficus_model::Event, target: &Target| {
-        (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
-            && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject))
-            && target.accepts(&event.ty)
-    };
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -144,41 +139,63 @@ async fn remap_from(
                     let d: RelationDescription =
                         serde_json::from_str(&text).map_err(|e| damaged(store, stored.position, e))?;
                     let ctx = EventContext::new(&d.source, &d.identity);
-                    let relation = Arc::new(d.relation);
-                    let bound = compiled.bind(relation.clone(), &ctx)?;
+                    let relation = d.relation.map(Arc::new);
+                    let bound = match &relation {
+                        Some(r) => compiled.bind(r.clone(), &ctx)?,
+                        None => None,
+                    };
                     e.insert(Described { ctx, relation, bound })
                 }
             };
+            let Some(relation) = &d.relation else {
+                // A logical decoding message: mapped by the [[message]]s of its prefix, if any.
+                let (prefix, content, lsn, meta) =
+                    archive::decode_message(&stored.change).map_err(|e| damaged(store, stored.position, e))?;
+                if !compiled.maps_prefix(&prefix) {
+                    continue;
+                }
+                if let Some((at, ctx)) = &in_tx
+                    && *at != meta.commit_lsn
+                {
+                    keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
+                }
+                in_tx = Some((meta.commit_lsn, d.ctx.clone()));
+                let msg = ficus_mapping::Message {
+                    prefix: &prefix,
+                    content: content.as_bytes(),
+                    lsn,
+                    transactional: true,
+                    tx: &meta,
+                };
+                keep(
+                    compiled.apply_message(&msg, &d.ctx, &mut tx)?,
+                    filter,
+                    target,
+                    &mut outgoing,
+                    &mut report,
+                );
+                continue;
+            };
             let Some(bound) = &d.bound else { continue };
-            let change =
-                archive::decode(&stored.change, &d.relation).map_err(|e| damaged(store, stored.position, e))?;
+            let change = archive::decode(&stored.change, relation).map_err(|e| damaged(store, stored.position, e))?;
             if let Some((lsn, ctx)) = &in_tx
                 && *lsn != change.tx.commit_lsn
             {
-                for event in tx.commit(ctx)? {
-                    if wanted(&event, target) {
-                        outgoing.push(Outgoing::new(event));
-                        report.events += 1;
-                    }
-                }
+                keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
             }
             in_tx = Some((change.tx.commit_lsn, d.ctx.clone()));
-            for event in bound.apply_in(&change, &d.ctx, &mut tx)? {
-                if wanted(&event, target) {
-                    outgoing.push(Outgoing::new(event));
-                    report.events += 1;
-                }
-            }
+            keep(
+                bound.apply_in(&change, &d.ctx, &mut tx)?,
+                filter,
+                target,
+                &mut outgoing,
+                &mut report,
+            );
         }
         if (page.len() as i64) < PAGE
             && let Some((_, ctx)) = in_tx.take()
         {
-            for event in tx.commit(&ctx)? {
-                if wanted(&event, target) {
-                    outgoing.push(Outgoing::new(event));
-                    report.events += 1;
-                }
-            }
+            keep(tx.commit(&ctx)?, filter, target, &mut outgoing, &mut report);
         }
         target.deliver(&outgoing, &mut shutdown).await?;
         progress.at(after);
@@ -189,6 +206,25 @@ async fn remap_from(
     progress.finish();
     info!(changes = report.changes, events = report.events, "remapped");
     Ok(report)
+}
+
+/// Adds the events the filter and the sink's routes take to what goes out.
+fn keep(
+    events: Vec<ficus_model::Event>,
+    filter: &Filter,
+    target: &Target,
+    outgoing: &mut Vec<Outgoing>,
+    report: &mut RemapReport,
+) {
+    for event in events {
+        let wanted = (filter.types.is_empty() || filter.types.iter().any(|t| **t == *event.ty))
+            && (filter.subjects.is_empty() || filter.subjects.contains(&event.subject))
+            && target.accepts(&event.ty);
+        if wanted {
+            outgoing.push(Outgoing::new(event));
+            report.events += 1;
+        }
+    }
 }
 
 fn damaged(store: &Store, position: i64, e: impl std::fmt::Display) -> StoreError {

@@ -340,6 +340,15 @@ impl Delivery {
         self.changes.push(archive::encode(change, &description));
     }
 
+    /// Archives a logical decoding message of a mapped prefix (when the store archives).
+    pub fn archive_message(&mut self, msg: &ficus_mapping::Message<'_>, ctx: &EventContext) {
+        if !self.archive {
+            return;
+        }
+        let description = RelationDescription::encode_messages(ctx);
+        self.changes.push(archive::encode_message(msg, &description));
+    }
+
     /// Records a change and its events, when `ficus record` records.
     pub fn record(&self, change: &RowChange, events: &[Event]) {
         if let Some(r) = &self.recording {

@@ -317,6 +317,7 @@ async fn stream(
                 last_heartbeat: Instant::now(),
                 collecting: ficus_mapping::Transaction::new(config.source.collect_memory),
                 recording: HashMap::new(),
+                current_tx: None,
             };
             let began = Instant::now();
             let outcome = session.stream(&mut stream, &mut shutdown).await;

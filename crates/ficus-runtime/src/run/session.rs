@@ -54,6 +54,8 @@ pub(super) struct Session<'a> {
     pub last_heartbeat: Instant,
     /// The transaction's events that collect rows, waiting for its commit.
     pub collecting: ficus_mapping::Transaction,
+    /// The transaction being streamed.
+    pub current_tx: Option<ficus_model::TxMeta>,
     /// With `ficus record`: the same per table, as the table's fixture file maps its changes.
     pub recording: HashMap<ficus_model::TableRef, ficus_mapping::Transaction>,
 }
@@ -211,6 +213,7 @@ impl Session<'_> {
                 }
                 SourceEvent::Begin(tx) => {
                     self.in_tx = true;
+                    self.current_tx = Some(tx.clone());
                     self.collecting.clear();
                     self.recording.values_mut().for_each(ficus_mapping::Transaction::clear);
                     self.current_xid = tx.xid;
@@ -289,7 +292,16 @@ impl Session<'_> {
                         }
                     }
                 }
-                SourceEvent::Message { prefix, content, lsn } => {
+                SourceEvent::Message {
+                    prefix,
+                    content,
+                    lsn,
+                    transactional,
+                } => {
+                    if self.compiled.maps_prefix(&prefix) {
+                        self.message(&prefix, &content, lsn, transactional).await?;
+                        continue;
+                    }
                     if prefix == backfill::REQUEST_PREFIX {
                         match serde_json::from_slice::<BackfillState>(&content) {
                             Ok(state) => self.backfills.request(state)?,
@@ -310,6 +322,35 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// A logical decoding message of a mapped prefix: its events (waiting behind the
+    /// transaction's collecting events, if any), archived for remap. One emitted outside a
+    /// transaction is refused (or, with `non_transactional = "skip"`, passed over and said so).
+    async fn message(&mut self, prefix: &str, content: &[u8], lsn: Lsn, transactional: bool) -> Result<(), RunError> {
+        let tx = match (&self.current_tx, transactional && self.in_tx) {
+            (Some(tx), true) => tx.clone(),
+            _ => ficus_model::TxMeta {
+                xid: 0,
+                commit_lsn: lsn,
+                commit_time_micros: 0,
+            },
+        };
+        let msg = ficus_mapping::Message {
+            prefix,
+            content,
+            lsn,
+            transactional: transactional && self.in_tx,
+            tx: &tx,
+        };
+        let events = self.compiled.apply_message(&msg, &self.ctx, &mut self.collecting)?;
+        if !msg.transactional {
+            warn!(%prefix, %lsn, bytes = content.len(), "passed over a message emitted outside a transaction (non_transactional = \"skip\"): it is not delivered");
+            return Ok(());
+        }
+        self.delivery.archive_message(&msg, &self.ctx);
+        self.report.events += self.delivery.write(events).await? as u64;
+        Ok(())
     }
 
     /// Whether to stop at `lsn`: the target is reached (now or before) and no

@@ -92,9 +92,9 @@ pub(crate) async fn prepare(
     for warning in compiled.warnings() {
         warn!("{warning}");
     }
-    if compiled.mappings().is_empty() {
+    if compiled.mappings().is_empty() && compiled.messages().is_empty() && compiled.outboxes().is_empty() {
         return Err(RunError::Config(
-            "the mapping files declare no [[event]]: there is nothing to stream\nhint: see docs/mappings.md".into(),
+            "the mapping files declare no [[event]], [[message]] or [[outbox]]: there is nothing to stream\nhint: see docs/mappings.md".into(),
         ));
     }
     let needs = publication_needs(&compiled, &schema, config.archives());
@@ -358,6 +358,18 @@ pub(crate) fn publication_needs(compiled: &Compiled, schema: &Schema, archives: 
         for (column, identity) in streamed.chain(hidden) {
             if archives || identity || m.reads(column) {
                 needed.columns.insert(column.to_owned());
+            }
+        }
+    }
+    // Outbox tables: their inserts, and the columns an outbox row's event is made of.
+    for o in compiled.outboxes() {
+        needs.ops.insert = true;
+        let needed = needs.tables.entry(o.table.clone()).or_default();
+        let Some(table) = schema.get(&o.table) else { continue };
+        needed.partitioned = table.partitioned;
+        for c in &table.relation.columns {
+            if archives || c.identity || o.columns().any(|read| read == c.name) {
+                needed.columns.insert(c.name.clone());
             }
         }
     }

@@ -256,7 +256,8 @@ impl Archive<'_> {
                     None => {
                         let text = self.store.relation(stored.relation).await?;
                         let d: RelationDescription = serde_json::from_str(&text).map_err(|e| damaged(self.store, e))?;
-                        let r = (d.identity == self.identity).then(|| Arc::new(d.relation));
+                        // Messages (no relation) are no rows of a table.
+                        let r = d.relation.filter(|_| d.identity == self.identity).map(Arc::new);
                         self.relations.insert(stored.relation, r.clone());
                         r
                     }
