@@ -233,3 +233,57 @@ async fn a_message_outside_a_transaction_stops_ficus_before_it_unless_the_mappin
     );
     assert_eq!(subjects(&p), ["\"1\"", "\"3\""]);
 }
+
+#[tokio::test]
+async fn an_event_per_transaction_is_made_once_per_row_of_its_net_change_and_remapped_the_same() {
+    let p = Project::new(
+        "create table orders (id int primary key, status text not null, total numeric not null);
+         alter table orders replica identity full;",
+    )
+    .await;
+    p.mapping(
+        "orders.toml",
+        r#"
+[[event]]
+name  = "OrderChanged"
+table = "orders"
+on    = ["insert", "update"]
+per   = "transaction"
+key   = "new.id"
+data  = { op = "op", changed = "changed", status = "new.status", total = "new.total" }
+"#,
+    );
+    p.config(
+        "\n[[sink]]\ntype = \"store\"\nname = \"history\"\narchive = true\npath = \"history/ficus.db\"\n\n[[sink]]\ntype = \"jsonl\"\nname = \"replayed\"\nlive = false\npath = \"replayed.jsonl\"\n",
+    );
+    p.catch_up();
+    p.db.exec("insert into orders values (1, 'placed', 10), (2, 'placed', 20)")
+        .await;
+    p.db.exec(
+        "begin;
+         update orders set status = 'paid' where id = 1;
+         update orders set total = 25 where id = 2;
+         update orders set total = 12 where id = 1;
+         update orders set status = 'shipped', total = 12 where id = 1;
+         commit;",
+    )
+    .await;
+    p.catch_up();
+    let seen: Vec<String> = p
+        .events()
+        .iter()
+        .map(|e| format!("{} {} {}", e["subject"], e["data"]["op"], e["data"]["changed"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            r#""1" "insert" []"#,
+            r#""2" "insert" []"#,
+            r#""1" "update" ["status","total"]"#,
+            r#""2" "update" ["total"]"#
+        ],
+        "one event per row and transaction, in the order of each row's first change"
+    );
+    let live = std::fs::read_to_string(p.path("events.jsonl")).unwrap();
+    assert_eq!(remapped(&p), live);
+}

@@ -529,6 +529,10 @@ impl Bound {
                 continue;
             }
             let m = &rule.mapping;
+            if m.per_transaction {
+                self.fold_into(rule, change, ctx, tx)?;
+                continue;
+            }
             let nth = made.iter().filter(|(n, v)| *n == m.name && *v == m.version).count();
             let Some(event) = self.event_of(rule, change, ctx, &mut cel_ctx, nth, true)? else {
                 continue;
@@ -591,6 +595,28 @@ impl Bound {
             tx.collect(&c.parent, c.index, row, order, change)?;
         }
         Ok(events)
+    }
+
+    /// A change of a `per = "transaction"` event's row: the event of the row's net change in the
+    /// transaction so far replaces the one of its earlier changes, in their place.
+    fn fold_into(
+        &self,
+        rule: &Rule,
+        change: &RowChange,
+        ctx: &EventContext,
+        tx: &mut Transaction,
+    ) -> Result<(), MapError> {
+        let m = &rule.mapping;
+        let key = match self.eval(&rule.key, change, &mut None) {
+            Ok(Out::Text(t)) => t.into_owned(),
+            Ok(Out::Cel(v)) => cel_to_subject(&v).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let event = match tx.fold(m, &key, change) {
+            Some(net) if m.ops.contains(&net.op) => self.event_of(rule, &net, ctx, &mut None, 0, true)?,
+            _ => None,
+        };
+        tx.place(m, &key, event, change)
     }
 
     /// The event of a row inserted into an outbox table: its type, aggregate, key and data

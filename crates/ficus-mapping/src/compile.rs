@@ -69,6 +69,8 @@ pub struct Mapping {
     pub sources: Sources,
     /// Rows of other tables it collects from its transaction, each into a field of its data.
     pub collects: Vec<Collect>,
+    /// Made at most once per transaction and key, of the row's net change (`per = "transaction"`).
+    pub per_transaction: bool,
     pub(crate) when: Option<Expr>,
     pub(crate) key: Expr,
     pub(crate) data: Data,
@@ -663,11 +665,33 @@ impl Checker<'_> {
             key: raw.key.get_ref().trim().to_owned(),
             fields: field_texts,
         };
+        let per_transaction = match raw.per.as_ref().map(|p| (p.get_ref().trim(), p.span())) {
+            None | Some(("change", _)) => false,
+            Some(("transaction", span)) => {
+                if let Some(op) = ops.iter().find(|o| matches!(o, Op::Snapshot | Op::Truncate)) {
+                    self.error(
+                        &span,
+                        format!("an event made per transaction cannot map {op}"),
+                        "per = \"transaction\" folds the changes of a row in one transaction; map snapshot rows and truncates in an [[event]] of their own".to_owned(),
+                    );
+                }
+                true
+            }
+            Some((other, span)) => {
+                self.error(
+                    &span,
+                    format!("unknown per {other:?}"),
+                    "per is \"change\" (the default) or \"transaction\" (once per transaction and key)".to_owned(),
+                );
+                false
+            }
+        };
         let collects = match &raw.collect {
             Some(collect) => self.collects(raw, collect, &name, &ops, schema, env),
             None => vec![],
         };
         Some(Mapping {
+            per_transaction,
             collects,
             name: name.into(),
             version,
@@ -959,6 +983,7 @@ impl Checker<'_> {
                 data: c.data.clone(),
                 exclude: c.exclude.clone(),
                 unchanged_toast: c.unchanged_toast.clone(),
+                per: None,
                 collect: None,
             };
             let Some(mut rows) = self.event(&rows_raw, schema, env) else {

@@ -146,6 +146,11 @@ pub(crate) struct RawEvent {
     #[serde(default)]
     #[schemars(with = "Option<crate::UnchangedToast>")]
     pub unchanged_toast: Option<Spanned<String>>,
+    /// How often it is made: `"change"` (the default: of every row change it matches) or
+    /// `"transaction"` (at most once per transaction and key, of the net change of the row in it).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub per: Option<Spanned<String>>,
     /// Rows of other tables written in the same transaction, collected into fields of the event:
     /// `[event.collect.lines]`, one table per field (docs/mappings.md, "Collected rows").
     #[serde(default)]
@@ -524,7 +529,7 @@ fn toml_message(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_owned();
     let hint = if message.starts_with("unknown field") {
         Some(
-            "an [[event]] takes name, version, table, on, when, key, aggregate, data, exclude, unchanged_toast and collect; a collect table takes table, on, when, key, data, exclude, order_by, without_parent and unchanged_toast"
+            "an [[event]] takes name, version, table, on, when, key, aggregate, data, exclude, unchanged_toast, per and collect; a collect table takes table, on, when, key, data, exclude, order_by, without_parent and unchanged_toast"
                 .to_owned(),
         )
     } else if message.starts_with("missing field") {

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ficus_model::{Event, Field, Lsn, Origin, RowChange, Time, TxMeta};
+use ficus_model::{Event, Field, Lsn, Op, Origin, RowChange, Time, TxMeta};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
@@ -32,6 +32,8 @@ pub struct Transaction {
     held: Vec<Held>,
     /// The collected rows, by collect and the key of the event they belong to.
     collected: HashMap<Slot, Rows>,
+    /// The rows of `per = "transaction"` events changed so far, by mapping and key.
+    folds: HashMap<(usize, String), Fold>,
     seq: u64,
 }
 
@@ -61,6 +63,18 @@ enum Held {
         mapping: Option<Arc<Mapping>>,
     },
     Rows(Slot),
+    /// The place of a `per = "transaction"` event whose net change makes none (yet).
+    Gone,
+}
+
+/// A row's changes in the transaction so far, for a `per = "transaction"` event.
+#[derive(Debug)]
+struct Fold {
+    first: Op,
+    old: Option<ficus_model::Row>,
+    origin: Origin,
+    /// Its place in `held`.
+    at: usize,
 }
 
 #[derive(Debug)]
@@ -139,6 +153,7 @@ impl Transaction {
             tx: None,
             held: Vec::new(),
             collected: HashMap::new(),
+            folds: HashMap::new(),
             seq: 0,
         }
     }
@@ -149,6 +164,7 @@ impl Transaction {
         self.tx = None;
         self.held.clear();
         self.collected.clear();
+        self.folds.clear();
         self.seq = 0;
     }
 
@@ -184,6 +200,71 @@ impl Transaction {
             event,
             mapping: collecting.cloned(),
         });
+        Ok(())
+    }
+
+    /// The net change of a row in the transaction so far, for a `per = "transaction"` event
+    /// keyed `key`: the first change's old row and origin, this change's new row, and the
+    /// operation they make together; `None` when they cancel (inserted, then deleted).
+    pub(crate) fn fold(&mut self, mapping: &Arc<Mapping>, key: &str, change: &RowChange) -> Option<RowChange> {
+        let slot = (Arc::as_ptr(mapping) as usize, key.to_owned());
+        let Some(f) = self.folds.get(&slot) else {
+            self.tx.get_or_insert_with(|| change.tx.clone());
+            self.held.push(Held::Gone);
+            self.folds.insert(
+                slot,
+                Fold {
+                    first: change.op,
+                    old: change.old.clone(),
+                    origin: change.origin.clone(),
+                    at: self.held.len() - 1,
+                },
+            );
+            return Some(change.clone());
+        };
+        let op = match (f.first, change.op) {
+            (Op::Insert, Op::Delete) => return None,
+            (Op::Insert, _) => Op::Insert,
+            (_, Op::Delete) => Op::Delete,
+            _ => Op::Update,
+        };
+        Some(RowChange {
+            op,
+            relation: change.relation.clone(),
+            new: change.new.clone(),
+            old: if op == Op::Insert { None } else { f.old.clone() },
+            tx: change.tx.clone(),
+            origin: f.origin.clone(),
+        })
+    }
+
+    /// The event of a row's net change so far (none: the changes cancel, or `when` is false),
+    /// in the place of the row's first change.
+    pub(crate) fn place(
+        &mut self,
+        mapping: &Arc<Mapping>,
+        key: &str,
+        event: Option<Event>,
+        change: &RowChange,
+    ) -> Result<(), MapError> {
+        let Some(at) = self
+            .folds
+            .get(&(Arc::as_ptr(mapping) as usize, key.to_owned()))
+            .map(|f| f.at)
+        else {
+            return Ok(());
+        };
+        self.held[at] = match event {
+            Some(event) => {
+                let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
+                self.take(size, mapping, &mapping.table.to_string(), change)?;
+                Held::Event {
+                    event,
+                    mapping: Some(mapping.clone()),
+                }
+            }
+            None => Held::Gone,
+        };
         Ok(())
     }
 
@@ -340,6 +421,7 @@ impl Transaction {
                     }
                     out.push(event);
                 }
+                Held::Gone => {}
                 Held::Rows(slot) if taken.contains(&slot) => {}
                 Held::Rows(slot) => {
                     if let (Some(rows), Some(meta)) = (self.collected.get_mut(&slot), &meta) {

@@ -258,3 +258,69 @@ sort  = "new.line_no"
         .expect("bad collects do not compile");
     insta::assert_snapshot!(errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n"));
 }
+
+#[test]
+fn an_event_per_transaction_is_made_once_per_key_of_the_rows_net_change() {
+    let text = r#"
+[[event]]
+name  = "OrderChanged"
+table = "public.orders"
+on    = ["insert", "update", "delete"]
+per   = "transaction"
+key   = "op == 'delete' ? old.id : new.id"
+data  = { op = "op", changed = "changed", status = "op == 'delete' ? old.status : new.status", was = "op == 'insert' ? null : old.status" }
+"#;
+    let compiled = compile_files(&[("mappings/orders.toml", text)], Some(&schema())).unwrap();
+    let (_, orders) = shop_relations();
+    let placed = "2026-11-22 09:00:00+00";
+    fn row<'a>(id: &'a str, status: &'a str, total: &'a str, placed: &'a str) -> [Option<&'a str>; 7] {
+        [
+            Some(id),
+            Some("1"),
+            Some(status),
+            Some(total),
+            Some("{}"),
+            Some(placed),
+            None,
+        ]
+    }
+    let row = |id, status, total| row(id, status, total, placed);
+    let (a1, a2, a3) = (
+        row("7", "placed", "30.00"),
+        row("7", "paid", "30.00"),
+        row("7", "paid", "35.00"),
+    );
+    let (b1, b2) = (row("8", "placed", "5.00"), row("8", "paid", "5.00"));
+    let c1 = row("9", "placed", "1.00");
+    let changes = [
+        // Transaction 1: order 7 updated twice, order 8 once between, order 9 inserted and deleted.
+        change(Op::Update, &orders, 1, 0x900, Some(&a2), Some(&a1)),
+        change(Op::Update, &orders, 1, 0x910, Some(&b2), Some(&b1)),
+        change(Op::Insert, &orders, 1, 0x915, Some(&c1), None),
+        change(Op::Update, &orders, 1, 0x920, Some(&a3), Some(&a2)),
+        change(Op::Delete, &orders, 1, 0x930, None, Some(&c1)),
+        // Transaction 2: order 8 inserted (again) and updated: one insert of the last row.
+        change(Op::Insert, &orders, 2, 0x1900, Some(&b1), None),
+        change(Op::Update, &orders, 2, 0x1910, Some(&b2), Some(&b1)),
+    ];
+    let events = run(&compiled, &changes, &mut Transaction::default()).unwrap();
+    insta::assert_snapshot!(json(&summary(&events)));
+    let seen: Vec<(String, serde_json::Value)> = events
+        .iter()
+        .map(|e| (e.subject.clone(), e.data.to_value()["changed"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("7".to_owned(), serde_json::json!(["status", "total"])),
+            ("8".to_owned(), serde_json::json!(["status"])),
+            ("8".to_owned(), serde_json::json!([])),
+        ],
+        "order 7 once, with everything that changed in the transaction, before order 8 as it came first; order 9 not at all"
+    );
+    assert_eq!(
+        run(&compiled, &changes, &mut Transaction::default()).unwrap(),
+        events,
+        "the same ids again"
+    );
+}
