@@ -567,17 +567,8 @@ impl Bound {
             let order = match &c.order {
                 None => None,
                 Some(e) => {
-                    let m = &c.rule.mapping;
                     let value = self.eval(e, change, &mut cel_ctx).map_err(|err| {
-                        MapError::Eval(Box::new(EvalError {
-                            origin: m.origin.clone(),
-                            event: m.name.to_string(),
-                            table: self.relation.table.to_string(),
-                            op: change.op,
-                            lsn: change.tx.commit_lsn.to_string(),
-                            what: "order_by".into(),
-                            message: err,
-                        }))
+                        self.eval_error(&c.rule.mapping.origin, &c.rule.mapping.name, change, "order_by", err)
                     })?;
                     Some(crate::tx::SortKey::of(&match value {
                         Out::Missing | Out::Null => Json::Null,
@@ -595,6 +586,19 @@ impl Bound {
             tx.collect(&c.parent, c.index, row, order, change)?;
         }
         Ok(events)
+    }
+
+    /// An expression (or a value) of a mapping that failed on a row change of this table.
+    fn eval_error(&self, origin: &str, event: &str, change: &RowChange, what: &str, message: String) -> MapError {
+        MapError::Eval(Box::new(EvalError {
+            origin: origin.to_owned(),
+            event: event.to_owned(),
+            table: self.relation.table.to_string(),
+            op: change.op,
+            lsn: change.tx.commit_lsn.to_string(),
+            what: what.to_owned(),
+            message,
+        }))
     }
 
     /// A change of a `per = "transaction"` event's row: the event of the row's net change in the
@@ -623,15 +627,8 @@ impl Bound {
     /// from the row, its id the row's when it has one.
     fn outbox_event(&self, o: &OutboxRule, change: &RowChange, ctx: &EventContext) -> Result<Event, MapError> {
         let fail = |column: usize, message: &str| {
-            MapError::Eval(Box::new(EvalError {
-                origin: o.mapping.origin.clone(),
-                event: "[[outbox]]".into(),
-                table: self.relation.table.to_string(),
-                op: change.op,
-                lsn: change.tx.commit_lsn.to_string(),
-                what: self.relation.columns[column].name.clone(),
-                message: message.to_owned(),
-            }))
+            let what = &self.relation.columns[column].name;
+            self.eval_error(&o.mapping.origin, "[[outbox]]", change, what, message.to_owned())
         };
         let text = |column: usize| -> Result<Cow<'_, str>, MapError> {
             match cell(change, Var::New, column) {
@@ -691,17 +688,7 @@ impl Bound {
         with_id: bool,
     ) -> Result<Option<Event>, MapError> {
         let m = &rule.mapping;
-        let fail = |what: &str, message: String| {
-            MapError::Eval(Box::new(EvalError {
-                origin: m.origin.clone(),
-                event: m.name.to_string(),
-                table: self.relation.table.to_string(),
-                op: change.op,
-                lsn: change.tx.commit_lsn.to_string(),
-                what: what.to_owned(),
-                message,
-            }))
-        };
+        let fail = |what: &str, message: String| self.eval_error(&m.origin, &m.name, change, what, message);
         if let Some(when) = &rule.when {
             match self.eval(when, change, cel_ctx).map_err(|e| fail("when", e))? {
                 Out::Cel(Cel::Bool(true)) => {}

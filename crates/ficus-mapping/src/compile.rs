@@ -460,20 +460,7 @@ impl Checker<'_> {
                 "event names are like OrderPaid (letters, digits, _ . -)".to_owned(),
             );
         }
-        let version = match &raw.version {
-            None => DEFAULT_VERSION,
-            Some(v) => match u32::try_from(*v.get_ref()) {
-                Ok(v) if v >= 1 => v,
-                _ => {
-                    self.error(
-                        &v.span(),
-                        format!("invalid version {}", v.get_ref()),
-                        "versions are whole numbers from 1".to_owned(),
-                    );
-                    DEFAULT_VERSION
-                }
-            },
-        };
+        let version = self.version(raw.version.as_ref());
         let table = TableRef::parse(raw.table.get_ref().trim());
         let mut ops = Vec::new();
         for op in raw.on.get_ref() {
@@ -710,6 +697,22 @@ impl Checker<'_> {
         })
     }
 
+    /// A `version` as written: a whole number from 1, default 1.
+    fn version(&mut self, v: Option<&Spanned<i64>>) -> u32 {
+        let Some(v) = v else { return DEFAULT_VERSION };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.error(
+                    &v.span(),
+                    format!("invalid version {}", v.get_ref()),
+                    "versions are whole numbers from 1".to_owned(),
+                );
+                DEFAULT_VERSION
+            }
+        }
+    }
+
     /// An `[[outbox]]`: its table and columns, against the schema when there is one.
     fn outbox(&mut self, raw: &crate::file::RawOutbox, schema: Option<&Schema>) -> Option<OutboxMapping> {
         let table = TableRef::parse(raw.table.get_ref().trim());
@@ -828,20 +831,7 @@ impl Checker<'_> {
                     .to_owned(),
             );
         }
-        let version = match &raw.version {
-            None => DEFAULT_VERSION,
-            Some(v) => match u32::try_from(*v.get_ref()) {
-                Ok(v) if v >= 1 => v,
-                _ => {
-                    self.error(
-                        &v.span(),
-                        format!("invalid version {}", v.get_ref()),
-                        "versions are whole numbers from 1".to_owned(),
-                    );
-                    DEFAULT_VERSION
-                }
-            },
-        };
+        let version = self.version(raw.version.as_ref());
         let mut cel = |s: &Spanned<String>| match expr::parse_message(s.get_ref()) {
             Ok(p) => Some(p),
             Err(errs) => {

@@ -384,69 +384,23 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
     let mut outboxes = Vec::new();
     for (key, value) in root.get_ref().iter() {
         if key.get_ref() == "outbox" {
-            let DeValue::Array(items) = value.get_ref() else {
-                errors.push(source.error_at(
-                    &value.span(),
-                    "`outbox` is not an array of tables",
-                    Some("write each outbox as an [[outbox]] table".into()),
-                ));
-                continue;
-            };
-            for item in items.iter() {
-                let DeValue::Table(table) = item.get_ref() else {
-                    errors.push(source.error_at(
-                        &item.span(),
-                        "an outbox is not a table",
-                        Some("write each outbox as an [[outbox]] table".into()),
-                    ));
-                    continue;
-                };
-                let table = Spanned::new(item.span(), table.clone());
-                match RawOutbox::deserialize(toml::de::Deserializer::from(table)) {
-                    Ok(o) => outboxes.push(o),
-                    Err(e) => {
-                        let (message, _) = toml_message(e.message());
-                        errors.push(source.error_at(
-                            &e.span().unwrap_or(item.span()),
-                            message,
-                            Some("an [[outbox]] takes table, id, aggregate_type, aggregate_id, type and payload (column names)".into()),
-                        ));
-                    }
-                }
-            }
+            outboxes.extend(tables_of::<RawOutbox>(
+                &source,
+                value,
+                "outbox",
+                "an [[outbox]] takes table, id, aggregate_type, aggregate_id, type and payload (column names)",
+                &mut errors,
+            ));
             continue;
         }
         if key.get_ref() == "message" {
-            let DeValue::Array(items) = value.get_ref() else {
-                errors.push(source.error_at(
-                    &value.span(),
-                    "`message` is not an array of tables",
-                    Some("write each message mapping as a [[message]] table".into()),
-                ));
-                continue;
-            };
-            for item in items.iter() {
-                let DeValue::Table(table) = item.get_ref() else {
-                    errors.push(source.error_at(
-                        &item.span(),
-                        "a message mapping is not a table",
-                        Some("write each message mapping as a [[message]] table".into()),
-                    ));
-                    continue;
-                };
-                let table = Spanned::new(item.span(), table.clone());
-                match RawMessage::deserialize(toml::de::Deserializer::from(table)) {
-                    Ok(m) => messages.push(m),
-                    Err(e) => {
-                        let (message, _) = toml_message(e.message());
-                        errors.push(source.error_at(
-                            &e.span().unwrap_or(item.span()),
-                            message,
-                            Some("a [[message]] takes prefix, name, version, when, key, aggregate, data and non_transactional".into()),
-                        ));
-                    }
-                }
-            }
+            messages.extend(tables_of::<RawMessage>(
+                &source,
+                value,
+                "message",
+                "a [[message]] takes prefix, name, version, when, key, aggregate, data and non_transactional",
+                &mut errors,
+            ));
             continue;
         }
         if key.get_ref() != "event" {
@@ -506,6 +460,44 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
         },
         errors,
     )
+}
+
+/// The tables of an array of tables (`[[message]]`, `[[outbox]]`) read as `T`; each that does
+/// not read is an error at its place, with what it `takes`.
+fn tables_of<T: for<'de> Deserialize<'de>>(
+    source: &SourceText,
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    takes: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<T> {
+    let not_tables = |span: std::ops::Range<usize>| {
+        source.error_at(
+            &span,
+            format!("`{key}` holds something that is not a table"),
+            Some(format!("write each as a [[{key}]] table")),
+        )
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        errors.push(not_tables(value.span()));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items.iter() {
+        let DeValue::Table(table) = item.get_ref() else {
+            errors.push(not_tables(item.span()));
+            continue;
+        };
+        let table = Spanned::new(item.span(), table.clone());
+        match T::deserialize(toml::de::Deserializer::from(table)) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                let (message, _) = toml_message(e.message());
+                errors.push(source.error_at(&e.span().unwrap_or(item.span()), message, Some(takes.to_owned())));
+            }
+        }
+    }
+    out
 }
 
 /// Removes the key at `span` from the table or a table inside it (`[event.collect.lines]`);

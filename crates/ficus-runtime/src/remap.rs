@@ -147,50 +147,49 @@ async fn remap_from(
                     e.insert(Described { ctx, relation, bound })
                 }
             };
-            let Some(relation) = &d.relation else {
-                // A logical decoding message: mapped by the [[message]]s of its prefix, if any.
-                let (prefix, content, lsn, meta) =
-                    archive::decode_message(&stored.change).map_err(|e| damaged(store, stored.position, e))?;
-                if !compiled.maps_prefix(&prefix) {
-                    continue;
+            // A row change of a mapped table, or a logical decoding message of a mapped prefix.
+            let entry = match (&d.relation, &d.bound) {
+                (Some(relation), Some(_)) => Archived::Change(
+                    archive::decode(&stored.change, relation).map_err(|e| damaged(store, stored.position, e))?,
+                ),
+                (Some(_), None) => continue,
+                (None, _) => {
+                    let message =
+                        archive::decode_message(&stored.change).map_err(|e| damaged(store, stored.position, e))?;
+                    if !compiled.maps_prefix(&message.0) {
+                        continue;
+                    }
+                    Archived::Message(message)
                 }
-                if let Some((at, ctx)) = &in_tx
-                    && *at != meta.commit_lsn
-                {
-                    keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
-                }
-                in_tx = Some((meta.commit_lsn, d.ctx.clone()));
-                let msg = ficus_mapping::Message {
-                    prefix: &prefix,
-                    content: content.as_bytes(),
-                    lsn,
-                    transactional: true,
-                    tx: &meta,
-                };
-                keep(
-                    compiled.apply_message(&msg, &d.ctx, &mut tx)?,
-                    filter,
-                    target,
-                    &mut outgoing,
-                    &mut report,
-                );
-                continue;
             };
-            let Some(bound) = &d.bound else { continue };
-            let change = archive::decode(&stored.change, relation).map_err(|e| damaged(store, stored.position, e))?;
-            if let Some((lsn, ctx)) = &in_tx
-                && *lsn != change.tx.commit_lsn
+            // A new transaction: the last one's waiting events first.
+            let commit = match &entry {
+                Archived::Change(change) => change.tx.commit_lsn,
+                Archived::Message((_, _, _, meta)) => meta.commit_lsn,
+            };
+            if let Some((at, ctx)) = &in_tx
+                && *at != commit
             {
                 keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
             }
-            in_tx = Some((change.tx.commit_lsn, d.ctx.clone()));
-            keep(
-                bound.apply_in(&change, &d.ctx, &mut tx)?,
-                filter,
-                target,
-                &mut outgoing,
-                &mut report,
-            );
+            in_tx = Some((commit, d.ctx.clone()));
+            let events = match &entry {
+                Archived::Change(change) => match &d.bound {
+                    Some(bound) => bound.apply_in(change, &d.ctx, &mut tx)?,
+                    None => continue,
+                },
+                Archived::Message((prefix, content, lsn, meta)) => {
+                    let msg = ficus_mapping::Message {
+                        prefix,
+                        content: content.as_bytes(),
+                        lsn: *lsn,
+                        transactional: true,
+                        tx: meta,
+                    };
+                    compiled.apply_message(&msg, &d.ctx, &mut tx)?
+                }
+            };
+            keep(events, filter, target, &mut outgoing, &mut report);
         }
         if (page.len() as i64) < PAGE
             && let Some((_, ctx)) = in_tx.take()
@@ -206,6 +205,13 @@ async fn remap_from(
     progress.finish();
     info!(changes = report.changes, events = report.events, "remapped");
     Ok(report)
+}
+
+/// An archived entry, read back.
+enum Archived {
+    Change(ficus_model::RowChange),
+    /// Prefix, content, LSN, transaction.
+    Message((String, String, ficus_model::Lsn, ficus_model::TxMeta)),
 }
 
 /// Adds the events the filter and the sink's routes take to what goes out.
