@@ -75,6 +75,8 @@ struct Fold {
     origin: Origin,
     /// Its place in `held`.
     at: usize,
+    /// What its event there is reckoned to take (replaced with it).
+    size: u64,
 }
 
 #[derive(Debug)]
@@ -218,6 +220,7 @@ impl Transaction {
                     old: change.old.clone(),
                     origin: change.origin.clone(),
                     at: self.held.len() - 1,
+                    size: 0,
                 },
             );
             return Some(change.clone());
@@ -247,22 +250,21 @@ impl Transaction {
         event: Option<Event>,
         change: &RowChange,
     ) -> Result<(), MapError> {
-        let Some(at) = self
-            .folds
-            .get(&(Arc::as_ptr(mapping) as usize, key.to_owned()))
-            .map(|f| f.at)
-        else {
+        let Some(f) = self.folds.get_mut(&(Arc::as_ptr(mapping) as usize, key.to_owned())) else {
             return Ok(());
         };
+        let size = event.as_ref().map_or(0, |e| {
+            serde_json::to_string(&e.data).map_or(0, |t| t.len() as u64) + OVERHEAD
+        });
+        // The event replaces the one of the row's earlier changes: what that took is given back.
+        let (at, before) = (f.at, std::mem::replace(&mut f.size, size));
+        self.bytes -= before;
+        self.take(size, mapping, &mapping.table.to_string(), change)?;
         self.held[at] = match event {
-            Some(event) => {
-                let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
-                self.take(size, mapping, &mapping.table.to_string(), change)?;
-                Held::Event {
-                    event,
-                    mapping: Some(mapping.clone()),
-                }
-            }
+            Some(event) => Held::Event {
+                event,
+                mapping: Some(mapping.clone()),
+            },
             None => Held::Gone,
         };
         Ok(())

@@ -324,3 +324,45 @@ data  = { op = "op", changed = "changed", status = "op == 'delete' ? old.status 
         "the same ids again"
     );
 }
+
+#[test]
+fn a_row_updated_a_hundred_thousand_times_in_a_transaction_takes_the_memory_of_one_event() {
+    let text = r#"
+[[event]]
+name  = "OrderChanged"
+table = "public.orders"
+on    = ["update"]
+per   = "transaction"
+key   = "new.id"
+data  = { total = "new.total", changed = "changed" }
+"#;
+    let compiled = compile_files(&[("mappings/orders.toml", text)], Some(&schema())).unwrap();
+    let (_, orders) = shop_relations();
+    let totals: Vec<String> = (0..=100_000).map(|i| format!("{i}.00")).collect();
+    let row = |total: &str| -> Vec<Option<String>> {
+        ["7", "1", "placed", total, "{}", "2026-11-22 09:00:00+00"]
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .chain([None])
+            .collect()
+    };
+    let changes: Vec<RowChange> = totals
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let (old, new) = (row(&w[0]), row(&w[1]));
+            let old: Vec<Option<&str>> = old.iter().map(|c| c.as_deref()).collect();
+            let new: Vec<Option<&str>> = new.iter().map(|c| c.as_deref()).collect();
+            change(Op::Update, &orders, 1, 0x1000 + i as u64, Some(&new), Some(&old))
+        })
+        .collect();
+    let events = run(&compiled, &changes, &mut Transaction::new(10_000)).unwrap();
+    assert_eq!(events.len(), 1);
+    let mut data = Vec::new();
+    events[0].write_data(&mut data);
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        r#"{"total":100000.00,"changed":["total"]}"#,
+        "the last total, and what changed since the first old row"
+    );
+}
