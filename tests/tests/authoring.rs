@@ -516,7 +516,7 @@ fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
     let asyncapi: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("asyncapi.json")).unwrap()).unwrap();
     assert_eq!(asyncapi["asyncapi"], "3.0.0");
-    assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 6);
+    assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 8);
 }
 
 /// The cookbook at the repository's root (`ficus.toml`, `mappings/`): every pattern's fixtures
