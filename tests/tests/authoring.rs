@@ -133,15 +133,13 @@ async fn every_shop_event_validates_against_its_catalog_schema() {
     p.catch_up();
     let out = p.ok(&["catalog", "--out", "catalog"]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("wrote 8 event schema(s)"),
+        String::from_utf8_lossy(&out.stdout).contains("wrote 9 event schema(s)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     let events = p.events();
     assert_eq!(events.len(), 12, "the snapshot customer and the workload's 11");
-    // The outbox's events are typed by the application, not by a mapping: the catalog has no
-    // schema of them (docs/mappings.md, "Outbox tables").
-    for event in events.iter().filter(|e| e["source"] != "/ficus/shop/public.outbox") {
+    for event in &events {
         let file = p.path(&format!(
             "catalog/schemas/{}.v{}.schema.json",
             event["type"].as_str().unwrap(),
@@ -448,7 +446,7 @@ fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
         pages.push(entry.unwrap().path());
     }
     pages.sort();
-    assert_eq!(pages.len(), 9, "the index and a page per event");
+    assert_eq!(pages.len(), 10, "the index and a page per event");
     let mut doms = std::collections::BTreeMap::new();
     for page in &pages {
         let (dom, read, console) = in_chromium(page);
@@ -478,8 +476,8 @@ fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
     let nodes = |kind: &str| attributes(index, "data-kind").iter().filter(|k| **k == kind).count();
     assert_eq!(
         (nodes("table"), nodes("mapping"), nodes("event"), nodes("sink")),
-        (4, 3, 8, 2),
-        "public.orders, public.order_lines, public.customers and the messages of prefix shop.events; their three mapping files; eight events (not the outbox's, whose types the application names); the store and stdout"
+        (5, 3, 9, 2),
+        "public.orders, public.order_lines, public.customers, public.outbox and the messages of prefix shop.events; their three mapping files; nine events; the store and stdout"
     );
     let names = attributes(index, "data-name");
     for name in [
@@ -516,7 +514,7 @@ fn the_catalog_site_opens_in_chromium_with_the_flow_and_every_link_resolving() {
     let asyncapi: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("asyncapi.json")).unwrap()).unwrap();
     assert_eq!(asyncapi["asyncapi"], "3.0.0");
-    assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 8);
+    assert_eq!(asyncapi["channels"]["store"]["messages"].as_object().unwrap().len(), 9);
 }
 
 /// The cookbook at the repository's root (`ficus.toml`, `mappings/`): every pattern's fixtures

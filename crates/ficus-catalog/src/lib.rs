@@ -88,6 +88,28 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
             }
         }
     }
+    // Events the application writes into an outbox table, of the types the outbox lists.
+    for o in compiled.outboxes() {
+        for ty in &o.types {
+            add(
+                ty,
+                ficus_mapping::DEFAULT_VERSION,
+                Source {
+                    table: o.table.clone(),
+                    aggregate: format!("the row's {}", o.aggregate_type),
+                    ops: vec!["insert".to_owned()],
+                    when: Some(format!("{} == '{ty}'", o.ty)),
+                    key: o.aggregate_id.clone(),
+                    origin: o.origin.clone(),
+                    shape: DataShape {
+                        fields: vec![],
+                        open: true,
+                    },
+                    typed: true,
+                },
+            );
+        }
+    }
     // Events the application states itself (logical decoding messages): from the prefix.
     for m in compiled.messages() {
         add(

@@ -637,6 +637,16 @@ impl Bound {
             }
         };
         let ty = text(o.ty)?;
+        let types = &o.mapping.types;
+        if !types.is_empty() && !types.iter().any(|t| *t == ty) {
+            return Err(fail(
+                o.ty,
+                &format!(
+                    "is {ty:?}, which is not among the outbox's types ({}): add it to types, or fix the application",
+                    types.join(", ")
+                ),
+            ));
+        }
         let aggregate = text(o.aggregate_type)?;
         let subject = text(o.aggregate_id)?.into_owned();
         let data: ficus_model::Data = serde_json::from_str(&text(o.payload)?).map_err(|_| {

@@ -200,6 +200,8 @@ pub struct OutboxMapping {
     pub ty: String,
     /// The column of the event's data.
     pub payload: String,
+    /// The event types it may make (empty: any).
+    pub types: Vec<String>,
     /// Where it is written, `file:line`.
     pub origin: String,
 }
@@ -789,6 +791,18 @@ impl Checker<'_> {
                 );
             }
         }
+        let mut types = Vec::new();
+        for t in raw.types.iter().flat_map(|t| t.get_ref()) {
+            let name = t.get_ref().trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+                self.error(
+                    &t.span(),
+                    format!("invalid event name {name:?}"),
+                    "event names are like LoyaltyPointsGranted (letters, digits, _ . -)".to_owned(),
+                );
+            }
+            types.push(name.to_owned());
+        }
         let [aggregate_type, aggregate_id, ty, payload] = columns.map(|(c, _)| c);
         let origin = format!(
             "{}:{}",
@@ -803,6 +817,7 @@ impl Checker<'_> {
             aggregate_id,
             ty,
             payload,
+            types,
             origin,
         })
     }

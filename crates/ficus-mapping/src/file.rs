@@ -59,6 +59,11 @@ pub(crate) struct RawOutbox {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub payload: Option<Spanned<String>>,
+    /// The event types the application writes (`["LoyaltyPointsGranted"]`): the catalog and the
+    /// lock list them, and a row of another type stops ficus. Default: any type, none listed.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub types: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[message]]` table as written: events the application states itself, with
@@ -388,7 +393,7 @@ pub fn parse_file(path: &str, text: &str) -> (MappingFile, Vec<Diagnostic>) {
                 &source,
                 value,
                 "outbox",
-                "an [[outbox]] takes table, id, aggregate_type, aggregate_id, type and payload (column names)",
+                "an [[outbox]] takes table, id, aggregate_type, aggregate_id, type, payload (column names) and types",
                 &mut errors,
             ));
             continue;

@@ -213,6 +213,22 @@ fn an_outbox_row_inserted_and_deleted_in_one_transaction_is_one_event_with_the_r
         let err = bound.apply(&bad, &ctx).unwrap_err();
         assert!(matches!(err, MapError::Eval(_)), "{err}");
     }
+    // With its types listed, a row of another type stops ficus.
+    let typed = compile_files(
+        &[(
+            "mappings/outbox.toml",
+            "[[outbox]]\ntable = \"public.outbox\"\ntypes = [\"LoyaltyPointsGranted\"]\n",
+        )],
+        Some(&shop_schema()),
+    )
+    .unwrap();
+    let row = outbox_row(5, 0x5000, Op::Insert, id, Some("LoyaltyPointsGrantd"), "{}");
+    let bound = typed.bind(row.relation.clone(), &ctx).unwrap().unwrap();
+    let err = bound.apply(&row, &ctx).unwrap_err().to_string();
+    assert!(
+        err.contains("\"LoyaltyPointsGrantd\", which is not among the outbox's types"),
+        "{err}"
+    );
     // Checked against the schema: columns that are not there, a payload that is not JSON.
     let errors = compile_files(
         &[(
