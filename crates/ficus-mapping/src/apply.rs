@@ -540,9 +540,9 @@ impl Bound {
             made.push((m.name.clone(), m.version));
             if !m.collects.is_empty() {
                 // It waits for the commit, and so does every later event of the transaction.
-                tx.hold(event, Some(m), m, change)?;
+                tx.hold(event, m, change)?;
             } else if tx.holding() {
-                tx.hold(event, None, m, change)?;
+                tx.wait(event, &m.origin, &m.table, change.tx.commit_lsn)?;
             } else {
                 events.push(event);
             }
@@ -551,7 +551,7 @@ impl Bound {
             for o in &self.outboxes {
                 let event = self.outbox_event(o, change, ctx)?;
                 if tx.holding() {
-                    tx.hold_plain(event, &o.mapping.origin, change)?;
+                    tx.wait(event, &o.mapping.origin, &self.relation.table, change.tx.commit_lsn)?;
                 } else {
                     events.push(event);
                 }
@@ -612,9 +612,14 @@ impl Bound {
     ) -> Result<(), MapError> {
         let m = &rule.mapping;
         let key = match self.eval(&rule.key, change, &mut None) {
-            Ok(Out::Text(t)) => t.into_owned(),
-            Ok(Out::Cel(v)) => cel_to_subject(&v).unwrap_or_default(),
-            _ => String::new(),
+            Ok(Out::Text(t)) => Some(t.into_owned()),
+            Ok(Out::Cel(v)) => cel_to_subject(&v),
+            _ => None,
+        };
+        let Some(key) = key else {
+            // No key to fold by: the change alone says why (the key's error), or that its `when`
+            // is false (no event).
+            return self.event_of(rule, change, ctx, &mut None, 0, true).map(drop);
         };
         let event = match tx.fold(m, &key, change) {
             Some(net) if m.ops.contains(&net.op) => self.event_of(rule, &net, ctx, &mut None, 0, true)?,

@@ -186,22 +186,35 @@ impl Transaction {
         !self.held.is_empty()
     }
 
-    /// An event that waits for the commit; `collecting` is its mapping when it collects rows
-    /// (else it is an event made after one that does). `mapping` is named when the limit is hit.
-    pub(crate) fn hold(
-        &mut self,
-        event: Event,
-        collecting: Option<&Arc<Mapping>>,
-        mapping: &Mapping,
-        change: &RowChange,
-    ) -> Result<(), MapError> {
+    /// An event that collects rows (of `mapping`): it waits for the commit.
+    pub(crate) fn hold(&mut self, event: Event, mapping: &Arc<Mapping>, change: &RowChange) -> Result<(), MapError> {
         self.tx.get_or_insert_with(|| change.tx.clone());
-        let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
-        self.take(size, mapping, &mapping.table.to_string(), change)?;
+        let lsn = change.tx.commit_lsn;
+        self.take(
+            size_of(&event.data),
+            &mapping.origin,
+            &mapping.name,
+            &mapping.table,
+            lsn,
+        )?;
         self.held.push(Held::Event {
             event,
-            mapping: collecting.cloned(),
+            mapping: Some(mapping.clone()),
         });
+        Ok(())
+    }
+
+    /// An event made after something that waits: it waits too. `origin` (its mapping's) and
+    /// `table` (or what it comes from) are named when the limit is hit.
+    pub(crate) fn wait(
+        &mut self,
+        event: Event,
+        origin: &str,
+        table: &dyn std::fmt::Display,
+        lsn: Lsn,
+    ) -> Result<(), MapError> {
+        self.take(size_of(&event.data), origin, &event.ty, table, lsn)?;
+        self.held.push(Held::Event { event, mapping: None });
         Ok(())
     }
 
@@ -253,13 +266,12 @@ impl Transaction {
         let Some(f) = self.folds.get_mut(&(Arc::as_ptr(mapping) as usize, key.to_owned())) else {
             return Ok(());
         };
-        let size = event.as_ref().map_or(0, |e| {
-            serde_json::to_string(&e.data).map_or(0, |t| t.len() as u64) + OVERHEAD
-        });
+        let size = event.as_ref().map_or(0, |e| size_of(&e.data));
         // The event replaces the one of the row's earlier changes: what that took is given back.
         let (at, before) = (f.at, std::mem::replace(&mut f.size, size));
         self.bytes -= before;
-        self.take(size, mapping, &mapping.table.to_string(), change)?;
+        let lsn = change.tx.commit_lsn;
+        self.take(size, &mapping.origin, &mapping.name, &mapping.table, lsn)?;
         self.held[at] = match event {
             Some(event) => Held::Event {
                 event,
@@ -267,23 +279,6 @@ impl Transaction {
             },
             None => Held::Gone,
         };
-        Ok(())
-    }
-
-    /// An event made after something that waits (an outbox row's): it waits too.
-    pub(crate) fn hold_plain(&mut self, event: Event, origin: &str, change: &RowChange) -> Result<(), MapError> {
-        let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
-        self.bytes += size;
-        if self.bytes > self.limit {
-            return Err(MapError::CollectLimit(Box::new(CollectLimit {
-                origin: origin.to_owned(),
-                event: event.ty.to_string(),
-                table: change.relation.table.to_string(),
-                lsn: change.tx.commit_lsn.to_string(),
-                limit: self.limit,
-            })));
-        }
-        self.held.push(Held::Event { event, mapping: None });
         Ok(())
     }
 
@@ -299,18 +294,8 @@ impl Transaction {
             return Ok(events);
         }
         for event in events {
-            let size = serde_json::to_string(&event.data).map_or(0, |t| t.len() as u64) + OVERHEAD;
-            self.bytes += size;
-            if self.bytes > self.limit {
-                return Err(MapError::CollectLimit(Box::new(CollectLimit {
-                    origin: mapping.origin.clone(),
-                    event: mapping.name.to_string(),
-                    table: format!("messages {:?}", mapping.prefix),
-                    lsn: msg.tx.commit_lsn.to_string(),
-                    limit: self.limit,
-                })));
-            }
-            self.held.push(Held::Event { event, mapping: None });
+            let from = format_args!("messages {:?}", mapping.prefix);
+            self.wait(event, &mapping.origin, &from, msg.tx.commit_lsn)?;
         }
         Ok(Vec::new())
     }
@@ -327,8 +312,8 @@ impl Transaction {
         self.tx.get_or_insert_with(|| change.tx.clone());
         let json = serde_json::to_string(&row.data).expect("data always serializes");
         let size = json.len() as u64 + row.subject.len() as u64 + OVERHEAD;
-        let c = &parent.collects[index];
-        self.take(size, &c.rows, &c.rows.table.to_string(), change)?;
+        let rows = &parent.collects[index].rows;
+        self.take(size, &rows.origin, &rows.name, &rows.table, change.tx.commit_lsn)?;
         let slot = Slot {
             mapping: Arc::as_ptr(parent) as usize,
             index,
@@ -366,14 +351,23 @@ impl Transaction {
         Ok(())
     }
 
-    fn take(&mut self, size: u64, mapping: &Mapping, table: &str, change: &RowChange) -> Result<(), MapError> {
+    /// Reckons `size` more bytes; past the limit, the error names who took them: the mapping's
+    /// origin and event, the table (or messages) and the commit.
+    fn take(
+        &mut self,
+        size: u64,
+        origin: &str,
+        event: &str,
+        table: &dyn std::fmt::Display,
+        lsn: Lsn,
+    ) -> Result<(), MapError> {
         self.bytes += size;
         if self.bytes > self.limit {
             return Err(MapError::CollectLimit(Box::new(CollectLimit {
-                origin: mapping.origin.clone(),
-                event: mapping.name.to_string(),
-                table: table.to_owned(),
-                lsn: change.tx.commit_lsn.to_string(),
+                origin: origin.to_owned(),
+                event: event.to_owned(),
+                table: table.to_string(),
+                lsn: lsn.to_string(),
                 limit: self.limit,
             })));
         }
@@ -480,6 +474,24 @@ fn without_parent(ctx: &EventContext, meta: &TxMeta, slot: &Slot, rows: &mut Row
             }
         }
     }
+}
+
+/// What an event's data is reckoned to take: its JSON's length, counted without writing it, and
+/// [`OVERHEAD`].
+fn size_of(data: &ficus_model::Data) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, data).expect("data always serializes");
+    count.0 + OVERHEAD
 }
 
 fn sort(rows: &mut Rows) {

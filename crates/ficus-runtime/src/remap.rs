@@ -167,12 +167,12 @@ async fn remap_from(
                 Archived::Change(change) => change.tx.commit_lsn,
                 Archived::Message((_, _, _, meta)) => meta.commit_lsn,
             };
-            if let Some((at, ctx)) = &in_tx
-                && *at != commit
-            {
-                keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
+            if in_tx.as_ref().is_none_or(|(at, _)| *at != commit) {
+                if let Some((_, ctx)) = &in_tx {
+                    keep(tx.commit(ctx)?, filter, target, &mut outgoing, &mut report);
+                }
+                in_tx = Some((commit, d.ctx.clone()));
             }
-            in_tx = Some((commit, d.ctx.clone()));
             let events = match &entry {
                 Archived::Change(change) => match &d.bound {
                     Some(bound) => bound.apply_in(change, &d.ctx, &mut tx)?,

@@ -346,37 +346,44 @@ pub(crate) fn publication_needs(compiled: &Compiled, schema: &Schema, archives: 
                 Op::Snapshot => {}
             }
         }
-        let needed = needs.tables.entry(m.table.clone()).or_default();
-        let Some(table) = schema.get(&m.table) else { continue };
-        needed.partitioned = table.partitioned;
-        let streamed = table.relation.columns.iter().map(|c| (c.name.as_str(), c.identity));
-        let hidden = table
-            .unseen
-            .iter()
-            .filter(|u| matches!(u.why, Unseen::NotPublished { .. }))
-            .map(|u| (u.name.as_str(), false));
-        for (column, identity) in streamed.chain(hidden) {
-            if archives || identity || m.reads(column) {
-                needed.columns.insert(column.to_owned());
-            }
-        }
+        need_table(&mut needs, schema, &m.table, archives, |column| m.reads(column));
     }
     // Outbox tables: their inserts, and the columns an outbox row's event is made of.
     for o in compiled.outboxes() {
         needs.ops.insert = true;
-        let needed = needs.tables.entry(o.table.clone()).or_default();
-        let Some(table) = schema.get(&o.table) else { continue };
-        needed.partitioned = table.partitioned;
-        for c in &table.relation.columns {
-            if archives || c.identity || o.columns().any(|read| read == c.name) {
-                needed.columns.insert(c.name.clone());
-            }
-        }
+        need_table(&mut needs, schema, &o.table, archives, |column| {
+            o.columns().any(|read| read == column)
+        });
     }
     if archives {
         needs.ops = Ops::ALL;
     }
     needs
+}
+
+/// What the publication must send of one table: its key columns and those `reads` (every column
+/// when the store archives), the columns a column list hides included, so that hiding one is seen.
+fn need_table(
+    needs: &mut Needs,
+    schema: &Schema,
+    table: &ficus_model::TableRef,
+    archives: bool,
+    reads: impl Fn(&str) -> bool,
+) {
+    let needed = needs.tables.entry(table.clone()).or_default();
+    let Some(table) = schema.get(table) else { return };
+    needed.partitioned = table.partitioned;
+    let streamed = table.relation.columns.iter().map(|c| (c.name.as_str(), c.identity));
+    let hidden = table
+        .unseen
+        .iter()
+        .filter(|u| matches!(u.why, Unseen::NotPublished { .. }))
+        .map(|u| (u.name.as_str(), false));
+    for (column, identity) in streamed.chain(hidden) {
+        if archives || identity || reads(column) {
+            needed.columns.insert(column.to_owned());
+        }
+    }
 }
 
 /// Queues a backfill of the mapped tables that are entering the publication — the first start,
