@@ -369,3 +369,85 @@ async fn a_misconfigured_webhook_fails_check_with_its_name_and_a_hint() {
     p.config("\n[[sink]]\ntype = \"http\"\nurl = \"not a url\"\n");
     offline_check_refuses(&p, "url \"not a url\"");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_payloads_of_text_and_bytes_reach_a_webhook_in_their_own_content_type_live_and_replayed() {
+    let hook = Hook::start(Box::new(|_| (200, None))).await;
+    let p = Project::new(
+        "create table invoice_outbox (id uuid primary key, aggregatetype text not null, aggregateid text not null,
+                                      type text not null, payload bytea not null, tenant_id int);
+         create table note_outbox (id uuid primary key, aggregatetype text not null, aggregateid text not null,
+                                   type text not null, payload text not null, tenant_id int);",
+    )
+    .await;
+    p.mapping(
+        "outbox.toml",
+        r#"
+[[outbox]]
+table        = "invoice_outbox"
+content_type = "application/pdf"
+extensions   = { tenantid = "tenant_id" }
+
+[[outbox]]
+table        = "note_outbox"
+content_type = "text/csv; charset=utf-8"
+extensions   = { tenantid = "tenant_id" }
+"#,
+    );
+    p.config(&format!(
+        "{}{}\n[[sink]]\ntype = \"store\"\nname = \"history\"\narchive = true\npath = \"history/ficus.db\"\n",
+        hook_sink(hook.port, "name = \"live\""),
+        hook_sink(hook.port, "name = \"replayed\"\nlive = false"),
+    ));
+    p.catch_up();
+    // Insert-then-delete, as an outbox relay's applications do; a null tenant has no extension.
+    p.db.exec(
+        "begin;
+         insert into invoice_outbox values ('00000000-0000-4000-8000-000000000001', 'Invoice', '17', 'InvoiceIssued', '\\x255044462d312e37ff00'::bytea, 3);
+         insert into note_outbox values ('00000000-0000-4000-8000-000000000002', 'Invoice', '17', 'InvoiceNoted', E'sku,qty\\nA,2\\n', null);
+         delete from invoice_outbox; delete from note_outbox;
+         commit;",
+    )
+    .await;
+    p.catch_up();
+    let events = p.events();
+    insta::assert_snapshot!(crate::support::redacted(&events));
+    let live = hook.taken();
+    assert_eq!(live.len(), 2, "one event per outbox row, the deletes none");
+    assert_eq!(live[0].headers["content-type"], "application/pdf");
+    assert_eq!(live[0].body, b"%PDF-1.7\xff\x00", "the bytes themselves");
+    assert_eq!(live[0].headers["ce-tenantid"], "3");
+    assert_eq!(live[0].headers["ce-id"], "00000000-0000-4000-8000-000000000001");
+    assert_eq!(live[1].headers["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(live[1].body, b"sku,qty\nA,2\n", "the text itself");
+    assert!(!live[1].headers.contains_key("ce-tenantid"), "null: no extension");
+    // Replayed from the store: the same bodies and headers (the extensions read back from it).
+    p.ok(&["replay", "--to-sink", "replayed"]);
+    let all = hook.taken();
+    assert_eq!(all.len(), 4);
+    for (a, b) in live.iter().zip(&all[2..]) {
+        assert_eq!(a.body, b.body);
+        let ce = |r: &Received| -> Vec<(String, String)> {
+            let mut h: Vec<_> = r
+                .headers
+                .iter()
+                .filter(|(n, _)| n.starts_with("ce-") || *n == "content-type")
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(ce(a), ce(b));
+    }
+    // Remapped from the archive: the same lines.
+    p.config(&format!(
+        "{}{}\n[[sink]]\ntype = \"store\"\nname = \"history\"\narchive = true\npath = \"history/ficus.db\"\n\n[[sink]]\ntype = \"jsonl\"\nname = \"remapped\"\nlive = false\npath = \"remapped.jsonl\"\n",
+        hook_sink(hook.port, "name = \"live\""),
+        hook_sink(hook.port, "name = \"replayed\"\nlive = false"),
+    ));
+    p.ok(&["remap", "--to-sink", "remapped"]);
+    assert_eq!(
+        std::fs::read_to_string(p.path("remapped.jsonl")).unwrap(),
+        std::fs::read_to_string(p.path("events.jsonl")).unwrap()
+    );
+}

@@ -215,7 +215,7 @@ pub fn redacted(events: &[Value]) -> String {
         if e.get("backfill").is_some() {
             e["backfill"] = Value::String("[backfill]".into());
         }
-        if let Some(data) = e["data"].as_object_mut() {
+        if let Some(data) = e.get_mut("data").and_then(Value::as_object_mut) {
             for (k, v) in data.iter_mut() {
                 if k.ends_with("_at") && v.is_string() {
                     *v = Value::String("[timestamp]".into());

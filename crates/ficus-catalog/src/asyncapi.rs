@@ -181,8 +181,14 @@ fn message(event: &EventVersion, sink: &Sink) -> Json {
     });
     match sink.mode.as_str() {
         "binary" => {
-            m["contentType"] = json!("application/json");
-            m["payload"] = json!({ "$ref": format!("{schema_ref}/properties/data") });
+            // The data's own content type: JSON but for an outbox's text or bytes.
+            let first = event.sources.first().map(|s| &s.payload);
+            let one = first.filter(|p| event.sources.iter().all(|s| &s.payload == *p));
+            m["contentType"] = json!(one.map_or("application/json", |p| p.1.as_str()));
+            m["payload"] = match one.map(|p| p.0) {
+                Some(ficus_mapping::PayloadKind::Binary) => json!({ "type": "string", "format": "binary" }),
+                _ => json!({ "$ref": format!("{schema_ref}/properties/data") }),
+            };
             m["headers"] = headers(event, sink.header_prefix);
         }
         "batch" => {
@@ -253,6 +259,12 @@ fn headers(event: &EventVersion, prefix: &str) -> Json {
             required.push(Json::String(header.clone()));
         }
         properties.insert(header, schema);
+    }
+    for (name, column) in event.sources.iter().flat_map(|s| &s.extensions) {
+        properties.insert(
+            format!("{prefix}{name}"),
+            json!({ "type": "string", "description": format!("column {column} of the outbox row (absent when null)") }),
+        );
     }
     json!({ "type": "object", "properties": properties, "required": required })
 }

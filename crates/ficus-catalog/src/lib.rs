@@ -12,7 +12,7 @@ pub mod site;
 
 use std::collections::BTreeMap;
 
-use ficus_mapping::{Compiled, DataShape, FieldShape, JsonType, Schema};
+use ficus_mapping::{Compiled, DataShape, FieldShape, JsonType, PayloadKind, Schema};
 use ficus_model::TableRef;
 use serde_json::{Value as Json, json};
 
@@ -46,6 +46,18 @@ pub struct Source {
     pub shape: DataShape,
     /// Whether the table's columns were known (else column fields are of any type).
     pub typed: bool,
+    /// What the data is (a JSON object, text or bytes), and its content type.
+    pub payload: (PayloadKind, String),
+    /// Whether the application states the data itself (an outbox row's payload): its fields are
+    /// the application's.
+    pub stated: bool,
+    /// The extensions it carries: (name, the column of the outbox row it is read from).
+    pub extensions: Vec<(String, String)>,
+}
+
+/// A JSON object, of content type `application/json`.
+fn json_payload() -> (PayloadKind, String) {
+    (PayloadKind::Json, ficus_model::event::JSON.to_owned())
 }
 
 /// Every event version the mappings make, by name then version; `tables` gives the columns'
@@ -72,6 +84,9 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
             origin: rows.origin.clone(),
             shape,
             typed: tables.contains_key(&rows.table),
+            payload: json_payload(),
+            stated: false,
+            extensions: vec![],
         };
         add(&m.name, m.version, source(m, m.shape_in(tables)));
         // Rows whose event did not fire in their transaction make an event of their own.
@@ -90,6 +105,10 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
     }
     // Events the application writes into an outbox table, of the types the outbox lists.
     for o in compiled.outboxes() {
+        let column = tables
+            .get(&o.table)
+            .and_then(|t| t.relation.columns.iter().find(|c| c.name == o.payload));
+        let payload = o.payload_kind(column.map(|c| &c.ty)).unwrap_or_else(|_| json_payload());
         for ty in &o.types {
             add(
                 ty,
@@ -106,6 +125,9 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
                         open: true,
                     },
                     typed: true,
+                    payload: payload.clone(),
+                    stated: true,
+                    extensions: o.extensions.clone(),
                 },
             );
         }
@@ -124,6 +146,9 @@ pub fn events(compiled: &Compiled, tables: &Schema) -> Vec<EventVersion> {
                 origin: m.origin.clone(),
                 shape: m.shape(),
                 typed: true,
+                payload: json_payload(),
+                stated: m.fields().is_none(),
+                extensions: vec![],
             },
         );
     }
@@ -155,12 +180,26 @@ pub fn schema_file(name: &str, version: u32) -> String {
 /// nullable where the column or expression can be null, required unless the source may leave
 /// them out.
 pub fn json_schema(event: &EventVersion) -> Json {
-    let data = match event.sources.as_slice() {
-        [one] => data_schema(one),
-        many => json!({ "anyOf": many.iter().map(data_schema).collect::<Vec<_>>() }),
+    let is = |kind: PayloadKind| event.sources.iter().filter(|s| s.payload.0 == kind).count();
+    // Bytes are in `data_base64`, the rest in `data`.
+    let (json_or_text, binary) = (is(PayloadKind::Json) + is(PayloadKind::Text), is(PayloadKind::Binary));
+    let in_data: Vec<Json> = event
+        .sources
+        .iter()
+        .filter(|s| s.payload.0 != PayloadKind::Binary)
+        .map(data_schema)
+        .collect();
+    let data = match <[Json; 1]>::try_from(in_data) {
+        Ok([one]) => one,
+        Err(many) => json!({ "anyOf": many }),
+    };
+    let content_types: std::collections::BTreeSet<&str> = event.sources.iter().map(|s| s.payload.1.as_str()).collect();
+    let datacontenttype = match content_types.iter().collect::<Vec<_>>().as_slice() {
+        [one] => json!({ "const": one }),
+        many => json!({ "enum": many }),
     };
     let described: Vec<String> = event.sources.iter().map(describe).collect();
-    json!({
+    let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": schema_file(&event.name, event.version),
         "title": format!("{} v{}", event.name, event.version),
@@ -174,7 +213,7 @@ pub fn json_schema(event: &EventVersion) -> Json {
             "type": { "const": event.name },
             "subject": { "type": "string", "description": "the aggregate's key" },
             "time": { "type": "string", "format": "date-time", "description": "the source transaction's commit time" },
-            "datacontenttype": { "const": "application/json" },
+            "datacontenttype": datacontenttype,
             "eventversion": { "const": event.version },
             "lsn": { "type": "string", "pattern": "^[0-9A-F]{1,8}/[0-9A-F]{1,8}$", "description": "the commit's position in the source's WAL" },
             "txid": { "type": "string", "pattern": "^[0-9]+$" },
@@ -182,7 +221,38 @@ pub fn json_schema(event: &EventVersion) -> Json {
             "ficusunavailable": { "type": "string", "description": "fields left out because the source did not send them, comma-separated" },
             "data": data,
         },
-    })
+    });
+    if binary > 0 {
+        let types: Vec<&str> = event
+            .sources
+            .iter()
+            .filter(|s| s.payload.0 == PayloadKind::Binary)
+            .map(|s| s.payload.1.as_str())
+            .collect();
+        schema["properties"]["data_base64"] = json!({
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": format!("the outbox row's bytes ({})", types.join(", ")),
+        });
+        let required = schema["required"].as_array_mut().expect("required is an array");
+        if json_or_text == 0 {
+            // Every source writes bytes: no `data`.
+            required.retain(|r| r != "data");
+            required.push(json!("data_base64"));
+            schema["properties"].as_object_mut().expect("properties").remove("data");
+        } else {
+            required.retain(|r| r != "data");
+        }
+    }
+    for source in &event.sources {
+        for (name, column) in &source.extensions {
+            schema["properties"][name] = json!({
+                "type": "string",
+                "description": format!("column {column} of the outbox row, as text (absent when null)"),
+            });
+        }
+    }
+    schema
 }
 
 /// "from public.orders on update when ..., key new.id"
@@ -196,6 +266,13 @@ pub fn describe(source: &Source) -> String {
 }
 
 fn data_schema(source: &Source) -> Json {
+    if source.payload.0 == PayloadKind::Text {
+        return json!({
+            "type": "string",
+            "contentMediaType": source.payload.1,
+            "description": "the outbox row's payload, as text",
+        });
+    }
     let shape = &source.shape;
     let mut properties = serde_json::Map::new();
     let mut required = Vec::new();
@@ -206,7 +283,9 @@ fn data_schema(source: &Source) -> Json {
         }
     }
     let mut o = json!({ "type": "object", "properties": properties, "required": required });
-    if shape.open {
+    if source.stated {
+        o["description"] = json!("the object the application writes: its fields are the application's");
+    } else if shape.open {
         o["description"] = json!("the whole row: its columns were not given to the catalog");
     }
     o

@@ -339,10 +339,41 @@ fn event(site: &Site, name: &str) -> String {
                         );
                     }
                     let _ = writeln!(s, "</table>");
-                    if source.shape.open {
+                    match source.payload.0 {
+                        ficus_mapping::PayloadKind::Text => {
+                            let _ = writeln!(
+                                s,
+                                "<p class=\"muted\">The data is text ({}): the outbox row's payload.</p>",
+                                esc(&source.payload.1)
+                            );
+                        }
+                        ficus_mapping::PayloadKind::Binary => {
+                            let _ = writeln!(
+                                s,
+                                "<p class=\"muted\">The data is bytes ({}), in data_base64: the outbox row's payload.</p>",
+                                esc(&source.payload.1)
+                            );
+                        }
+                        ficus_mapping::PayloadKind::Json if source.stated => {
+                            let _ = writeln!(
+                                s,
+                                "<p class=\"muted\">The object the application writes: its fields are the application's.</p>"
+                            );
+                        }
+                        ficus_mapping::PayloadKind::Json if source.shape.open => {
+                            let _ = writeln!(
+                                s,
+                                "<p class=\"muted\">The whole row: declare the table in a fixture for its columns.</p>"
+                            );
+                        }
+                        ficus_mapping::PayloadKind::Json => {}
+                    }
+                    for (name, column) in &source.extensions {
                         let _ = writeln!(
                             s,
-                            "<p class=\"muted\">The whole row: declare the table in a fixture for its columns.</p>"
+                            "<p class=\"muted\">Extension <code>{}</code>: column {} of the outbox row.</p>",
+                            esc(name),
+                            esc(column)
                         );
                     }
                 }

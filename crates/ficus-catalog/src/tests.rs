@@ -95,3 +95,53 @@ fn without_the_tables_columns_are_of_any_type_and_a_whole_row_is_open() {
 fn pretty(v: &Json) -> String {
     serde_json::to_string_pretty(v).unwrap()
 }
+
+#[test]
+fn an_outbox_of_bytes_or_text_is_described_in_its_content_type_with_its_extensions() {
+    let (file, errors) = parse_file(
+        "mappings/outbox.toml",
+        r#"
+[[outbox]]
+table        = "public.invoice_outbox"
+content_type = "application/pdf"
+types        = ["InvoiceIssued"]
+extensions   = { tenantid = "tenant_id" }
+
+[[outbox]]
+table        = "public.note_outbox"
+content_type = "text/csv"
+types        = ["InvoiceNoted"]
+"#,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let fixture = r#"
+[tables."public.invoice_outbox"]
+key = ["id"]
+columns = { id = "uuid not null", aggregatetype = "text not null", aggregateid = "text not null", type = "text not null", payload = "bytea not null", tenant_id = "integer" }
+
+[tables."public.note_outbox"]
+key = ["id"]
+columns = { id = "uuid not null", aggregatetype = "text not null", aggregateid = "text not null", type = "text not null", payload = "text not null" }
+"#;
+    let schema = Fixture::parse("outbox.toml", fixture).unwrap().schema();
+    let compiled = compile(&[file], Some(&schema)).unwrap();
+    let all = events(&compiled, &schema);
+    let issued = json_schema(all.iter().find(|e| e.name == "InvoiceIssued").unwrap());
+    insta::assert_snapshot!("InvoiceIssued", pretty(&issued));
+    let noted = json_schema(all.iter().find(|e| e.name == "InvoiceNoted").unwrap());
+    assert_eq!(noted["properties"]["datacontenttype"], json!({ "const": "text/csv" }));
+    assert_eq!(noted["properties"]["data"]["type"], "string");
+    // A binary-mode sink's message is the bytes, of the outbox's content type, the extension a
+    // header.
+    let config = ficus_project::Config::parse(
+        std::path::Path::new("ficus.toml"),
+        "[source]\nname = \"shop\"\n\n[[sink]]\nname = \"bus\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"shop.{type}\"\n",
+    )
+    .unwrap();
+    let sinks = crate::sinks::sinks_of(&config).unwrap();
+    let doc = crate::asyncapi::document("shop", &all, &sinks);
+    let message = &doc["channels"]["bus"]["messages"]["InvoiceIssued.v1"];
+    assert_eq!(message["contentType"], "application/pdf", "{message}");
+    assert_eq!(message["payload"], json!({ "type": "string", "format": "binary" }));
+    assert!(message["headers"]["properties"]["ce-tenantid"].is_object(), "{message}");
+}

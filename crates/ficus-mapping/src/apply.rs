@@ -107,6 +107,20 @@ pub enum MapError {
     /// A logical decoding message of a mapped prefix that cannot be mapped.
     #[error(transparent)]
     Message(Box<MessageError>),
+    /// An outbox's payload column is of a type that cannot be a payload of its content type.
+    #[error("{origin}: [[outbox]] reads its payload from {column} of {table}, which is {type_name}: {why}")]
+    OutboxPayload {
+        /// The `[[outbox]]`'s `file:line`.
+        origin: String,
+        /// The table.
+        table: String,
+        /// The payload column.
+        column: String,
+        /// Its type.
+        type_name: String,
+        /// Why it cannot be.
+        why: String,
+    },
 }
 
 /// A logical decoding message of a mapped prefix that cannot be mapped.
@@ -191,6 +205,9 @@ impl MapError {
                 "run ALTER TABLE {} REPLICA IDENTITY FULL; so the old row carries the value, or set unchanged_toast = \"reselect\" (ficus reads the row again) or \"omit\" (the field is left out, listed in ficusunavailable) on the mapping; then start ficus again: the slot stays before this change",
                 ficus_model::TableRef::parse(&e.table).quoted()
             ),
+            MapError::OutboxPayload { .. } => {
+                "make the payload column jsonb, or text or bytea with a content_type that fits it (ficus check shows it), then start ficus again: the slot stays where it is".into()
+            }
             MapError::ColumnMissing { .. } => {
                 "restore the column or change the mapping (ficus check shows what else is off), then start ficus again: the slot stays where it is".into()
             }
@@ -260,6 +277,11 @@ struct OutboxRule {
     aggregate_id: usize,
     ty: usize,
     payload: usize,
+    /// What the payload becomes, and the events' content type.
+    kind: crate::compile::PayloadKind,
+    content_type: Cow<'static, str>,
+    /// The extensions' names and columns.
+    extensions: Vec<(Arc<str>, usize)>,
 }
 
 /// The mappings of one table, bound to one version of its relation.
@@ -312,12 +334,33 @@ impl Compiled {
                 Some(c) => Some(at(c)?),
                 None => None,
             };
+            let payload = at(&o.payload)?;
+            let column = &relation.columns[payload];
+            let (kind, content_type) = o
+                .payload_kind(Some(&column.ty))
+                .map_err(|why| MapError::OutboxPayload {
+                    origin: o.origin.clone(),
+                    table: relation.table.to_string(),
+                    column: column.name.clone(),
+                    type_name: column.type_name.clone(),
+                    why,
+                })?;
+            let mut extensions = Vec::with_capacity(o.extensions.len());
+            for (name, column) in &o.extensions {
+                extensions.push((Arc::from(name.as_str()), at(column)?));
+            }
             outboxes.push(OutboxRule {
                 id,
                 aggregate_type: at(&o.aggregate_type)?,
                 aggregate_id: at(&o.aggregate_id)?,
                 ty: at(&o.ty)?,
-                payload: at(&o.payload)?,
+                payload,
+                kind,
+                content_type: match content_type {
+                    t if t == ficus_model::event::JSON => Cow::Borrowed(ficus_model::event::JSON),
+                    t => Cow::Owned(t),
+                },
+                extensions,
                 mapping: o.clone(),
             });
         }
@@ -654,12 +697,46 @@ impl Bound {
         }
         let aggregate = text(o.aggregate_type)?;
         let subject = text(o.aggregate_id)?.into_owned();
-        let data: ficus_model::Data = serde_json::from_str(&text(o.payload)?).map_err(|_| {
-            fail(
-                o.payload,
-                "is not a JSON object: an outbox's payload is the event's data",
+        let payload = text(o.payload)?;
+        let bytes: Cow<'_, [u8]> = if self.relation.columns[o.payload].ty == ficus_model::PgType::Bytea {
+            Cow::Owned(
+                ficus_model::value::decode_bytea(&payload).ok_or_else(|| fail(o.payload, "is not bytea's hex form"))?,
             )
-        })?;
+        } else {
+            Cow::Borrowed(payload.as_bytes())
+        };
+        let (data, body) = match o.kind {
+            crate::compile::PayloadKind::Json => {
+                let data: ficus_model::Data = serde_json::from_slice(&bytes).map_err(|_| {
+                    fail(
+                        o.payload,
+                        &format!(
+                            "is not a JSON object: an outbox's payload of content type {} is the event's data",
+                            o.content_type
+                        ),
+                    )
+                })?;
+                (data, None)
+            }
+            crate::compile::PayloadKind::Text => (
+                ficus_model::Data::default(),
+                Some(ficus_model::Body::Text(String::from_utf8_lossy(&bytes).into_owned())),
+            ),
+            crate::compile::PayloadKind::Binary => (
+                ficus_model::Data::default(),
+                Some(ficus_model::Body::Binary(bytes.into_owned())),
+            ),
+        };
+        let mut extensions = Vec::with_capacity(o.extensions.len());
+        for (name, column) in &o.extensions {
+            if let Some(Cell::Text(t)) = cell(change, Var::New, *column) {
+                let value = match ficus_model::value::to_json(&self.relation.columns[*column].ty, &text_of(t)) {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                extensions.push((name.clone(), value));
+            }
+        }
         let id = match o.id.map(|i| (i, cell(change, Var::New, i))) {
             Some((_, Some(Cell::Text(t)))) => text_of(t).into_owned(),
             _ => {
@@ -680,7 +757,9 @@ impl Bound {
             aggregate: aggregate.as_ref().into(),
             subject,
             time: self.tx_attributes(change).time,
-            datacontenttype: "application/json",
+            datacontenttype: o.content_type.clone(),
+            extensions,
+            body,
             eventversion: crate::compile::DEFAULT_VERSION,
             lsn: change.tx.commit_lsn,
             txid: change.tx.xid,
@@ -805,7 +884,9 @@ impl Bound {
             aggregate: m.aggregate.clone(),
             subject,
             time: tx.time,
-            datacontenttype: "application/json",
+            datacontenttype: ficus_model::event::JSON.into(),
+            extensions: Vec::new(),
+            body: None,
             eventversion: m.version,
             lsn: change.tx.commit_lsn,
             txid: change.tx.xid,

@@ -200,10 +200,25 @@ pub struct OutboxMapping {
     pub ty: String,
     /// The column of the event's data.
     pub payload: String,
+    /// The payload's media type, as written (`None`: the default of the payload column's type).
+    pub content_type: Option<String>,
+    /// Columns carried as CloudEvents extensions: (extension name, column), by name.
+    pub extensions: Vec<(String, String)>,
     /// The event types it may make (empty: any).
     pub types: Vec<String>,
     /// Where it is written, `file:line`.
     pub origin: String,
+}
+
+/// What an outbox row's payload becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// A JSON object: the event's `data`.
+    Json,
+    /// Text: `data` is a JSON string.
+    Text,
+    /// Bytes: `data_base64`.
+    Binary,
 }
 
 impl OutboxMapping {
@@ -213,6 +228,32 @@ impl OutboxMapping {
             .iter()
             .map(String::as_str)
             .chain([&self.aggregate_type, &self.aggregate_id, &self.ty, &self.payload].map(String::as_str))
+            .chain(self.extensions.iter().map(|(_, column)| column.as_str()))
+    }
+
+    /// What its payload becomes and the events' `datacontenttype`, by the payload column's type
+    /// (`None`: not known, taken for `jsonb` unless a content type that is not JSON is given);
+    /// an error says why the column cannot be a payload of the content type.
+    pub fn payload_kind(&self, column: Option<&ficus_model::PgType>) -> Result<(PayloadKind, String), String> {
+        use ficus_model::PgType;
+        use ficus_model::event::{JSON, is_json};
+        let given = self.content_type.as_deref();
+        let json_given = given.is_some_and(is_json);
+        let with = |kind: PayloadKind, default: &str| {
+            let kind = if json_given { PayloadKind::Json } else { kind };
+            Ok((kind, given.unwrap_or(default).to_owned()))
+        };
+        match column {
+            Some(PgType::Json) if given.is_some() && !json_given => Err(format!(
+                "a json or jsonb payload is JSON: its content type is application/json or a ...+json type, not {}",
+                given.unwrap_or_default()
+            )),
+            Some(PgType::Json) | None if given.is_none() || json_given => with(PayloadKind::Json, JSON),
+            None => with(PayloadKind::Text, "text/plain"),
+            Some(PgType::Text) => with(PayloadKind::Text, "text/plain"),
+            Some(PgType::Bytea) => with(PayloadKind::Binary, "application/octet-stream"),
+            Some(_) => Err("an outbox's payload is jsonb, json, text or bytea".to_owned()),
+        }
     }
 }
 
@@ -732,6 +773,13 @@ impl Checker<'_> {
             column(&raw.payload, "payload"),
         ];
         let mut id_column = (!id.0.is_empty()).then(|| id.0.clone());
+        let extensions: Vec<(String, Spanned<String>)> = raw
+            .extensions
+            .iter()
+            .flat_map(|e| e.get_ref())
+            .map(|(name, column)| (name.clone(), column.clone()))
+            .collect();
+        let mut payload_type = None;
         if let Some(schema) = schema {
             let Some(catalog) = schema.get(&table) else {
                 let known: Vec<String> = schema.keys().map(|t| t.to_string()).collect();
@@ -780,14 +828,53 @@ impl Checker<'_> {
                     format!("give it a primary key (id uuid primary key), or run ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted()),
                 );
             }
-            let payload = &columns[3];
-            if let Some(c) = relation.columns.iter().find(|c| c.name == payload.0)
-                && c.ty != ficus_model::PgType::Json
-            {
+            for (name, column) in &extensions {
+                if relation.column_index(column.get_ref().trim()).is_none() {
+                    self.error(
+                        &column.span(),
+                        format!("{table} has no column {:?} (extension {name})", column.get_ref().trim()),
+                        format!("columns of {table} are {}", names()),
+                    );
+                }
+            }
+            payload_type = relation
+                .columns
+                .iter()
+                .find(|c| c.name == columns[3].0)
+                .map(|c| (c.ty.clone(), c.type_name.clone()));
+        }
+        let mut content_type = None;
+        if let Some(c) = &raw.content_type {
+            let text = c.get_ref().trim();
+            let media = text.split(';').next().unwrap_or_default().trim();
+            let valid = media
+                .split_once('/')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
+                && !media.contains(char::is_whitespace)
+                && !text.chars().any(char::is_control);
+            if !valid {
                 self.error(
-                    &payload.1,
-                    format!("the payload column {} is {}, not jsonb or json", c.name, c.type_name),
-                    "an outbox's payload is the event's data, a JSON object: make the column jsonb (text and bytea payloads with a content type are not supported yet)".to_owned(),
+                    &c.span(),
+                    format!("invalid content type {text:?}"),
+                    "a media type: text/plain, application/xml, application/vnd.shop+json; charset=utf-8".to_owned(),
+                );
+            }
+            content_type = Some(text.to_owned());
+        }
+        for (name, _) in &extensions {
+            if name.is_empty()
+                || name.len() > 20
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                || ficus_model::event::RESERVED.contains(&name.as_str())
+            {
+                let span = raw.extensions.as_ref().map(|e| e.span()).unwrap_or_default();
+                self.error(
+                    &span,
+                    format!("invalid extension name {name:?}"),
+                    format!(
+                        "CloudEvents extension names are 1 to 20 lower-case letters and digits (tenantid, traceparent), and not one of {}",
+                        ficus_model::event::RESERVED.join(", ")
+                    ),
                 );
             }
         }
@@ -804,12 +891,7 @@ impl Checker<'_> {
             types.push(name.to_owned());
         }
         let [aggregate_type, aggregate_id, ty, payload] = columns.map(|(c, _)| c);
-        let origin = format!(
-            "{}:{}",
-            self.src.path,
-            self.src.error_at(&raw.table.span(), "", None).line
-        );
-        Some(OutboxMapping {
+        let outbox = OutboxMapping {
             table,
             id_default: raw.id.is_none(),
             id: id_column,
@@ -817,9 +899,34 @@ impl Checker<'_> {
             aggregate_id,
             ty,
             payload,
+            content_type,
+            extensions: extensions
+                .into_iter()
+                .map(|(name, column)| (name, column.get_ref().trim().to_owned()))
+                .collect(),
             types,
-            origin,
-        })
+            origin: String::new(),
+        };
+        if let Some((ty, type_name)) = payload_type
+            && let Err(why) = outbox.payload_kind(Some(&ty))
+        {
+            let span = raw.content_type.as_ref().map_or_else(
+                || raw.payload.as_ref().map_or_else(|| raw.table.span(), |p| p.span()),
+                |c| c.span(),
+            );
+            self.error(
+                &span,
+                format!("the payload column {} is {type_name}: {why}", outbox.payload),
+                "make the column jsonb (the event's data, a JSON object), or text or bytea with a content_type"
+                    .to_owned(),
+            );
+        }
+        let origin = format!(
+            "{}:{}",
+            self.src.path,
+            self.src.error_at(&raw.table.span(), "", None).line
+        );
+        Some(OutboxMapping { origin, ..outbox })
     }
 
     /// A `[[message]]`: its prefix, name, version and CEL over `payload`, `prefix`, `tx`.

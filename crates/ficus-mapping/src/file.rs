@@ -55,10 +55,23 @@ pub(crate) struct RawOutbox {
     #[schemars(rename = "type", with = "Option<String>")]
     #[serde(rename = "type")]
     pub ty: Option<Spanned<String>>,
-    /// The column of the event's data, a `jsonb` or `json` object; default `payload`.
+    /// The column of the event's data, default `payload`: a `jsonb` or `json` object (the event's
+    /// `data`), or `text` or `bytea` of the `content_type`.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub payload: Option<Spanned<String>>,
+    /// The payload's media type (CloudEvents `datacontenttype`): default `application/json` for a
+    /// `jsonb` or `json` payload, `text/plain` for `text`, `application/octet-stream` for
+    /// `bytea`. A JSON type (`application/json`, `...+json`) makes a `text` or `bytea` payload a
+    /// JSON object, as `jsonb` is.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub content_type: Option<Spanned<String>>,
+    /// Columns of the row carried as CloudEvents extensions, by extension name:
+    /// `{ tenantid = "tenant_id" }` (names of lower-case letters and digits; a null is left out).
+    #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, String>>")]
+    pub extensions: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     /// The event types the application writes (`["LoyaltyPointsGranted"]`): the catalog and the
     /// lock list them, and a row of another type stops ficus. Default: any type, none listed.
     #[serde(default)]

@@ -26,8 +26,8 @@ mod tx;
 
 pub use apply::{Bound, CollectLimit, EvalError, EventContext, MapError, MessageError, UnsentValue};
 pub use compile::{
-    Collect, ColumnsRead, Compiled, DEFAULT_VERSION, Mapping, MessageMapping, OutboxMapping, Per, Schema, Sources,
-    UnchangedToast, WithoutParent, compile,
+    Collect, ColumnsRead, Compiled, DEFAULT_VERSION, Mapping, MessageMapping, OutboxMapping, PayloadKind, Per, Schema,
+    Sources, UnchangedToast, WithoutParent, compile,
 };
 pub use diagnostic::Diagnostic;
 pub use file::{MappingFile, mapping_file_schema, parse_file};

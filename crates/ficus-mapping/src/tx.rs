@@ -57,6 +57,10 @@ struct Slot {
 /// their order), or the place of a slot's first collected row — where its `without_parent`
 /// events go when no event of the transaction takes its rows.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are what is held, mostly: boxing them would cost an allocation per event"
+)]
 enum Held {
     Event {
         event: Event,
@@ -190,13 +194,7 @@ impl Transaction {
     pub(crate) fn hold(&mut self, event: Event, mapping: &Arc<Mapping>, change: &RowChange) -> Result<(), MapError> {
         self.tx.get_or_insert_with(|| change.tx.clone());
         let lsn = change.tx.commit_lsn;
-        self.take(
-            size_of(&event.data),
-            &mapping.origin,
-            &mapping.name,
-            &mapping.table,
-            lsn,
-        )?;
+        self.take(size_of(&event), &mapping.origin, &mapping.name, &mapping.table, lsn)?;
         self.held.push(Held::Event {
             event,
             mapping: Some(mapping.clone()),
@@ -213,7 +211,7 @@ impl Transaction {
         table: &dyn std::fmt::Display,
         lsn: Lsn,
     ) -> Result<(), MapError> {
-        self.take(size_of(&event.data), origin, &event.ty, table, lsn)?;
+        self.take(size_of(&event), origin, &event.ty, table, lsn)?;
         self.held.push(Held::Event { event, mapping: None });
         Ok(())
     }
@@ -266,7 +264,7 @@ impl Transaction {
         let Some(f) = self.folds.get_mut(&(Arc::as_ptr(mapping) as usize, key.to_owned())) else {
             return Ok(());
         };
-        let size = event.as_ref().map_or(0, |e| size_of(&e.data));
+        let size = event.as_ref().map_or(0, size_of);
         // The event replaces the one of the row's earlier changes: what that took is given back.
         let (at, before) = (f.at, std::mem::replace(&mut f.size, size));
         self.bytes -= before;
@@ -448,7 +446,9 @@ fn without_parent(ctx: &EventContext, meta: &TxMeta, slot: &Slot, rows: &mut Row
         aggregate: parent.aggregate.clone(),
         subject: slot.key.clone(),
         time: Time::from_micros(meta.commit_time_micros),
-        datacontenttype: "application/json",
+        datacontenttype: ficus_model::event::JSON.into(),
+        extensions: Vec::new(),
+        body: None,
         eventversion: *version,
         lsn: meta.commit_lsn,
         txid: meta.xid,
@@ -476,9 +476,9 @@ fn without_parent(ctx: &EventContext, meta: &TxMeta, slot: &Slot, rows: &mut Row
     }
 }
 
-/// What an event's data is reckoned to take: its JSON's length, counted without writing it, and
-/// [`OVERHEAD`].
-fn size_of(data: &ficus_model::Data) -> u64 {
+/// What an event's data is reckoned to take: its JSON's length, counted without writing it (or
+/// its text's or bytes'), its extensions' and [`OVERHEAD`].
+fn size_of(event: &Event) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -490,8 +490,13 @@ fn size_of(data: &ficus_model::Data) -> u64 {
         }
     }
     let mut count = Count(0);
-    serde_json::to_writer(&mut count, data).expect("data always serializes");
-    count.0 + OVERHEAD
+    match &event.body {
+        None => serde_json::to_writer(&mut count, &event.data).expect("data always serializes"),
+        Some(ficus_model::Body::Text(text)) => count.0 += text.len() as u64,
+        Some(ficus_model::Body::Binary(bytes)) => count.0 += bytes.len() as u64,
+    }
+    let extensions: usize = event.extensions.iter().map(|(n, v)| n.len() + v.len()).sum();
+    count.0 + extensions as u64 + OVERHEAD
 }
 
 fn sort(rows: &mut Rows) {

@@ -134,6 +134,9 @@ fn shop_schema() -> Schema {
             ("aggregateid", PgType::Text, false),
             ("type", PgType::Text, false),
             ("payload", PgType::Json, false),
+            ("tenant_id", PgType::Int, false),
+            ("note", PgType::Text, false),
+            ("blob", PgType::Bytea, false),
         ],
     );
     BTreeMap::from([

@@ -5,9 +5,26 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use base64::Engine;
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::Lsn;
+
+/// The content type of every event's data but an outbox's text or bytea payload.
+pub const JSON: &str = "application/json";
+
+/// Whether data of a media type is JSON, written as JSON in `data` (CloudEvents' JSON format):
+/// `application/json`, `text/json` or any `.../...+json`, parameters aside.
+pub fn is_json(content_type: &str) -> bool {
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    base == JSON || base == "text/json" || (base.contains('/') && base.ends_with("+json"))
+}
 
 /// A domain event: a business fact with a name, a version, a key and data.
 ///
@@ -18,7 +35,7 @@ use crate::Lsn;
 /// Serializes to one CloudEvent in structured JSON mode; the extensions
 /// `eventversion`, `lsn` and `txid` say which schema version it follows and
 /// which commit of the source it comes from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// Always `"1.0"`.
     pub specversion: &'static str,
@@ -27,38 +44,110 @@ pub struct Event {
     /// The database and table the event comes from.
     pub source: Arc<str>,
     /// The event's name, e.g. `OrderPaid`.
-    #[serde(rename = "type")]
     pub ty: Arc<str>,
     /// The aggregate the event belongs to (the mapping's `aggregate`, default its table); not a
     /// CloudEvents attribute: with the subject, it names the event's stream in the store.
-    #[serde(skip)]
     pub aggregate: Arc<str>,
     /// The key: the aggregate id, as a string.
     pub subject: String,
     /// The commit time (written RFC 3339 in UTC).
     pub time: Time,
-    /// Always `"application/json"`.
-    pub datacontenttype: &'static str,
+    /// `"application/json"` ([`JSON`]), but for an outbox's text or bytea payload (its
+    /// `content_type`).
+    pub datacontenttype: Cow<'static, str>,
     /// The event's schema version.
     pub eventversion: u32,
     /// The commit LSN (written `X/Y`).
     pub lsn: Lsn,
     /// The source transaction id (written as a string: CloudEvents integers are 32-bit signed).
-    #[serde(serialize_with = "as_string")]
     pub txid: u32,
     /// For events of rows read by a backfill, the backfill's id (absent for live changes).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill: Option<Arc<str>>,
     /// Fields of `data` the source did not send and that are left out (an unchanged TOASTed value,
     /// with `unchanged_toast = "omit"`), comma-separated (extension `ficusunavailable`).
-    #[serde(rename = "ficusunavailable", skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
-    /// The payload.
+    /// Extensions an outbox row carries in columns of its own (`extensions` of an `[[outbox]]`),
+    /// written as strings after ficus's own; usually none.
+    pub extensions: Vec<(Arc<str>, String)>,
+    /// Data that is not JSON (an outbox's text or bytea payload), written in place of `data`;
+    /// usually none.
+    pub body: Option<Body>,
+    /// The payload (empty when `body` is the payload).
     pub data: Data,
 }
 
-fn as_string<S: Serializer>(n: &u32, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(n)
+/// Data that is not a JSON object: an outbox's text or bytea payload, of its own content type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// Text: `data` is a JSON string; the binary mode's body is the text itself.
+    Text(String),
+    /// Bytes: `data_base64` holds them in base64; the binary mode's body is the bytes.
+    Binary(Vec<u8>),
+}
+
+/// The names an extension of an outbox row cannot take: the attributes every event has, and
+/// ficus's own extensions.
+pub const RESERVED: [&str; 15] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "eventversion",
+    "lsn",
+    "txid",
+    "backfill",
+    "ficusunavailable",
+    "data",
+    "data_base64",
+];
+
+/// A number written as a JSON string.
+struct AsString(u32);
+
+impl Serialize for AsString {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl Serialize for Event {
+    /// One CloudEvent in structured JSON mode: the attributes in a fixed order, the extensions,
+    /// then `data` (or `data_base64`).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("specversion", self.specversion)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("source", &*self.source)?;
+        map.serialize_entry("type", &*self.ty)?;
+        map.serialize_entry("subject", &self.subject)?;
+        map.serialize_entry("time", &self.time)?;
+        map.serialize_entry("datacontenttype", &*self.datacontenttype)?;
+        map.serialize_entry("eventversion", &self.eventversion)?;
+        map.serialize_entry("lsn", &self.lsn)?;
+        map.serialize_entry("txid", &AsString(self.txid))?;
+        if let Some(backfill) = &self.backfill {
+            map.serialize_entry("backfill", &**backfill)?;
+        }
+        if let Some(unavailable) = &self.unavailable {
+            map.serialize_entry("ficusunavailable", unavailable)?;
+        }
+        for (name, value) in &self.extensions {
+            map.serialize_entry(&**name, value)?;
+        }
+        match &self.body {
+            None => map.serialize_entry("data", &self.data)?,
+            Some(Body::Text(text)) => map.serialize_entry("data", text)?,
+            Some(Body::Binary(bytes)) => {
+                map.serialize_entry("data_base64", &base64::engine::general_purpose::STANDARD.encode(bytes))?
+            }
+        }
+        map.end()
+    }
 }
 
 impl Event {
@@ -68,15 +157,20 @@ impl Event {
         serde_json::to_writer(out, self).expect("an event always serializes");
     }
 
-    /// Writes the event's `data` alone: the body of the binary mode of a protocol binding.
+    /// Writes the event's data alone: the body of the binary mode of a protocol binding — the
+    /// JSON of `data`, or the text or bytes of a `body`.
     pub fn write_data(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, &self.data).expect("data always serializes");
+        match &self.body {
+            None => serde_json::to_writer(out, &self.data).expect("data always serializes"),
+            Some(Body::Text(text)) => out.extend_from_slice(text.as_bytes()),
+            Some(Body::Binary(bytes)) => out.extend_from_slice(bytes),
+        }
     }
 
     /// Every attribute but `data`, in the order of the structured line, as text: what the binary
     /// mode of a protocol binding carries in headers (`ce_id`, `ce-type`, ...). `datacontenttype`
     /// is among them; bindings that map it to their own content type take it from here.
-    pub fn attributes(&self) -> Vec<(&'static str, Cow<'_, str>)> {
+    pub fn attributes(&self) -> Vec<(&str, Cow<'_, str>)> {
         let mut attributes = vec![
             ("specversion", Cow::Borrowed(self.specversion)),
             ("id", Cow::Borrowed(self.id.as_str())),
@@ -84,7 +178,7 @@ impl Event {
             ("type", Cow::Borrowed(&*self.ty)),
             ("subject", Cow::Borrowed(self.subject.as_str())),
             ("time", Cow::Borrowed(self.time.as_str())),
-            ("datacontenttype", Cow::Borrowed(self.datacontenttype)),
+            ("datacontenttype", Cow::Borrowed(&*self.datacontenttype)),
             ("eventversion", Cow::Owned(self.eventversion.to_string())),
             ("lsn", Cow::Owned(self.lsn.to_string())),
             ("txid", Cow::Owned(self.txid.to_string())),
@@ -95,40 +189,139 @@ impl Event {
         if let Some(unavailable) = &self.unavailable {
             attributes.push(("ficusunavailable", Cow::Borrowed(unavailable.as_str())));
         }
+        for (name, value) in &self.extensions {
+            attributes.push((&**name, Cow::Borrowed(value.as_str())));
+        }
         attributes
     }
 }
 
-/// An event as a stored line has it (the store keeps the aggregate apart); its data read as `D`
-/// ([`Data`], or skipped).
-#[derive(serde::Deserialize)]
-struct Stored<'a, D> {
-    #[serde(borrow)]
-    specversion: Cow<'a, str>,
-    id: String,
-    #[serde(borrow)]
-    source: Cow<'a, str>,
-    #[serde(rename = "type", borrow)]
-    ty: Cow<'a, str>,
-    subject: String,
-    #[serde(borrow)]
-    datacontenttype: Cow<'a, str>,
-    eventversion: u32,
-    #[serde(borrow)]
-    txid: Cow<'a, str>,
-    #[serde(default, borrow)]
-    backfill: Option<Cow<'a, str>>,
-    #[serde(default, rename = "ficusunavailable")]
+/// The data of an event's structured line (what [`Event::write_json`] wrote), as
+/// [`Event::write_data`] writes it: the body of a binding's binary mode. `None` when the line
+/// holds no data of that content type.
+pub fn data_of_line(line: &[u8], datacontenttype: &str) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+        #[serde(borrow)]
+        data_base64: Option<Cow<'a, str>>,
+    }
+    let line: Line<'_> = serde_json::from_slice(line).ok()?;
+    match (line.data, line.data_base64) {
+        (_, Some(base64)) => base64::engine::general_purpose::STANDARD.decode(&*base64).ok(),
+        (Some(data), None) if is_json(datacontenttype) => Some(data.get().as_bytes().to_vec()),
+        (Some(data), None) => serde_json::from_str::<String>(data.get()).ok().map(String::into_bytes),
+        (None, None) => None,
+    }
+}
+
+/// A string read from a stored line: borrowed from it unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// An event as a stored line has it (the store keeps the aggregate apart), its data not read.
+#[derive(Default)]
+struct Stored<'a> {
+    specversion: Option<Text<'a>>,
+    id: Option<String>,
+    source: Option<Text<'a>>,
+    ty: Option<Text<'a>>,
+    subject: Option<String>,
+    datacontenttype: Option<Text<'a>>,
+    eventversion: Option<u32>,
+    txid: Option<Text<'a>>,
+    backfill: Option<Text<'a>>,
     unavailable: Option<String>,
-    data: D,
+    extensions: Vec<(Arc<str>, String)>,
+    data: Option<&'a RawValue>,
+    data_base64: Option<Text<'a>>,
+}
+
+impl<'de> serde::Deserialize<'de> for Stored<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Stored<'de>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Stored<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CloudEvent as a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Stored<'de>, A::Error> {
+                let mut e = Stored::default();
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    match &*key {
+                        "specversion" => e.specversion = Some(map.next_value()?),
+                        "id" => e.id = Some(map.next_value()?),
+                        "source" => e.source = Some(map.next_value()?),
+                        "type" => e.ty = Some(map.next_value()?),
+                        "subject" => e.subject = Some(map.next_value()?),
+                        "datacontenttype" => e.datacontenttype = Some(map.next_value()?),
+                        "eventversion" => e.eventversion = Some(map.next_value()?),
+                        "txid" => e.txid = Some(map.next_value()?),
+                        "backfill" => e.backfill = Some(map.next_value()?),
+                        "ficusunavailable" => e.unavailable = Some(map.next_value()?),
+                        "data" => e.data = Some(map.next_value()?),
+                        "data_base64" => e.data_base64 = Some(map.next_value()?),
+                        // Kept in the store's columns, and read from there.
+                        "time" | "lsn" => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        _ => {
+                            let value: Text<'de> = map.next_value()?;
+                            e.extensions.push((Arc::from(&*key), value.0.into_owned()));
+                        }
+                    }
+                }
+                Ok(e)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 impl Event {
     /// The event a stored line holds (what [`Event::write_json`] wrote), with what the store
     /// keeps beside it: its aggregate, commit time and LSN. `data` keeps its exact text.
     pub fn from_stored(line: &str, aggregate: &str, time_micros: i64, lsn: Lsn) -> Result<Event, String> {
-        let e: Stored<'_, Data> = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        e.into_event(aggregate.into(), Time::from_micros(time_micros), lsn, |data| data)
+        let e: Stored<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let (data, base64) = (e.data, e.data_base64.as_ref().map(|t| t.0.clone()));
+        let mut event = e.into_event(aggregate.into(), Time::from_micros(time_micros), lsn)?;
+        match (data, base64) {
+            (_, Some(base64)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&*base64)
+                    .map_err(|e| format!("data_base64: {e}"))?;
+                event.body = Some(Body::Binary(bytes));
+            }
+            (Some(data), None) if is_json(&event.datacontenttype) => {
+                event.data = serde_json::from_str(data.get()).map_err(|e| e.to_string())?;
+            }
+            (Some(data), None) => {
+                event.body = Some(Body::Text(
+                    serde_json::from_str(data.get()).map_err(|e| format!("data: {e}"))?,
+                ));
+            }
+            (None, None) => unreachable!("into_event checked the data is there"),
+        }
+        Ok(event)
     }
 
     /// The attributes of the event a stored line holds, with `data` left empty: what goes out
@@ -137,8 +330,8 @@ impl Event {
     /// the commit time come made already: a reader of many events shares them between the
     /// events of a stream and of a transaction.
     pub fn attributes_from_stored(line: &str, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Result<Event, String> {
-        let e: Stored<'_, serde::de::IgnoredAny> = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        e.into_event(aggregate, time, lsn, |_| Data::default())
+        let e: Stored<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        e.into_event(aggregate, time, lsn)
     }
 
     /// The attributes ficus routes and orders a stored event by — its type, aggregate, commit time
@@ -154,51 +347,53 @@ impl Event {
             aggregate,
             subject: String::new(),
             time,
-            datacontenttype: "application/json",
+            datacontenttype: Cow::Borrowed(JSON),
             eventversion: 0,
             lsn,
             txid: 0,
             backfill: None,
             unavailable: None,
+            extensions: Vec::new(),
+            body: None,
             data: Data::default(),
         }
     }
 }
 
-impl<D> Stored<'_, D> {
-    /// The event, its data made of what was read.
-    fn into_event(
-        self,
-        aggregate: Arc<str>,
-        time: Time,
-        lsn: Lsn,
-        data: impl FnOnce(D) -> Data,
-    ) -> Result<Event, String> {
+impl Stored<'_> {
+    /// The event's attributes, its data left empty; an error names what a stored event lacks.
+    fn into_event(self, aggregate: Arc<str>, time: Time, lsn: Lsn) -> Result<Event, String> {
         let e = self;
-        if e.specversion != "1.0" || e.datacontenttype != "application/json" {
-            return Err(format!(
-                "specversion {:?} and datacontenttype {:?}: ficus writes 1.0 and application/json",
-                e.specversion, e.datacontenttype
-            ));
+        let missing = |name: &str| format!("missing field `{name}`");
+        let specversion = e.specversion.ok_or_else(|| missing("specversion"))?;
+        if specversion.0 != "1.0" {
+            return Err(format!("specversion {:?}: ficus writes 1.0", specversion.0));
         }
+        if e.data.is_none() && e.data_base64.is_none() {
+            return Err(missing("data"));
+        }
+        let datacontenttype = match e.datacontenttype.ok_or_else(|| missing("datacontenttype"))?.0 {
+            t if t == JSON => Cow::Borrowed(JSON),
+            t => Cow::Owned(t.into_owned()),
+        };
+        let txid = e.txid.ok_or_else(|| missing("txid"))?.0;
         Ok(Event {
             specversion: "1.0",
-            id: e.id,
-            source: e.source.into(),
-            ty: e.ty.into(),
+            id: e.id.ok_or_else(|| missing("id"))?,
+            source: e.source.ok_or_else(|| missing("source"))?.0.into(),
+            ty: e.ty.ok_or_else(|| missing("type"))?.0.into(),
             aggregate,
-            subject: e.subject,
+            subject: e.subject.ok_or_else(|| missing("subject"))?,
             time,
-            datacontenttype: "application/json",
-            eventversion: e.eventversion,
+            datacontenttype,
+            eventversion: e.eventversion.ok_or_else(|| missing("eventversion"))?,
             lsn,
-            txid: e
-                .txid
-                .parse()
-                .map_err(|_| format!("txid {:?} is not a number", e.txid))?,
-            backfill: e.backfill.map(Into::into),
+            txid: txid.parse().map_err(|_| format!("txid {txid:?} is not a number"))?,
+            backfill: e.backfill.map(|b| b.0.into()),
             unavailable: e.unavailable,
-            data: data(e.data),
+            extensions: e.extensions,
+            body: None,
+            data: Data::default(),
         })
     }
 }

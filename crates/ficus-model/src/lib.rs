@@ -16,6 +16,6 @@ pub mod relation;
 pub mod value;
 
 pub use change::{Cell, Op, Origin, Row, RowChange, TxMeta, text_of};
-pub use event::{Data, Event, Field, Time};
+pub use event::{Body, Data, Event, Field, Time};
 pub use lsn::Lsn;
 pub use relation::{CatalogTable, Column, PgType, Relation, ReplicaIdentity, TableRef, Unseen, UnseenColumn};

@@ -31,7 +31,7 @@ pub struct Message<'a> {
     /// The body.
     pub body: Cow<'a, [u8]>,
     /// The content type.
-    pub content_type: &'static str,
+    pub content_type: &'a str,
     /// The attributes as headers (binary mode), with the binding's prefix; none in structured
     /// mode.
     pub headers: Vec<(String, Cow<'a, str>)>,
@@ -48,7 +48,7 @@ impl ContentMode {
             },
             ContentMode::Binary => Message {
                 body: Cow::Owned(o.data()),
-                content_type: o.event.datacontenttype,
+                content_type: &o.event.datacontenttype,
                 headers: o
                     .event
                     .attributes()

@@ -2,8 +2,6 @@
 
 use bytes::Bytes;
 use ficus_model::{Data, Event};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// An event with its structured-mode JSON line, written once and shared by every sink.
 ///
@@ -36,15 +34,10 @@ impl Outgoing {
     /// The event's `data` alone, for the binary mode of a protocol binding: its text in the line,
     /// as it is there.
     pub fn data(&self) -> Vec<u8> {
-        #[derive(Deserialize)]
-        struct Line<'a> {
-            #[serde(borrow)]
-            data: &'a RawValue,
-        }
         // Every line is an event with its data: written by `Event::write_json`, or a stored line
         // that was read back whole (`Event::attributes_from_stored`).
-        let line: Line<'_> = serde_json::from_slice(&self.line).expect("an outgoing line is an event with its data");
-        line.data.get().as_bytes().to_vec()
+        ficus_model::event::data_of_line(&self.line, &self.event.datacontenttype)
+            .expect("an outgoing line is an event with its data")
     }
 }
 

@@ -157,7 +157,37 @@ fn outbox_relation() -> Arc<Relation> {
 }
 
 fn outbox_row(xid: u32, lsn: u64, op: Op, id: &str, ty: Option<&str>, payload: &str) -> RowChange {
-    let row: [Option<&str>; 5] = [Some(id), Some("Customer"), Some("1"), ty, Some(payload)];
+    outbox_row_with(
+        xid,
+        lsn,
+        op,
+        id,
+        ty,
+        payload,
+        [Some("42"), Some("hello"), Some("\\x00ff")],
+    )
+}
+
+/// An outbox row with its tenant_id, note (text) and blob (bytea).
+fn outbox_row_with(
+    xid: u32,
+    lsn: u64,
+    op: Op,
+    id: &str,
+    ty: Option<&str>,
+    payload: &str,
+    [tenant, note, blob]: [Option<&str>; 3],
+) -> RowChange {
+    let row: [Option<&str>; 8] = [
+        Some(id),
+        Some("Customer"),
+        Some("1"),
+        ty,
+        Some(payload),
+        tenant,
+        note,
+        blob,
+    ];
     match op {
         Op::Delete => change(op, &outbox_relation(), xid, lsn, None, Some(&row)),
         _ => change(op, &outbox_relation(), xid, lsn, Some(&row), None),
@@ -233,7 +263,21 @@ fn an_outbox_row_inserted_and_deleted_in_one_transaction_is_one_event_with_the_r
     let errors = compile_files(
         &[(
             "mappings/outbox.toml",
-            "[[outbox]]\ntable = \"public.outbox\"\naggregate_id = \"aggregate_id\"\npayload = \"type\"\n",
+            r#"[[outbox]]
+table = "public.outbox"
+aggregate_id = "aggregate_id"
+payload = "tenant_id"
+extensions = { Tenant = "tenant_id", traceparent = "trace", lsn = "note" }
+
+[[outbox]]
+table = "public.outbox"
+content_type = "text/plain"
+
+[[outbox]]
+table = "public.outbox"
+payload = "note"
+content_type = "text plain"
+"#,
         )],
         Some(&shop_schema()),
     )
@@ -242,5 +286,93 @@ fn an_outbox_row_inserted_and_deleted_in_one_transaction_is_one_event_with_the_r
     insta::assert_snapshot!(
         "bad_outbox",
         errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")
+    );
+}
+
+#[test]
+fn an_outbox_payload_of_text_or_bytes_keeps_its_content_type_and_columns_become_extensions() {
+    let outbox = |payload: &str, content_type: &str| {
+        compile_files(
+            &[(
+                "mappings/outbox.toml",
+                &format!(
+                    "[[outbox]]\ntable = \"public.outbox\"\npayload = \"{payload}\"\n{content_type}extensions = {{ tenantid = \"tenant_id\", note = \"note\" }}\n"
+                ),
+            )],
+            Some(&shop_schema()),
+        )
+        .unwrap()
+    };
+    let id = "0b7e4a52-6f0e-4c1b-9d8e-2f64a7c1e001";
+    let row = |note: &str, blob: &str, tenant: Option<&str>| {
+        outbox_row_with(
+            3,
+            0x3000,
+            Op::Insert,
+            id,
+            Some("InvoiceIssued"),
+            "{}",
+            [tenant, Some(note), Some(blob)],
+        )
+    };
+    let events: Vec<Event> = [
+        // Text: `data` is a JSON string, of the content type given.
+        apply(
+            &outbox("note", "content_type = \"text/csv; charset=utf-8\"\n"),
+            &[row("a,b\n1,2", "\\x00", Some("42"))],
+        ),
+        // Bytes: `data_base64`, application/octet-stream by default; a null extension is left out.
+        apply(&outbox("blob", ""), &[row("x", "\\x00ff10", None)]),
+        // Text of a JSON content type is the event's data, a JSON object.
+        apply(
+            &outbox("note", "content_type = \"application/vnd.shop+json\"\n"),
+            &[row(r#"{"total": 12.50}"#, "\\x00", Some("7"))],
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let mut line = Vec::new();
+            e.write_json(&mut line);
+            String::from_utf8(line).unwrap()
+        })
+        .collect();
+    insta::assert_snapshot!(lines.join("\n"));
+    for (e, line) in events.iter().zip(&lines) {
+        // The binary mode's body is the text or the bytes themselves, read from the line as from
+        // the event.
+        let mut data = Vec::new();
+        e.write_data(&mut data);
+        assert_eq!(
+            ficus_model::event::data_of_line(line.as_bytes(), &e.datacontenttype),
+            Some(data)
+        );
+        // The store's line reads back into the same event, extensions and all.
+        let back = Event::from_stored(line, &e.aggregate, e.time.micros(), e.lsn).unwrap();
+        assert_eq!(&back, e);
+        let attributes = Event::attributes_from_stored(line, e.aggregate.clone(), e.time.clone(), e.lsn).unwrap();
+        assert_eq!(attributes.attributes(), e.attributes());
+    }
+    let mut data = Vec::new();
+    events[1].write_data(&mut data);
+    assert_eq!(data, [0x00, 0xff, 0x10]);
+    assert_eq!(events[0].attributes().last().unwrap(), &("tenantid", "42".into()));
+    // A jsonb payload is JSON: a content type that is not stops `ficus check`.
+    let errors = compile_files(
+        &[(
+            "mappings/outbox.toml",
+            "[[outbox]]\ntable = \"public.outbox\"\ncontent_type = \"text/plain\"\n",
+        )],
+        Some(&shop_schema()),
+    )
+    .err()
+    .expect("a jsonb payload of text/plain does not compile");
+    assert!(
+        errors[0].to_string().contains("a json or jsonb payload is JSON"),
+        "{}",
+        errors[0]
     );
 }

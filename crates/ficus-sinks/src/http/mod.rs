@@ -13,6 +13,7 @@
 
 mod config;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -106,7 +107,7 @@ fn secret(var: &str) -> Result<Vec<u8>, SinkError> {
 struct Request {
     /// `webhook-id`: the event's id (a batch: its first event's, and how many).
     id: String,
-    content_type: &'static str,
+    content_type: Cow<'static, str>,
     headers: Vec<(String, String)>,
     body: Bytes,
     /// The events as JSON lines, for the dead-letter file.
@@ -145,7 +146,7 @@ impl HttpSink {
         let mut request = self
             .client
             .post(self.url.clone())
-            .header("content-type", r.content_type)
+            .header("content-type", &*r.content_type)
             .body(r.body.clone());
         for (name, value) in &r.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -280,7 +281,7 @@ impl Sink for HttpSink {
                     let m = mode.message(o, "ce-");
                     self.pending.push(Request {
                         id: o.event.id.clone(),
-                        content_type: m.content_type,
+                        content_type: Cow::Owned(m.content_type.to_owned()),
                         headers: m.headers.into_iter().map(|(n, v)| (n, v.into_owned())).collect(),
                         body: Bytes::copy_from_slice(&m.body),
                         lines: vec![o.line.clone()],
@@ -300,7 +301,7 @@ impl Sink for HttpSink {
                     body.push(b']');
                     self.pending.push(Request {
                         id: format!("{}+{}", chunk[0].event.id, chunk.len()),
-                        content_type: "application/cloudevents-batch+json",
+                        content_type: Cow::Borrowed("application/cloudevents-batch+json"),
                         headers: vec![],
                         body: body.into(),
                         lines: chunk.iter().map(|o| o.line.clone()).collect(),

@@ -45,7 +45,7 @@ impl RedisConfig {
 }
 
 /// A stream entry to add: its key and its fields.
-type Entry = (String, Vec<(&'static str, Vec<u8>)>);
+type Entry = (String, Vec<(Cow<'static, str>, Vec<u8>)>);
 
 /// A Redis Streams writer.
 pub struct RedisSink {
@@ -119,16 +119,19 @@ impl Sink for RedisSink {
             let key = self.key.render(&o.event, |v| Cow::Borrowed(v));
             let fields = match self.config.mode {
                 ContentMode::Binary => {
-                    let mut fields: Vec<(&'static str, Vec<u8>)> = o
+                    let mut fields: Vec<(Cow<'static, str>, Vec<u8>)> = o
                         .event
                         .attributes()
                         .into_iter()
-                        .map(|(name, value)| (name, value.as_bytes().to_vec()))
+                        .map(|(name, value)| (Cow::Owned(name.to_owned()), value.as_bytes().to_vec()))
                         .collect();
-                    fields.push(("data", o.data()));
+                    fields.push((Cow::Borrowed("data"), o.data()));
                     fields
                 }
-                ContentMode::Structured => vec![("id", o.event.id.as_bytes().to_vec()), ("event", o.line.to_vec())],
+                ContentMode::Structured => vec![
+                    (Cow::Borrowed("id"), o.event.id.as_bytes().to_vec()),
+                    (Cow::Borrowed("event"), o.line.to_vec()),
+                ],
             };
             self.pending.push((key, fields));
         }
@@ -146,7 +149,7 @@ impl Sink for RedisSink {
                 }
                 cmd.arg("*");
                 for (name, value) in fields {
-                    cmd.arg(*name).arg(value.as_slice());
+                    cmd.arg(name.as_ref()).arg(value.as_slice());
                 }
             }
             let mut conn = self.connect().await?;
