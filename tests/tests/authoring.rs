@@ -47,7 +47,11 @@ fn ficus_test_passes_on_the_shop_then_shows_what_a_mapping_change_broke_and_acce
     let (ok, said) = ficus(dir.path(), &["test"]);
     assert!(ok, "{said}");
     assert!(said.contains("ok      mappings/tests/orders.toml (6 events)"), "{said}");
-    assert!(said.contains("2 passed, 0 failed"), "{said}");
+    assert!(
+        said.contains("ok      mappings/tests/outbox.toml (3 events)"),
+        "the outbox's rows and the messages: {said}"
+    );
+    assert!(said.contains("3 passed, 0 failed"), "{said}");
 
     // "Big" orders start at 1000 now: the paid order of 120.50 is not big any more.
     let orders = dir.path().join("mappings/orders.toml");
@@ -69,7 +73,7 @@ fn ficus_test_passes_on_the_shop_then_shows_what_a_mapping_change_broke_and_acce
         "{said}"
     );
     assert!(said.contains("FAILED  mappings/tests/orders.toml"), "{said}");
-    assert!(said.contains("1 passed, 1 failed"), "{said}");
+    assert!(said.contains("2 passed, 1 failed"), "{said}");
 
     // Accepted: the file keeps its comments and changes, and expects the new events.
     let fixture = dir.path().join("mappings/tests/orders.toml");
@@ -104,7 +108,7 @@ fn a_fixture_that_names_a_missing_column_fails_with_its_line() {
         said.contains("mappings/tests/orders.toml:22:1: change 2: public.orders has no column \"customer\""),
         "{said}"
     );
-    assert!(said.contains("1 passed, 1 failed"), "{said}");
+    assert!(said.contains("2 passed, 1 failed"), "{said}");
 }
 
 /// The shop's project against a database, with its fixtures (mappings/tests/).

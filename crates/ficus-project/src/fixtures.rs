@@ -34,6 +34,18 @@
 //! identity is `full` (then it is NULL). Changes with the same `tx` are one transaction; by
 //! default each change is its own. `xid` and `commit_time` give what a mapping reads of `tx`
 //! (`ficus record` writes them); `op` may also be `truncate` (no row) and `snapshot`.
+//!
+//! A logical decoding message (for `[[message]]` mappings) is a change with `op = "message"`, a
+//! `prefix` and a `content` (a string as it is, or a table written as its JSON), in its place in
+//! its transaction; `transactional = false` for one emitted outside a transaction:
+//!
+//! ```toml
+//! [[change]]
+//! tx = 2
+//! op = "message"
+//! prefix = "shop.events"
+//! content = { type = "CartAbandoned", cart_id = 9, items = 3 }
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,8 +69,8 @@ pub struct Fixture {
     pub tables: BTreeMap<TableRef, Arc<Relation>>,
     /// Their columns declared `not null`.
     pub not_null: BTreeMap<TableRef, std::collections::BTreeSet<String>>,
-    /// The row changes, in order.
-    pub changes: Vec<RowChange>,
+    /// The row changes and messages, in order.
+    pub steps: Vec<Step>,
     /// The events expected, one JSON object a line; `None` when the file has no `expect` yet.
     pub expect: Option<Vec<Json>>,
     /// Each change's line in the file.
@@ -92,11 +104,55 @@ struct TableDecl {
     replica_identity: Option<ReplicaIdentity>,
 }
 
+/// One change of a fixture: a row change, or a logical decoding message.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A row change.
+    Change(RowChange),
+    /// A logical decoding message.
+    Message(FixtureMessage),
+}
+
+impl Step {
+    /// Its transaction.
+    fn tx(&self) -> &TxMeta {
+        match self {
+            Step::Change(c) => &c.tx,
+            Step::Message(m) => &m.tx,
+        }
+    }
+}
+
+/// A logical decoding message of a fixture, as the stream would give it.
+#[derive(Clone, Debug)]
+pub struct FixtureMessage {
+    /// Its prefix.
+    pub prefix: String,
+    /// Its content.
+    pub content: Vec<u8>,
+    /// Its own LSN.
+    pub lsn: Lsn,
+    /// Whether it was emitted in a transaction.
+    pub transactional: bool,
+    /// Its transaction.
+    pub tx: TxMeta,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangeDecl {
-    table: String,
+    #[serde(default)]
+    table: Option<String>,
     op: String,
+    /// A message's prefix.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// A message's content: a string as it is, anything else as its JSON.
+    #[serde(default)]
+    content: Option<toml::Value>,
+    /// Whether a message was emitted in a transaction (default true).
+    #[serde(default)]
+    transactional: Option<bool>,
     #[serde(default)]
     new: Option<toml::Table>,
     #[serde(default)]
@@ -178,13 +234,81 @@ impl Fixture {
             };
             tables.insert(table, Arc::new(relation));
         }
-        let mut changes = Vec::with_capacity(raw.changes.len());
+        let mut steps = Vec::with_capacity(raw.changes.len());
         let mut lines = Vec::with_capacity(raw.changes.len());
         for (i, spanned) in raw.changes.into_iter().enumerate() {
             let offset = spanned.span().start;
             let decl = spanned.into_inner();
             let err = |message: String, hint: &str| at(offset, format!("change {}: {message}", i + 1), hint);
-            let table = TableRef::parse(&decl.table);
+            let tx = decl.tx.unwrap_or(i as u32 + 1);
+            let commit_lsn = Lsn(u64::from(tx) << 24);
+            let commit_time_micros = match &decl.commit_time {
+                None => EPOCH_MICROS + i64::from(tx) * 1_000_000,
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&t.to_string())
+                    .map(|t| t.timestamp_micros())
+                    .map_err(|e| {
+                        err(
+                            format!("commit_time = {t}: {e}"),
+                            "write it with a date, a time and an offset: 2026-01-01T10:00:00.123456Z",
+                        )
+                    })?,
+            };
+            let lsn = Lsn(commit_lsn.0 - 0x10_0000 + i as u64 + 1);
+            let tx_meta = TxMeta {
+                xid: decl.xid.unwrap_or(tx),
+                commit_lsn,
+                commit_time_micros,
+            };
+            if decl.op == "message" {
+                let (Some(prefix), Some(content), None, None, None, true) = (
+                    decl.prefix,
+                    decl.content,
+                    &decl.table,
+                    &decl.new,
+                    &decl.old,
+                    decl.unchanged.is_empty(),
+                ) else {
+                    return Err(err(
+                        "a message has a prefix and a content, and no table or rows".into(),
+                        "op = \"message\", prefix = \"shop.events\", content = { type = \"CartAbandoned\", cart_id = 9 }",
+                    ));
+                };
+                let content = match content {
+                    toml::Value::String(text) => text.into_bytes(),
+                    other => serde_json::to_vec(&toml_to_json(&other)).unwrap_or_default(),
+                };
+                let transactional = decl.transactional.unwrap_or(true);
+                steps.push(Step::Message(FixtureMessage {
+                    prefix,
+                    content,
+                    lsn,
+                    transactional,
+                    // Outside a transaction, the message's own LSN stands for the commit.
+                    tx: if transactional {
+                        tx_meta
+                    } else {
+                        TxMeta {
+                            xid: 0,
+                            commit_lsn: lsn,
+                            commit_time_micros,
+                        }
+                    },
+                }));
+                lines.push(line_column(text, offset).0);
+                continue;
+            }
+            if decl.prefix.is_some() || decl.content.is_some() || decl.transactional.is_some() {
+                return Err(err(
+                    format!("an {} has no prefix, content or transactional", decl.op),
+                    "those are a message's: op = \"message\"",
+                ));
+            }
+            let Some(table) = decl.table.as_deref().map(TableRef::parse) else {
+                return Err(err(
+                    "no table".into(),
+                    "a row change names its table: table = \"orders\"",
+                ));
+            };
             let Some(relation) = tables.get(&table) else {
                 return Err(err(
                     format!("table {table} is not declared"),
@@ -240,40 +364,20 @@ impl Fixture {
                 })
                 .transpose()
                 .map_err(|e| err(e, "name the columns of [tables] only"))?;
-            let tx = decl.tx.unwrap_or(i as u32 + 1);
-            let commit_lsn = Lsn(u64::from(tx) << 24);
-            let commit_time_micros = match &decl.commit_time {
-                None => EPOCH_MICROS + i64::from(tx) * 1_000_000,
-                Some(t) => chrono::DateTime::parse_from_rfc3339(&t.to_string())
-                    .map(|t| t.timestamp_micros())
-                    .map_err(|e| {
-                        err(
-                            format!("commit_time = {t}: {e}"),
-                            "write it with a date, a time and an offset: 2026-01-01T10:00:00.123456Z",
-                        )
-                    })?,
-            };
-            changes.push(RowChange {
+            steps.push(Step::Change(RowChange {
                 op,
                 relation: relation.clone(),
                 new,
                 old,
-                tx: TxMeta {
-                    xid: decl.xid.unwrap_or(tx),
-                    commit_lsn,
-                    commit_time_micros,
-                },
+                tx: tx_meta,
                 origin: match op {
                     Op::Snapshot => Origin::Backfill {
                         id: Arc::from("fixture"),
                         key: Arc::from(format!("{}", i + 1)),
                     },
-                    _ => Origin::Wal {
-                        lsn: Lsn(commit_lsn.0 - 0x10_0000 + i as u64 + 1),
-                        seq: 0,
-                    },
+                    _ => Origin::Wal { lsn, seq: 0 },
                 },
-            });
+            }));
             lines.push(line_column(text, offset).0);
         }
         let expect = match raw.expect {
@@ -301,9 +405,17 @@ impl Fixture {
             file: file.to_owned(),
             tables,
             not_null,
-            changes,
+            steps,
             expect,
             lines,
+        })
+    }
+
+    /// The row changes, in order (the messages left out).
+    pub fn changes(&self) -> impl Iterator<Item = &RowChange> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Change(c) => Some(c),
+            Step::Message(_) => None,
         })
     }
 
@@ -350,10 +462,33 @@ impl Fixture {
             out.extend(events.iter().map(expectation));
             Ok::<(), ProjectError>(())
         };
-        for (i, change) in self.changes.iter().enumerate() {
-            if i > 0 && self.changes[i - 1].tx != change.tx {
+        let failed = |i: usize, e: ficus_mapping::MapError| {
+            ProjectError::new(
+                format!("{}:{}: change {}: {e}", self.file, self.lines[i], i + 1),
+                e.hint(),
+            )
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            if i > 0 && self.steps[i - 1].tx() != step.tx() {
                 commit(&mut tx, &mut out, i - 1)?;
             }
+            let change = match step {
+                Step::Change(change) => change,
+                Step::Message(m) => {
+                    let message = ficus_mapping::Message {
+                        prefix: &m.prefix,
+                        content: &m.content,
+                        lsn: m.lsn,
+                        transactional: m.transactional,
+                        tx: &m.tx,
+                    };
+                    let events = compiled
+                        .apply_message(&message, &ctx, &mut tx)
+                        .map_err(|e| failed(i, e))?;
+                    out.extend(events.iter().map(expectation));
+                    continue;
+                }
+            };
             let table = &change.relation.table;
             if !bound.contains_key(table) {
                 let b = compiled
@@ -362,16 +497,11 @@ impl Fixture {
                 bound.insert(table.clone(), b);
             }
             let Some(b) = &bound[table] else { continue };
-            let events = b.apply_in(change, &ctx, &mut tx).map_err(|e| {
-                ProjectError::new(
-                    format!("{}:{}: change {}: {e}", self.file, self.lines[i], i + 1),
-                    e.hint(),
-                )
-            })?;
+            let events = b.apply_in(change, &ctx, &mut tx).map_err(|e| failed(i, e))?;
             out.extend(events.iter().map(expectation));
         }
-        if !self.changes.is_empty() {
-            commit(&mut tx, &mut out, self.changes.len() - 1)?;
+        if !self.steps.is_empty() {
+            commit(&mut tx, &mut out, self.steps.len() - 1)?;
         }
         Ok(out)
     }
@@ -431,10 +561,12 @@ fn row(relation: &Relation, values: &toml::Table, unchanged: &[String], absent_u
         .collect()))
 }
 
-/// What a fixture expects of an event: its type, subject, version, data, and the fields left
-/// out as unavailable. Ids, times and positions depend on where the changes were made, not on
-/// the mappings, and are left out.
+/// What a fixture expects of an event: its type, subject, version, the fields left out as
+/// unavailable, an outbox's content type (when not JSON) and extensions, and its data (an
+/// outbox's text as a string, its bytes as `data_base64`). Ids, times and positions depend on
+/// where the changes were made, not on the mappings, and are left out.
 pub fn expectation(event: &ficus_model::Event) -> Json {
+    use base64::Engine;
     let mut o = serde_json::Map::new();
     o.insert("type".into(), Json::String(event.ty.to_string()));
     o.insert("subject".into(), Json::String(event.subject.clone()));
@@ -442,7 +574,23 @@ pub fn expectation(event: &ficus_model::Event) -> Json {
     if let Some(u) = &event.unavailable {
         o.insert("ficusunavailable".into(), Json::String(u.clone()));
     }
-    o.insert("data".into(), event.data.to_value());
+    if event.datacontenttype != ficus_model::event::JSON {
+        o.insert(
+            "datacontenttype".into(),
+            Json::String(event.datacontenttype.to_string()),
+        );
+    }
+    for (name, value) in &event.extensions {
+        o.insert(name.to_string(), Json::String(value.clone()));
+    }
+    match &event.body {
+        None => o.insert("data".into(), event.data.to_value()),
+        Some(ficus_model::Body::Text(text)) => o.insert("data".into(), Json::String(text.clone())),
+        Some(ficus_model::Body::Binary(bytes)) => o.insert(
+            "data_base64".into(),
+            Json::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
     Json::Object(o)
 }
 

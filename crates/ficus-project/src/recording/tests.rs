@@ -131,14 +131,14 @@ fn a_recording_reads_back_as_the_changes_and_makes_the_same_events() {
     assert_eq!(fixture.expect.as_deref(), Some(&made[..]));
     assert_eq!(fixture.run(&compiled, "shop").unwrap(), made);
     // Each change comes back as it was, transaction ids and commit times included.
-    for (read, original) in fixture.changes.iter().zip(changes()) {
+    for (read, original) in fixture.changes().zip(changes()) {
         assert_eq!(read.op, original.op);
         assert_eq!(read.new, original.new);
         assert_eq!(read.old, original.old);
         assert_eq!(read.tx.xid, original.tx.xid);
         assert_eq!(read.tx.commit_time_micros, original.tx.commit_time_micros);
     }
-    let txs: Vec<u64> = fixture.changes.iter().map(|c| c.tx.commit_lsn.0).collect();
+    let txs: Vec<u64> = fixture.changes().map(|c| c.tx.commit_lsn.0).collect();
     assert!(txs[0] == txs[1] && txs[1] < txs[2] && txs[2] < txs[3], "{txs:?}");
 }
 
