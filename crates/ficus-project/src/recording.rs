@@ -5,7 +5,8 @@
 //! table's columns changed during the run), its columns declared with their types, each change
 //! with its transaction's id and commit time (a mapping may read `tx`), and the events `ficus run`
 //! delivered as the expectation. Up to a limit of changes per table: a recording is a test, not
-//! an archive.
+//! an archive. The logical decoding messages `[[message]]` mappings map go into one file of their
+//! own, `pg_logical_emit_message.recorded.toml`, under the same limit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
@@ -132,12 +133,24 @@ struct Recorded {
     left_out: u64,
 }
 
+/// A logical decoding message recorded, with the events made of it.
+#[derive(Debug)]
+struct RecordedMessage {
+    prefix: String,
+    content: Vec<u8>,
+    tx: ficus_model::TxMeta,
+    events: Vec<Json>,
+}
+
 /// The row changes of a run and their events, for fixture files.
 #[derive(Debug)]
 pub struct Recording {
     limit: usize,
     /// Per table, its descriptions in the order they came (a schema change starts another).
     tables: BTreeMap<TableRef, Vec<Recorded>>,
+    /// The mapped messages, and how many were seen past the limit.
+    messages: Vec<RecordedMessage>,
+    messages_left_out: u64,
     /// The last WAL change recorded: (commit, change's LSN, its place in the record). A stream
     /// resumed after a lost connection sends again from the last acknowledged commit; what is
     /// not past this was recorded already.
@@ -168,8 +181,37 @@ impl Recording {
         Recording {
             limit,
             tables: BTreeMap::new(),
+            messages: Vec::new(),
+            messages_left_out: 0,
             last_wal: None,
         }
+    }
+
+    /// Records a logical decoding message of a transaction and the events mapped from it, as
+    /// [`Recording::record`] records a change.
+    pub fn record_message(
+        &mut self,
+        prefix: &str,
+        content: &[u8],
+        lsn: Lsn,
+        tx: &ficus_model::TxMeta,
+        events: Vec<Json>,
+    ) {
+        let at = (tx.commit_lsn, lsn, 0);
+        if self.last_wal.is_some_and(|last| at <= last) {
+            return;
+        }
+        self.last_wal = Some(at);
+        if self.messages.len() >= self.limit {
+            self.messages_left_out += 1;
+            return;
+        }
+        self.messages.push(RecordedMessage {
+            prefix: prefix.to_owned(),
+            content: content.to_vec(),
+            tx: tx.clone(),
+            events,
+        });
     }
 
     /// Records a change and the events mapped from it (each as [`crate::fixtures::expectation`]
@@ -219,7 +261,7 @@ impl Recording {
 
     /// How many changes are recorded.
     pub fn len(&self) -> usize {
-        self.tables.values().flatten().map(|r| r.changes.len()).sum()
+        self.tables.values().flatten().map(|r| r.changes.len()).sum::<usize>() + self.messages.len()
     }
 
     /// Whether nothing is recorded.
@@ -257,9 +299,56 @@ impl Recording {
                 });
             }
         }
+        if !self.messages.is_empty() {
+            let text = self.messages_text();
+            let events: Vec<Json> = self.messages.iter().flat_map(|m| m.events.iter().cloned()).collect();
+            files.push(RecordedFile {
+                name: format!("{MESSAGES}{RECORDED_SUFFIX}.toml"),
+                table: TableRef::new("pg_catalog", MESSAGES),
+                text: crate::fixtures::accept(&text, &events)?,
+                changes: self.messages.len(),
+                left_out: self.messages_left_out,
+            });
+        }
         Ok(files)
     }
+
+    /// The messages' fixture: each a change of `op = "message"`, its content as the text it is
+    /// (a content that is not UTF-8 cannot be written, and is written as its lossy text).
+    fn messages_text(&self) -> String {
+        let mut s = String::from(
+            "# Recorded by `ficus record`: logical decoding messages that `ficus run` mapped ([[message]]),\n\
+             # and the events it delivered of them. `ficus test` runs them through the mappings with no database.\n",
+        );
+        if self.messages_left_out > 0 {
+            let _ = writeln!(
+                s,
+                "# {} more messages were seen and left out (ficus record --limit).",
+                self.messages_left_out
+            );
+        }
+        let mut txs: HashMap<Lsn, usize> = HashMap::new();
+        for m in &self.messages {
+            let next = txs.len() + 1;
+            let tx = *txs.entry(m.tx.commit_lsn).or_insert(next);
+            let _ = writeln!(s, "\n[[change]]\nop = \"message\"\ntx = {tx}\nxid = {}", m.tx.xid);
+            if let Some(t) = chrono::DateTime::from_timestamp_micros(m.tx.commit_time_micros) {
+                let _ = writeln!(
+                    s,
+                    "commit_time = {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                );
+            }
+            let _ = writeln!(s, "prefix = {}", quoted(&m.prefix));
+            let _ = writeln!(s, "content = {}", quoted(&String::from_utf8_lossy(&m.content)));
+        }
+        s
+    }
 }
+
+/// The stem of the messages' recorded file, `pg_logical_emit_message.recorded.toml` (no table's
+/// file is named so but a table of that name's).
+pub const MESSAGES: &str = "pg_logical_emit_message";
 
 fn fixture_text(table: &TableRef, part: &Recorded, facts: &ColumnFacts) -> String {
     let mut s = format!(

@@ -225,3 +225,67 @@ fn types_are_declared_so_that_they_convert_as_the_source_resolved_them() {
         assert_eq!(PgType::from_name(&pg_name(&ty)), ty);
     }
 }
+
+#[test]
+fn mapped_messages_are_recorded_in_a_file_of_their_own_that_reads_back_into_the_same_events() {
+    let compiled = crate::fixtures::tests::shop_outbox();
+    let ctx = EventContext::new("shop", "7300000000000000001/shop");
+    let tx = |commit: u64, xid: u32| TxMeta {
+        xid,
+        commit_lsn: Lsn(commit),
+        commit_time_micros: 1_764_745_200_123_456 + commit as i64,
+    };
+    let messages = [
+        (
+            tx(0x2000, 740),
+            0x1f00,
+            r#"{"type": "CartAbandoned", "cart_id": 9, "items": 3}"#,
+        ),
+        (
+            tx(0x2000, 740),
+            0x1f80,
+            r#"{"type": "CartAbandoned", "cart_id": 10, "items": 1}"#,
+        ),
+        (
+            tx(0x3000, 741),
+            0x2f00,
+            r#"{"type": "CartAbandoned", "cart_id": 11, "items": "two \"quoted\""}"#,
+        ),
+    ];
+    let mut made = Vec::new();
+    let mut recording = Recording::new(100);
+    // The first transaction twice: a resumed stream sends it again.
+    for i in [0, 1, 0, 1, 2] {
+        let (tx, lsn, content) = &messages[i];
+        let m = ficus_mapping::Message {
+            prefix: "shop.events",
+            content: content.as_bytes(),
+            lsn: Lsn(*lsn),
+            transactional: true,
+            tx,
+        };
+        let mut own = ficus_mapping::Transaction::default();
+        let events: Vec<_> = compiled
+            .apply_message(&m, &ctx, &mut own)
+            .unwrap()
+            .iter()
+            .map(expectation)
+            .collect();
+        if made.len() == i {
+            made.extend(events.clone());
+        }
+        recording.record_message(m.prefix, m.content, m.lsn, m.tx, events);
+    }
+    assert_eq!(
+        recording.len(),
+        3,
+        "the resumed stream's repeats are not recorded twice"
+    );
+    let files = recording.files(&BTreeMap::new()).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].name, "pg_logical_emit_message.recorded.toml");
+    insta::assert_snapshot!(files[0].text);
+    let fixture = Fixture::parse(&files[0].name, &files[0].text).unwrap();
+    assert_eq!(fixture.expect.as_deref(), Some(&made[..]));
+    assert_eq!(fixture.run(&compiled, "shop").unwrap(), made);
+}

@@ -357,6 +357,16 @@ impl Delivery {
         }
     }
 
+    /// Records a mapped message and the events made of it, when `ficus record` records.
+    pub fn record_message(&self, msg: &ficus_mapping::Message<'_>, events: &[Event]) {
+        if let Some(r) = &self.recording {
+            let made = events.iter().map(ficus_project::fixtures::expectation).collect();
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_message(msg.prefix, msg.content, msg.lsn, msg.tx, made);
+        }
+    }
+
     /// Records the events a commit made of a table's recorded changes, when `ficus record` records.
     pub fn record_commit(&self, table: &ficus_model::TableRef, events: &[Event]) {
         if let Some(r) = &self.recording
