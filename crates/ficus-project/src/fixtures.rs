@@ -299,7 +299,10 @@ impl Fixture {
             }
             if decl.prefix.is_some() || decl.content.is_some() || decl.transactional.is_some() {
                 return Err(err(
-                    format!("an {} has no prefix, content or transactional", decl.op),
+                    format!(
+                        "a row change (op = {:?}) has no prefix, content or transactional",
+                        decl.op
+                    ),
                     "those are a message's: op = \"message\"",
                 ));
             }
@@ -324,7 +327,7 @@ impl Fixture {
                 other => {
                     return Err(err(
                         format!("op = {other:?}"),
-                        "op is insert, update, delete, truncate or snapshot",
+                        "op is insert, update, delete, truncate, snapshot or message",
                     ));
                 }
             };
