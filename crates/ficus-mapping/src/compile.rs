@@ -910,10 +910,13 @@ impl Checker<'_> {
         if let Some((ty, type_name)) = payload_type
             && let Err(why) = outbox.payload_kind(Some(&ty))
         {
-            let span = raw.content_type.as_ref().map_or_else(
-                || raw.payload.as_ref().map_or_else(|| raw.table.span(), |p| p.span()),
-                |c| c.span(),
-            );
+            // A json column of a content type that is not JSON: the content type is what is off;
+            // a column of another type: the column.
+            let payload_span = raw.payload.as_ref().map_or_else(|| raw.table.span(), |p| p.span());
+            let span = match &raw.content_type {
+                Some(c) if ty == ficus_model::PgType::Json => c.span(),
+                _ => payload_span,
+            };
             self.error(
                 &span,
                 format!("the payload column {} is {type_name}: {why}", outbox.payload),
