@@ -105,4 +105,30 @@ mod tests {
         assert!(s.headers.is_empty());
         assert_eq!(s.content_type, STRUCTURED);
     }
+
+    #[test]
+    fn binary_mode_of_an_outbox_payload_is_its_bytes_in_its_content_type_with_its_extensions() {
+        let mut e = event("InvoiceIssued", "id-2");
+        e.datacontenttype = "application/pdf".into();
+        e.body = Some(ficus_model::Body::Binary(b"%PDF\xff\x00".to_vec()));
+        e.extensions = vec![("tenantid".into(), "3".into())];
+        let o = Outgoing::new(e);
+        let line = String::from_utf8(o.line.to_vec()).unwrap();
+        assert!(line.ends_with(r#","tenantid":"3","data_base64":"JVBERv8A"}"#), "{line}");
+        let m = ContentMode::Binary.message(&o, "ce_");
+        assert_eq!(&*m.body, b"%PDF\xff\x00", "the bytes, read back from the line");
+        assert_eq!(m.content_type, "application/pdf");
+        assert!(
+            m.headers.iter().any(|(n, v)| n == "ce_tenantid" && v == "3"),
+            "{:?}",
+            m.headers
+        );
+        assert!(!m.headers.iter().any(|(n, _)| n == "ce_datacontenttype"));
+        // Text is the text itself, not its JSON string.
+        let mut t = event("InvoiceNoted", "id-3");
+        t.datacontenttype = "text/csv".into();
+        t.body = Some(ficus_model::Body::Text("a,\"b\"\n".into()));
+        let o = Outgoing::new(t);
+        assert_eq!(&*ContentMode::Binary.message(&o, "ce-").body, b"a,\"b\"\n");
+    }
 }
