@@ -327,18 +327,10 @@ impl Recording {
                 self.messages_left_out
             );
         }
-        let mut txs: HashMap<Lsn, usize> = HashMap::new();
+        let mut txs = HashMap::new();
         for m in &self.messages {
-            let next = txs.len() + 1;
-            let tx = *txs.entry(m.tx.commit_lsn).or_insert(next);
-            let _ = writeln!(s, "\n[[change]]\nop = \"message\"\ntx = {tx}\nxid = {}", m.tx.xid);
-            if let Some(t) = chrono::DateTime::from_timestamp_micros(m.tx.commit_time_micros) {
-                let _ = writeln!(
-                    s,
-                    "commit_time = {}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                );
-            }
+            let _ = writeln!(s, "\n[[change]]\nop = \"message\"");
+            write_tx(&mut s, &mut txs, &m.tx);
             let _ = writeln!(s, "prefix = {}", quoted(&m.prefix));
             let _ = writeln!(s, "content = {}", quoted(&String::from_utf8_lossy(&m.content)));
         }
@@ -370,21 +362,11 @@ fn fixture_text(table: &TableRef, part: &Recorded, facts: &ColumnFacts) -> Strin
         table.to_string()
     };
     let relation = &part.relation;
-    let mut txs: HashMap<Lsn, usize> = HashMap::new();
+    let mut txs = HashMap::new();
     for (change, _) in &part.changes {
-        let next = txs.len() + 1;
-        let tx = *txs.entry(change.tx.commit_lsn).or_insert(next);
         let _ = writeln!(s, "\n[[change]]\ntable = {}", quoted(&shown));
         let _ = writeln!(s, "op = \"{}\"", change.op.as_str());
-        let _ = writeln!(s, "tx = {tx}");
-        let _ = writeln!(s, "xid = {}", change.tx.xid);
-        if let Some(t) = chrono::DateTime::from_timestamp_micros(change.tx.commit_time_micros) {
-            let _ = writeln!(
-                s,
-                "commit_time = {}",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            );
-        }
+        write_tx(&mut s, &mut txs, &change.tx);
         if let Some(old) = &change.old {
             // Under FULL a column left out is NULL; otherwise one the source did not send (the
             // replica identity's columns, which it sends, are never NULL).
@@ -405,6 +387,21 @@ fn fixture_text(table: &TableRef, part: &Recorded, facts: &ColumnFacts) -> Strin
         }
     }
     s
+}
+
+/// A recorded change's transaction: `tx` (numbered in the file, by commit, in `txs`), its `xid`
+/// and its `commit_time`.
+fn write_tx(s: &mut String, txs: &mut HashMap<Lsn, usize>, tx: &ficus_model::TxMeta) {
+    let next = txs.len() + 1;
+    let n = *txs.entry(tx.commit_lsn).or_insert(next);
+    let _ = writeln!(s, "tx = {n}\nxid = {}", tx.xid);
+    if let Some(t) = chrono::DateTime::from_timestamp_micros(tx.commit_time_micros) {
+        let _ = writeln!(
+            s,
+            "commit_time = {}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+    }
 }
 
 /// `{ id = 1, status = "paid" }`: the row's sent values (NULLs and unsent values left out).

@@ -44,6 +44,15 @@ impl RedisConfig {
     }
 }
 
+/// An attribute's name as a field: every event's own attributes without an allocation, only an
+/// outbox's extensions owned.
+fn field_name(name: &str) -> Cow<'static, str> {
+    match ficus_model::event::RESERVED.iter().find(|r| **r == name) {
+        Some(own) => Cow::Borrowed(own),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
 /// A stream entry to add: its key and its fields.
 type Entry = (String, Vec<(Cow<'static, str>, Vec<u8>)>);
 
@@ -123,7 +132,7 @@ impl Sink for RedisSink {
                         .event
                         .attributes()
                         .into_iter()
-                        .map(|(name, value)| (Cow::Owned(name.to_owned()), value.as_bytes().to_vec()))
+                        .map(|(name, value)| (field_name(name), value.as_bytes().to_vec()))
                         .collect();
                     fields.push((Cow::Borrowed("data"), o.data()));
                     fields
